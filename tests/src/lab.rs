@@ -1,0 +1,819 @@
+//! Bringing the lab up and down.
+//!
+//! A lab is a set of network namespaces: one per host (named after the host,
+//! with an optional prefix so tests can run labs side by side) and one more,
+//! `<prefix>lan`, that holds the bridge every host's `eth0` is plugged into.
+//! Nothing is created in the caller's own namespace.
+//!
+//! The lab's state (which hosts it has, the PIDs of the processes it started)
+//! lives in a JSON file under the state directory, so `lab up`, `lab exec` and
+//! `lab down` can be separate commands. [`LabGuard`] tears the lab down when it
+//! is dropped, also while a test panics.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{self, Host, Role};
+
+/// Default directory of lab state files.
+pub const DEFAULT_STATE_DIR: &str = "/run/director-lab";
+/// Environment variable that overrides [`DEFAULT_STATE_DIR`].
+pub const STATE_DIR_ENV: &str = "DIRECTOR_LAB_STATE_DIR";
+/// Environment variable naming the `labnet` binary.
+pub const LABNET_ENV: &str = "DIRECTOR_LABNET";
+/// Name of the bridge inside the LAN namespace.
+const BRIDGE: &str = "br0";
+/// How long a started node server has to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong with the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab needs root for network namespaces.
+    #[error("the lab needs root (it creates network namespaces): run it as root")]
+    NotRoot,
+    /// A tool the lab runs is not installed.
+    #[error("`{tool}` is missing: {hint}")]
+    MissingTool {
+        /// The missing program.
+        tool: String,
+        /// How to get it.
+        hint: String,
+    },
+    /// A lab with this prefix is already up.
+    #[error("a lab is already up ({what}); run `cargo xtask lab down` first")]
+    AlreadyUp {
+        /// What was found.
+        what: String,
+    },
+    /// No lab with this prefix is up.
+    #[error("no lab is up (no state file {0}); start one with `cargo xtask lab up`")]
+    NotUp(PathBuf),
+    /// The lab has no host of that name.
+    #[error("the lab has no host `{0}` (hosts: {1})")]
+    NoSuchHost(String, String),
+    /// A lab size is out of range.
+    #[error("invalid lab size: {0}")]
+    BadSpec(String),
+    /// A command the lab ran failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// How it ended.
+        status: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// A node server did not become ready.
+    #[error("the NodePort server of {host} did not start within {secs} s; its log: {log}")]
+    ServerNotReady {
+        /// The node host.
+        host: String,
+        /// How long it had.
+        secs: u64,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// Reading or writing a lab file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The state file is not what the lab writes.
+    #[error("the lab state file {path} is damaged: {source}")]
+    BadState {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// A lab tool printed something it should not have.
+    #[error("could not read the output of `{command}`: {source}")]
+    BadOutput {
+        /// The command.
+        command: String,
+        /// Why its output does not parse.
+        source: serde_json::Error,
+    },
+    /// Tearing down left some things behind.
+    #[error("tearing the lab down left things behind: {0}")]
+    Teardown(String),
+}
+
+/// Shape of a lab: how many hosts of each kind, and where it keeps state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Prefix of every namespace name ("" for the lab of `cargo xtask lab`).
+    pub prefix: String,
+    /// Number of directors, `d1..dN`.
+    pub directors: u8,
+    /// Number of node hosts, `n1..nM`.
+    pub nodes: u8,
+    /// Whether the witness `w1` exists.
+    pub witness: bool,
+}
+
+impl LabSpec {
+    /// A lab with `directors` directors, `nodes` nodes, a client and no witness.
+    pub fn new(directors: u8, nodes: u8) -> Self {
+        LabSpec {
+            prefix: String::new(),
+            directors,
+            nodes,
+            witness: false,
+        }
+    }
+
+    /// The same lab with namespace names prefixed by `prefix`.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    /// The same lab with (or without) the witness.
+    pub fn with_witness(mut self, witness: bool) -> Self {
+        self.witness = witness;
+        self
+    }
+
+    fn validate(&self) -> Result<(), LabError> {
+        if !(1..=topology::MAX_DIRECTORS).contains(&self.directors) {
+            return Err(LabError::BadSpec(format!(
+                "--directors must be 1..={}, got {}",
+                topology::MAX_DIRECTORS,
+                self.directors
+            )));
+        }
+        if !(1..=topology::MAX_NODES).contains(&self.nodes) {
+            return Err(LabError::BadSpec(format!(
+                "--nodes must be 1..={}, got {}",
+                topology::MAX_NODES,
+                self.nodes
+            )));
+        }
+        let ok = self
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok || self.prefix.len() > 16 {
+            return Err(LabError::BadSpec(format!(
+                "prefix {:?} must be at most 16 of [A-Za-z0-9_-]",
+                self.prefix
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every host of the lab, directors first, then witness, nodes, client.
+    pub fn hosts(&self) -> Vec<Host> {
+        let mut hosts: Vec<Host> = (1..=self.directors).map(Host::director).collect();
+        if self.witness {
+            hosts.push(Host::witness());
+        }
+        hosts.extend((1..=self.nodes).map(Host::node));
+        hosts.push(Host::client());
+        hosts
+    }
+
+    /// The namespace of a host.
+    pub fn netns(&self, host: &Host) -> String {
+        format!("{}{}", self.prefix, host.name())
+    }
+
+    /// The namespace that holds the LAN bridge.
+    pub fn lan_netns(&self) -> String {
+        format!("{}lan", self.prefix)
+    }
+}
+
+/// What the state file records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LabState {
+    spec: LabSpec,
+    /// Processes the lab started, by host name.
+    processes: BTreeMap<String, Vec<Process>>,
+}
+
+/// A process the lab started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Process {
+    pid: i32,
+    /// What it is, for status and for checking the PID before signalling it.
+    what: String,
+    /// The program's file name, as in /proc/PID/comm.
+    comm: String,
+}
+
+/// One row of `lab status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    /// Host name.
+    pub host: String,
+    /// Its role.
+    pub role: Role,
+    /// Its namespace.
+    pub netns: String,
+    /// IPv4 address.
+    pub ipv4: String,
+    /// IPv6 address.
+    pub ipv6: String,
+    /// MAC address of eth0.
+    pub mac: String,
+    /// Whether the namespace exists.
+    pub present: bool,
+    /// Whether its link to the LAN is up (false after a cut).
+    pub link_up: bool,
+    /// Processes the lab runs there, as "what (pid N, running|gone)".
+    pub processes: Vec<String>,
+}
+
+/// Where lab files live and which `labnet` binary serves the nodes.
+#[derive(Debug, Clone)]
+pub struct LabEnv {
+    /// Directory of state files and server logs.
+    pub state_dir: PathBuf,
+    /// The `labnet` binary.
+    pub labnet: PathBuf,
+}
+
+impl LabEnv {
+    /// From the environment: [`STATE_DIR_ENV`] and [`LABNET_ENV`], else the
+    /// defaults (the `labnet` next to the running executable, or one directory
+    /// up from it, as for test binaries under `target/debug/deps`).
+    pub fn from_env() -> Self {
+        let state_dir = std::env::var_os(STATE_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let labnet = std::env::var_os(LABNET_ENV)
+            .map(PathBuf::from)
+            .or_else(find_labnet_near_exe)
+            .unwrap_or_else(|| PathBuf::from("labnet"));
+        LabEnv { state_dir, labnet }
+    }
+}
+
+fn find_labnet_near_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("labnet"), dir.parent()?.join("labnet")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// A lab that is up. Dropping it leaves it up; see [`LabGuard`].
+#[derive(Debug)]
+pub struct Lab {
+    env: LabEnv,
+    state: LabState,
+}
+
+impl Lab {
+    /// Brings a lab up: namespaces, the bridged LAN, addresses, and the
+    /// NodePort servers on every node. Refuses if a lab with the same prefix
+    /// (or any of its namespaces) already exists. On failure everything made so
+    /// far is torn down again.
+    pub fn up(spec: LabSpec, env: LabEnv) -> Result<Lab, LabError> {
+        spec.validate()?;
+        preflight(&env)?;
+        let state_path = state_path(&env.state_dir, &spec.prefix);
+        if state_path.exists() {
+            return Err(LabError::AlreadyUp {
+                what: format!("state file {}", state_path.display()),
+            });
+        }
+        let mut names: Vec<String> = spec.hosts().iter().map(|h| spec.netns(h)).collect();
+        names.push(spec.lan_netns());
+        let taken: Vec<&String> = names.iter().filter(|n| netns_exists(n)).collect();
+        if !taken.is_empty() {
+            let list: Vec<&str> = taken.iter().map(|s| s.as_str()).collect();
+            return Err(LabError::AlreadyUp {
+                what: format!("network namespaces exist: {}", list.join(", ")),
+            });
+        }
+        fs::create_dir_all(&env.state_dir).map_err(|source| LabError::Io {
+            op: "creating",
+            path: env.state_dir.clone(),
+            source,
+        })?;
+        let mut lab = Lab {
+            env,
+            state: LabState {
+                spec,
+                processes: BTreeMap::new(),
+            },
+        };
+        // Written before anything is made, so that `down` can clean up after a
+        // half-finished `up` too.
+        lab.save()?;
+        match lab.build() {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                let _ = lab.teardown();
+                Err(e)
+            }
+        }
+    }
+
+    /// The lab that is up with this prefix, from its state file.
+    pub fn open(prefix: &str, env: LabEnv) -> Result<Lab, LabError> {
+        let path = state_path(&env.state_dir, prefix);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LabError::NotUp(path)),
+            Err(source) => {
+                return Err(LabError::Io {
+                    op: "reading",
+                    path,
+                    source,
+                })
+            }
+        };
+        let state: LabState =
+            serde_json::from_str(&text).map_err(|source| LabError::BadState { path, source })?;
+        Ok(Lab { env, state })
+    }
+
+    /// The lab's shape.
+    pub fn spec(&self) -> &LabSpec {
+        &self.state.spec
+    }
+
+    /// Where the lab keeps its state and logs.
+    pub fn env(&self) -> &LabEnv {
+        &self.env
+    }
+
+    /// The host of that name, if the lab has it.
+    pub fn host(&self, name: &str) -> Result<Host, LabError> {
+        let hosts = self.state.spec.hosts();
+        Host::parse(name)
+            .filter(|h| hosts.contains(h))
+            .ok_or_else(|| {
+                let all: Vec<String> = hosts.iter().map(Host::name).collect();
+                LabError::NoSuchHost(name.to_string(), all.join(" "))
+            })
+    }
+
+    /// A `Command` that runs `program` inside host `name`'s namespace.
+    pub fn command(&self, name: &str, program: &str) -> Result<Command, LabError> {
+        let host = self.host(name)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.state.spec.netns(&host), program]);
+        Ok(cmd)
+    }
+
+    /// Runs a command in a host and returns its stdout; fails if it fails.
+    pub fn exec(&self, name: &str, argv: &[&str]) -> Result<String, LabError> {
+        let (program, args) = argv.split_first().ok_or_else(|| LabError::Command {
+            command: String::new(),
+            status: "not run".into(),
+            stderr: "empty command".into(),
+        })?;
+        let mut cmd = self.command(name, program)?;
+        cmd.args(args);
+        output_of(cmd, &format!("[{name}] {}", argv.join(" ")))
+    }
+
+    /// Runs a command in a host with the caller's stdin, stdout and stderr.
+    pub fn exec_inherit(&self, name: &str, argv: &[String]) -> Result<ExitStatus, LabError> {
+        let (program, args) = argv.split_first().ok_or_else(|| LabError::Command {
+            command: String::new(),
+            status: "not run".into(),
+            stderr: "empty command".into(),
+        })?;
+        let mut cmd = self.command(name, program)?;
+        cmd.args(args);
+        cmd.status().map_err(|source| LabError::Io {
+            op: "running",
+            path: PathBuf::from(program),
+            source,
+        })
+    }
+
+    /// The status of every host.
+    pub fn status(&self) -> Vec<HostStatus> {
+        let spec = &self.state.spec;
+        let lan = spec.lan_netns();
+        spec.hosts()
+            .iter()
+            .map(|h| {
+                let netns = spec.netns(h);
+                let present = netns_exists(&netns);
+                let link_up = present
+                    && run(&["ip", "-n", &lan, "-o", "link", "show", &h.name()])
+                        .map(|out| out.contains("state UP") || out.contains(",UP"))
+                        .unwrap_or(false);
+                let processes = self
+                    .state
+                    .processes
+                    .get(&h.name())
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                let alive = process_matches(p);
+                                format!(
+                                    "{} (pid {}, {})",
+                                    p.what,
+                                    p.pid,
+                                    if alive { "running" } else { "gone" }
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                HostStatus {
+                    host: h.name(),
+                    role: h.role,
+                    netns,
+                    ipv4: h.ipv4().to_string(),
+                    ipv6: h.ipv6().to_string(),
+                    mac: h.mac_string(),
+                    present,
+                    link_up,
+                    processes,
+                }
+            })
+            .collect()
+    }
+
+    /// Tears the lab down: stops the processes it started (by PID, after
+    /// checking the PID is still theirs), deletes its namespaces and its state
+    /// file. Goes on past errors and reports them all at the end.
+    pub fn down(mut self) -> Result<(), LabError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), LabError> {
+        let mut problems = Vec::new();
+        for procs in self.state.processes.values() {
+            for p in procs {
+                if let Err(e) = stop_process(p) {
+                    problems.push(e);
+                }
+            }
+        }
+        self.state.processes.clear();
+        let spec = &self.state.spec;
+        let mut names: Vec<String> = spec.hosts().iter().map(|h| spec.netns(h)).collect();
+        names.push(spec.lan_netns());
+        for name in names {
+            if netns_exists(&name) {
+                if let Err(e) = run(&["ip", "netns", "delete", &name]) {
+                    problems.push(e.to_string());
+                }
+            }
+        }
+        let path = state_path(&self.env.state_dir, &spec.prefix);
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                problems.push(format!("removing {}: {e}", path.display()));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Teardown(problems.join("; ")))
+        }
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let path = state_path(&self.env.state_dir, &self.state.spec.prefix);
+        let text =
+            serde_json::to_string_pretty(&self.state).map_err(|source| LabError::BadState {
+                path: path.clone(),
+                source,
+            })?;
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, text).map_err(|source| LabError::Io {
+            op: "writing",
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| LabError::Io {
+            op: "renaming",
+            path,
+            source,
+        })
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let spec = self.state.spec.clone();
+        let lan = spec.lan_netns();
+        run(&["ip", "netns", "add", &lan])?;
+        run(&["ip", "-n", &lan, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &lan,
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        run(&["ip", "-n", &lan, "link", "set", BRIDGE, "up"])?;
+        for host in spec.hosts() {
+            self.build_host(&spec, &host)?;
+        }
+        for host in spec.hosts().iter().filter(|h| h.role == Role::Node) {
+            self.start_node_server(&spec, host)?;
+        }
+        self.save()
+    }
+
+    fn build_host(&self, spec: &LabSpec, host: &Host) -> Result<(), LabError> {
+        let lan = spec.lan_netns();
+        let ns = spec.netns(host);
+        let port = host.name();
+        run(&["ip", "netns", "add", &ns])?;
+        run(&[
+            "ip", "-n", &lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        run(&[
+            "ip", "-n", &lan, "link", "set", &port, "master", BRIDGE, "up",
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &host.mac_string(),
+        ])?;
+        let v4 = format!("{}/{}", host.ipv4(), topology::LAN_V4_PREFIX_LEN);
+        let v6 = format!("{}/{}", host.ipv6(), topology::LAN_V6_PREFIX_LEN);
+        run(&["ip", "-n", &ns, "addr", "add", &v4, "dev", "eth0"])?;
+        run(&["ip", "-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"])?;
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    fn start_node_server(&mut self, spec: &LabSpec, host: &Host) -> Result<(), LabError> {
+        let name = host.name();
+        let log = self
+            .env
+            .state_dir
+            .join(format!("{}{name}-labnet.log", spec.prefix));
+        let ready = self
+            .env
+            .state_dir
+            .join(format!("{}{name}-labnet.ready", spec.prefix));
+        let _ = fs::remove_file(&ready);
+        let log_file = fs::File::create(&log).map_err(|source| LabError::Io {
+            op: "creating",
+            path: log.clone(),
+            source,
+        })?;
+        let log_err = log_file.try_clone().map_err(|source| LabError::Io {
+            op: "duplicating",
+            path: log.clone(),
+            source,
+        })?;
+        let labnet = self.env.labnet.to_string_lossy().into_owned();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &spec.netns(host),
+            &labnet,
+            "serve",
+            "--name",
+        ])
+        .arg(&name)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(|source| LabError::Io {
+            op: "starting",
+            path: self.env.labnet.clone(),
+            source,
+        })?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        // The child is not waited for here: `ip netns exec` replaced itself by
+        // labnet under the same PID, which the state file now tracks.
+        drop(child);
+        self.state
+            .processes
+            .entry(name.clone())
+            .or_default()
+            .push(Process {
+                pid,
+                what: "nodeport-server".into(),
+                comm: "labnet".into(),
+            });
+        self.save()?;
+        let start = Instant::now();
+        while !ready.exists() {
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(LabError::ServerNotReady {
+                    host: name,
+                    secs: READY_TIMEOUT.as_secs(),
+                    log,
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// A lab that is torn down when dropped (also while panicking). For tests.
+#[derive(Debug)]
+pub struct LabGuard {
+    lab: Option<Lab>,
+}
+
+impl LabGuard {
+    /// Brings a lab up; see [`Lab::up`].
+    pub fn up(spec: LabSpec, env: LabEnv) -> Result<LabGuard, LabError> {
+        Ok(LabGuard {
+            lab: Some(Lab::up(spec, env)?),
+        })
+    }
+
+    /// Tears the lab down now and reports what went wrong.
+    pub fn down(mut self) -> Result<(), LabError> {
+        match self.lab.take() {
+            Some(lab) => lab.down(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::ops::Deref for LabGuard {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        // Only `down` takes the lab out, and it consumes the guard.
+        match &self.lab {
+            Some(lab) => lab,
+            None => unreachable!("a LabGuard always holds its lab until dropped"),
+        }
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.lab.take() {
+            if let Err(e) = lab.down() {
+                eprintln!("lab teardown: {e}");
+            }
+        }
+    }
+}
+
+fn state_path(dir: &Path, prefix: &str) -> PathBuf {
+    let stem = if prefix.is_empty() { "lab" } else { prefix };
+    dir.join(format!("{stem}.json"))
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Checks what the lab needs before it touches anything.
+fn preflight(env: &LabEnv) -> Result<(), LabError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LabError::NotRoot);
+    }
+    require_tool("ip", "install iproute2 (apt-get install iproute2)")?;
+    if !env.labnet.is_file() {
+        return Err(LabError::MissingTool {
+            tool: env.labnet.display().to_string(),
+            hint: format!(
+                "build it with `cargo build -p director-tests --bin labnet` or set {LABNET_ENV}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Fails with a one-line message when `tool` is not on PATH.
+pub fn require_tool(tool: &str, hint: &str) -> Result<(), LabError> {
+    if which(tool).is_some() {
+        Ok(())
+    } else {
+        Err(LabError::MissingTool {
+            tool: tool.to_string(),
+            hint: hint.to_string(),
+        })
+    }
+}
+
+/// The first file named `tool` on PATH (and in the sbin directories, which a
+/// non-login root shell may lack).
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Runs a command to completion; its stdout, or an error naming it.
+pub fn run(argv: &[&str]) -> Result<String, LabError> {
+    let (program, args) = argv.split_first().ok_or_else(|| LabError::Command {
+        command: String::new(),
+        status: "not run".into(),
+        stderr: "empty command".into(),
+    })?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    output_of(cmd, &argv.join(" "))
+}
+
+fn output_of(mut cmd: Command, shown: &str) -> Result<String, LabError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| LabError::Command {
+            command: shown.to_string(),
+            status: "could not start".into(),
+            stderr: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            command: shown.to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Whether the PID still runs the program the lab started.
+fn process_matches(p: &Process) -> bool {
+    let comm = fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+    let stat = fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+    // A zombie (state Z) has exited already.
+    let zombie = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        .unwrap_or(false);
+    comm.trim() == p.comm && !zombie
+}
+
+/// SIGTERM, then SIGKILL after two seconds; only if the PID is still ours.
+/// When the process is this process's child it is also reaped.
+fn stop_process(p: &Process) -> Result<(), String> {
+    use nix::errno::Errno;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    if !process_matches(p) {
+        // Already gone; reap it if it was our child.
+        let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
+        return Ok(());
+    }
+    let pid = Pid::from_raw(p.pid);
+    kill(pid, Signal::SIGTERM).map_err(|e| format!("signalling {} (pid {}): {e}", p.what, p.pid))?;
+    let start = Instant::now();
+    let mut killed = false;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => return Ok(()),
+            // Not our child: done once it no longer runs.
+            Err(Errno::ECHILD) => {
+                if !process_matches(p) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(format!("waiting for {} (pid {}): {e}", p.what, p.pid)),
+        }
+        let waited = start.elapsed();
+        if waited > Duration::from_secs(2) && !killed {
+            kill(pid, Signal::SIGKILL)
+                .map_err(|e| format!("killing {} (pid {}): {e}", p.what, p.pid))?;
+            killed = true;
+        }
+        if waited > Duration::from_secs(5) {
+            return Err(format!("{} (pid {}) survived SIGKILL", p.what, p.pid));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}

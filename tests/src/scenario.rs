@@ -1,0 +1,148 @@
+//! Building blocks of end-to-end scenarios: programming a director by hand with
+//! the kernel's own tools, and measuring what the client sees.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+use crate::lab::{Lab, LabError};
+use crate::topology::{Host, NODEPORT_HTTP};
+
+/// The one-arm NAT data path of DESIGN.md, set up with `ipvsadm`, `ip` and
+/// `nft` in one director host:
+///
+/// - the VIP is local but unannounced: `ip route add local VIP/32 dev lo table
+///   local` with `arp_ignore=1` on eth0, so the kernel accepts traffic for it
+///   but never answers ARP for it;
+/// - `ipvsadm -A -t VIP:PORT -s SCHEDULER` with one masquerading destination
+///   per node at its HTTP NodePort;
+/// - `net.ipv4.ip_forward=1`, `net.ipv4.vs.conntrack=1` and an nftables
+///   postrouting masquerade for traffic to the nodes' NodePort, so replies come
+///   back through the director without routes on the nodes;
+/// - the client is told the VIP's MAC with a permanent neighbour entry (the
+///   director daemon announces it with gratuitous ARP instead).
+#[derive(Debug, Clone)]
+pub struct NatService {
+    /// The director that holds the VIP.
+    pub director: Host,
+    /// The virtual IP.
+    pub vip: Ipv4Addr,
+    /// The service port.
+    pub port: u16,
+    /// The IPVS scheduler name (rr, lc, sh, ...).
+    pub scheduler: String,
+    /// The backend nodes, each served at its HTTP NodePort.
+    pub nodes: Vec<Host>,
+}
+
+impl NatService {
+    /// Programs the service into the lab. Needs a kernel with IPVS.
+    pub fn program(&self, lab: &Lab) -> Result<(), LabError> {
+        let d = self.director.name();
+        let vip = self.vip.to_string();
+        let service = format!("{vip}:{}", self.port);
+        lab.exec(&d, &["modprobe", "ip_vs"])?;
+        lab.exec(&d, &["modprobe", &format!("ip_vs_{}", self.scheduler)])?;
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.vs.conntrack=1",
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.eth0.arp_ignore=1",
+        ] {
+            lab.exec(&d, &["sysctl", "-qw", sysctl])?;
+        }
+        lab.exec(
+            &d,
+            &[
+                "ip",
+                "route",
+                "replace",
+                "local",
+                &format!("{vip}/32"),
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ],
+        )?;
+        lab.exec(
+            &d,
+            &["ipvsadm", "-A", "-t", &service, "-s", &self.scheduler],
+        )?;
+        for node in &self.nodes {
+            let real = format!("{}:{NODEPORT_HTTP}", node.ipv4());
+            lab.exec(
+                &d,
+                &[
+                    "ipvsadm", "-a", "-t", &service, "-r", &real, "-m", "-w", "1",
+                ],
+            )?;
+        }
+        let addrs: Vec<String> = self.nodes.iter().map(|n| n.ipv4().to_string()).collect();
+        let ruleset = format!(
+            "table ip lab_snat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip daddr {{ {} }} tcp dport {NODEPORT_HTTP} masquerade\n  }}\n}}\n",
+            addrs.join(", ")
+        );
+        let path = lab
+            .env()
+            .state_dir
+            .join(format!("{}{d}-snat.nft", lab.spec().prefix));
+        std::fs::write(&path, ruleset).map_err(|source| LabError::Io {
+            op: "writing",
+            path: path.clone(),
+            source,
+        })?;
+        lab.exec(&d, &["nft", "-f", &path.to_string_lossy()])?;
+        lab.exec(
+            "client",
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &vip,
+                "lladdr",
+                &self.director.mac_string(),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// What `labnet http-get` reports.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpTally {
+    /// Requests sent.
+    pub requests: u32,
+    /// Answers per node name.
+    pub served: BTreeMap<String, u32>,
+    /// Requests that got no good answer.
+    pub failed: u32,
+    /// Failures by reason.
+    pub errors: BTreeMap<String, u32>,
+}
+
+impl HttpTally {
+    /// How many answers came from `node`.
+    pub fn from(&self, node: &str) -> u32 {
+        self.served.get(node).copied().unwrap_or(0)
+    }
+}
+
+/// Sends `count` HTTP requests from `host` to `target` (ADDR:PORT), each on a
+/// new connection, and tallies which node answered.
+pub fn http_tally(lab: &Lab, host: &str, target: &str, count: u32) -> Result<HttpTally, LabError> {
+    let labnet = lab.env().labnet.to_string_lossy().into_owned();
+    let out = lab.exec(
+        host,
+        &[&labnet, "http-get", target, "--count", &count.to_string()],
+    )?;
+    serde_json::from_str(out.trim()).map_err(|source| LabError::BadOutput {
+        command: format!("[{host}] labnet http-get {target}"),
+        source,
+    })
+}

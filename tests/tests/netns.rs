@@ -1,0 +1,150 @@
+//! Lab tests on the host kernel: namespaces, the bridged LAN, the NodePort
+//! servers. They need root; `cargo xtask test` runs them (`--ignored`).
+
+use lab::scenario::http_tally;
+use lab::{Host, Lab, LabEnv, LabError, LabGuard, LabSpec};
+
+fn env() -> LabEnv {
+    let mut env = LabEnv::from_env();
+    env.labnet = env!("CARGO_BIN_EXE_labnet").into();
+    env
+}
+
+fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn hosts_reach_each_other_over_v4_and_v6() {
+    let lab = LabGuard::up(
+        LabSpec::new(3, 2)
+            .with_prefix("t-reach-")
+            .with_witness(true),
+        env(),
+    )
+    .expect("lab up");
+    for to in [
+        Host::director(1),
+        Host::director(3),
+        Host::witness(),
+        Host::node(2),
+    ] {
+        lab.exec(
+            "client",
+            &["ping", "-c", "1", "-W", "2", &to.ipv4().to_string()],
+        )
+        .unwrap_or_else(|e| panic!("client -> {to} over IPv4: {e}"));
+        lab.exec(
+            "client",
+            &["ping", "-6", "-c", "1", "-W", "2", &to.ipv6().to_string()],
+        )
+        .unwrap_or_else(|e| panic!("client -> {to} over IPv6: {e}"));
+    }
+    // The neighbour entry carries the documented MAC.
+    let neigh = lab
+        .exec("client", &["ip", "neigh", "show", "10.10.0.11"])
+        .unwrap();
+    assert!(neigh.contains(&Host::director(1).mac_string()), "{neigh}");
+    lab.down().expect("lab down");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn node_servers_answer_http_tcp_and_udp_with_their_name() {
+    let lab = LabGuard::up(LabSpec::new(1, 2).with_prefix("t-srv-"), env()).expect("lab up");
+    for node in [Host::node(1), Host::node(2)] {
+        let tally = http_tally(&lab, "client", &format!("{}:30080", node.ipv4()), 3).unwrap();
+        assert_eq!(tally.from(&node.name()), 3, "{tally:?}");
+        let tally6 = http_tally(&lab, "client", &format!("[{}]:30080", node.ipv6()), 2).unwrap();
+        assert_eq!(tally6.from(&node.name()), 2, "{tally6:?}");
+    }
+    // Plain TCP: the banner is the node's name, then an echo.
+    let out = lab
+        .exec(
+            "client",
+            &["bash", "-c", "exec 3<>/dev/tcp/10.10.0.22/30081; read -r l <&3; echo $l; printf ping >&3; timeout 5 head -c 4 <&3"],
+        )
+        .unwrap();
+    assert_eq!(out, "n2\nping");
+    // UDP echo: "<name> <payload>".
+    let out = lab
+        .exec(
+            "client",
+            &[
+                "bash",
+                "-c",
+                "exec 3<>/dev/udp/10.10.0.21/30080; printf hello >&3; timeout 5 head -c 8 <&3",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out, "n1 hello");
+    lab.down().expect("lab down");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn a_second_lab_with_the_same_prefix_is_refused_and_the_first_survives() {
+    let lab = LabGuard::up(LabSpec::new(1, 1).with_prefix("t-twice-"), env()).expect("lab up");
+    match Lab::up(LabSpec::new(1, 1).with_prefix("t-twice-"), env()) {
+        Err(LabError::AlreadyUp { .. }) => {}
+        other => panic!("expected AlreadyUp, got {other:?}"),
+    }
+    let tally = http_tally(&lab, "client", "10.10.0.21:30080", 1).unwrap();
+    assert_eq!(tally.from("n1"), 1);
+    // A namespace of the same name made by someone else also blocks it.
+    lab::lab::run(&["ip", "netns", "add", "t-other-client"]).unwrap();
+    let refused = Lab::up(LabSpec::new(1, 1).with_prefix("t-other-"), env());
+    lab::lab::run(&["ip", "netns", "delete", "t-other-client"]).unwrap();
+    assert!(
+        matches!(refused, Err(LabError::AlreadyUp { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        !netns_exists("t-other-lan"),
+        "a refused lab must create nothing"
+    );
+    lab.down().expect("lab down");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn the_guard_tears_everything_down_when_a_test_panics() {
+    let result = std::panic::catch_unwind(|| {
+        let _lab = LabGuard::up(LabSpec::new(2, 2).with_prefix("t-panic-"), env()).expect("lab up");
+        assert!(netns_exists("t-panic-d2"));
+        panic!("a failing test");
+    });
+    assert!(result.is_err());
+    for ns in [
+        "t-panic-d1",
+        "t-panic-d2",
+        "t-panic-n1",
+        "t-panic-n2",
+        "t-panic-client",
+        "t-panic-lan",
+    ] {
+        assert!(!netns_exists(ns), "{ns} was left behind");
+    }
+    // Its node servers were stopped too.
+    let state = env().state_dir.join("t-panic-.json");
+    assert!(!state.exists(), "{} was left behind", state.display());
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn down_stops_the_node_servers_it_started() {
+    let lab = LabGuard::up(LabSpec::new(1, 2).with_prefix("t-pids-"), env()).expect("lab up");
+    let pids: Vec<i32> = lab
+        .status()
+        .iter()
+        .flat_map(|h| h.processes.clone())
+        .filter_map(|p| p.split("pid ").nth(1)?.split(',').next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    lab.down().expect("lab down");
+    for pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_ne!(comm.trim(), "labnet", "labnet pid {pid} still runs");
+    }
+}

@@ -1,0 +1,325 @@
+//! `cargo xtask`: the project's developer commands.
+//!
+//! - `vm -- CMD...`: run CMD as root under a real kernel with IPVS.
+//! - `lab up|down|exec|status`: the namespace lab.
+//! - `test`: every check CI runs, with one VM boot for all kernel tests.
+//! - `demo`: the lab with IPVS carrying traffic, end to end.
+
+mod install;
+mod test;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use lab::{Lab, LabEnv, LabSpec};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Developer commands of director")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a command as root under a real kernel with IPVS (a VM unless the
+    /// host kernel has IPVS), print its output and exit with its exit code.
+    Vm {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// The namespace lab: a bridged LAN of directors, nodes and a client.
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+    /// fmt, clippy, unit tests, host-namespace tests, then one VM boot that runs
+    /// every kernel test.
+    Test {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Stop after the host stages (no VM).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Bring up the lab, program IPVS in a director, send traffic through the
+    /// VIP and show where it went; then clean up.
+    Demo {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Run the demo here, in this kernel (used inside the VM).
+        #[arg(long, hide = true)]
+        inside: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct VmArgs {
+    /// Guest memory (qemu -m syntax).
+    #[arg(long, default_value = "2G")]
+    memory: String,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Seconds before a hung guest is stopped.
+    #[arg(long, default_value_t = 2400)]
+    timeout: u64,
+    /// Run directly on the host (its kernel must have IPVS); automatic when
+    /// `modprobe ip_vs` works here.
+    #[arg(long)]
+    host: bool,
+}
+
+impl VmArgs {
+    fn options(&self) -> vm::VmOptions {
+        vm::VmOptions {
+            memory: self.memory.clone(),
+            cpus: self.cpus,
+            timeout: Duration::from_secs(self.timeout),
+            host: self.host,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// Create the lab's namespaces and LAN and start the node servers.
+    Up {
+        /// Number of directors (d1..dN).
+        #[arg(long, default_value_t = 3)]
+        directors: u8,
+        /// Number of node hosts (n1..nM).
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        /// Add the witness w1.
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Stop the lab's processes and delete its namespaces.
+    Down,
+    /// Run a command inside a lab host.
+    Exec {
+        /// d1, n2, client, w1, ...
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// List the lab's hosts, addresses and processes.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Vm { vm, command } => Ok(vm::run(&root, &vm.options(), &command)?.code),
+        Cmd::Lab { command } => lab_command(&root, command),
+        Cmd::Test { vm, no_vm } => test::run(&root, &vm.options(), no_vm),
+        Cmd::Demo { vm, inside } => {
+            if inside {
+                demo_inside(&root)
+            } else {
+                demo(&root, &vm.options())
+            }
+        }
+    }
+}
+
+/// The checkout: the parent of this crate's folder.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The lab's environment, with the workspace's own `labnet` (built if needed).
+fn lab_env(root: &Path, build: bool) -> Result<LabEnv> {
+    if build {
+        test::cargo(
+            root,
+            &[
+                "build",
+                "--quiet",
+                "-p",
+                "director-tests",
+                "--bin",
+                "labnet",
+            ],
+        )?;
+    }
+    let mut env = LabEnv::from_env();
+    if std::env::var_os(lab::lab::LABNET_ENV).is_none() {
+        env.labnet = vm::target_dir(root).join("debug").join("labnet");
+    }
+    Ok(env)
+}
+
+fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
+    match command {
+        LabCmd::Up {
+            directors,
+            nodes,
+            witness,
+        } => {
+            let env = lab_env(root, true)?;
+            let spec = LabSpec::new(directors, nodes).with_witness(witness);
+            let lab = Lab::up(spec, env)?;
+            print_status(&lab, false)?;
+            Ok(0)
+        }
+        LabCmd::Down => {
+            let lab = Lab::open("", lab_env(root, false)?)?;
+            lab.down()?;
+            println!("lab is down");
+            Ok(0)
+        }
+        LabCmd::Exec { host, command } => {
+            let lab = Lab::open("", lab_env(root, false)?)?;
+            let status = lab.exec_inherit(&host, &command)?;
+            Ok(status.code().unwrap_or(1))
+        }
+        LabCmd::Status { json } => {
+            let lab = Lab::open("", lab_env(root, false)?)?;
+            print_status(&lab, json)?;
+            Ok(0)
+        }
+    }
+}
+
+fn print_status(lab: &Lab, json: bool) -> Result<()> {
+    let rows = lab.status();
+    let first = lab::topology::vip_v4(0)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let last = lab::topology::vip_v4(lab::topology::VIP_COUNT - 1)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let first6 = lab::topology::vip_v6(0)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let last6 = lab::topology::vip_v6(lab::topology::VIP_COUNT - 1)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if json {
+        let value = serde_json::json!({
+            "hosts": rows,
+            "lan": { "ipv4": lab::topology::LAN_V4, "ipv6": lab::topology::LAN_V6 },
+            "vip_range": { "ipv4": [first, last], "ipv6": [first6, last6] },
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).context("printing JSON")?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<9} {:<10} {:<13} {:<14} {:<18} {:<5} PROCESSES",
+        "HOST", "ROLE", "NETNS", "IPV4", "IPV6", "MAC", "LINK"
+    );
+    for r in rows {
+        let link = match (r.present, r.link_up) {
+            (false, _) => "gone",
+            (true, true) => "up",
+            (true, false) => "down",
+        };
+        let procs = if r.processes.is_empty() {
+            "-".to_string()
+        } else {
+            r.processes.join(", ")
+        };
+        println!(
+            "{:<8} {:<9} {:<10} {:<13} {:<14} {:<18} {:<5} {}",
+            r.host,
+            r.role.to_string(),
+            r.netns,
+            r.ipv4,
+            r.ipv6,
+            r.mac,
+            link,
+            procs
+        );
+    }
+    println!(
+        "LAN {} {}; VIP range {first}-{last}, {first6}-{last6}",
+        lab::topology::LAN_V4,
+        lab::topology::LAN_V6
+    );
+    Ok(())
+}
+
+fn demo(root: &Path, opts: &vm::VmOptions) -> Result<i32> {
+    test::cargo(
+        root,
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "director-tests",
+            "--bin",
+            "labnet",
+        ],
+    )?;
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let argv = vec![
+        exe.to_string_lossy().into_owned(),
+        "demo".into(),
+        "--inside".into(),
+    ];
+    let outcome = vm::run(root, opts, &argv)?;
+    Ok(outcome.code)
+}
+
+fn demo_inside(root: &Path) -> Result<i32> {
+    use lab::scenario::{http_tally, NatService};
+    use lab::{Host, LabGuard};
+    let env = lab_env(root, false)?;
+    let spec = LabSpec::new(1, 2).with_prefix("demo-");
+    println!("== bringing up the lab: d1, n1, n2, client");
+    let lab = LabGuard::up(spec, env)?;
+    let vip = lab::topology::vip_v4(0).context("the lab's VIP range is empty")?;
+    let service = NatService {
+        director: Host::director(1),
+        vip,
+        port: 80,
+        scheduler: "rr".into(),
+        nodes: vec![Host::node(1), Host::node(2)],
+    };
+    println!("== programming IPVS in d1: {vip}:80 round robin over n1 and n2 (masquerade)");
+    service.program(&lab)?;
+    print!("{}", lab.exec("d1", &["ipvsadm", "-Ln"])?);
+    println!("== 20 HTTP requests from client to {vip}:80");
+    let tally = http_tally(&lab, "client", &format!("{vip}:80"), 20)?;
+    for (node, n) in &tally.served {
+        println!("   {node}: {n}");
+    }
+    println!("   failed: {}", tally.failed);
+    print!("{}", lab.exec("d1", &["ipvsadm", "-Ln", "--stats"])?);
+    println!("== tearing the lab down");
+    lab.down()?;
+    Ok(if tally.failed == 0 && tally.served.len() == 2 {
+        0
+    } else {
+        1
+    })
+}

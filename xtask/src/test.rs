@@ -1,0 +1,188 @@
+//! `cargo xtask test`: what CI runs, stage by stage, with the time of each.
+//!
+//! 1. `cargo fmt --check`
+//! 2. `cargo clippy --workspace --all-targets -D warnings`
+//! 3. unit tests (`cargo test --workspace`; tests that need root or IPVS are
+//!    `#[ignore]`d there and run by the stages below)
+//! 4. host-namespace tests (root, the host kernel)
+//! 5. kernel tests: built on the host, then run in ONE VM boot (or directly
+//!    when the host kernel has IPVS)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::vm::{self, shell_quote, VmOptions};
+
+/// Test binaries of the host-namespace stage: (package, test target).
+const NETNS_TESTS: &[(&str, &str)] = &[("director-tests", "netns")];
+/// Test binaries of the kernel stage: (package, test target).
+const KERNEL_TESTS: &[(&str, &str)] = &[("director-tests", "kernel")];
+
+/// Runs a cargo command in the checkout; fails naming it.
+pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds test targets without running them; their executables.
+fn build_tests(root: &Path, targets: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for (package, test) in targets {
+        cmd.args(["-p", package, "--test", test]);
+    }
+    let out = cmd
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the tests failed ({})", out.status);
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_wanted = targets
+            .iter()
+            .any(|(_, t)| msg["target"]["name"] == *t && msg["target"]["kind"][0] == "test");
+        if let (true, Some(exe)) = (is_wanted, msg["executable"].as_str()) {
+            bins.push(PathBuf::from(exe));
+        }
+    }
+    if bins.len() != targets.len() {
+        bail!(
+            "expected {} test binaries, cargo reported {}",
+            targets.len(),
+            bins.len()
+        );
+    }
+    Ok(bins)
+}
+
+struct Stages {
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Stages {
+    fn run(&mut self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        eprintln!("==> {name}");
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        self.done.push((name, took));
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.report();
+                Err(e.context(format!("stage `{name}` failed")))
+            }
+        }
+    }
+
+    fn report(&self) {
+        eprintln!("stage times:");
+        for (name, took) in &self.done {
+            eprintln!("  {name:<28} {:>7.1} s", took.as_secs_f64());
+        }
+    }
+}
+
+/// Runs every stage; the exit code.
+pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
+    let mut stages = Stages { done: Vec::new() };
+    stages.run("fmt", || cargo(root, &["fmt", "--all", "--", "--check"]))?;
+    stages.run("clippy", || {
+        cargo(
+            root,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    })?;
+    stages.run("unit tests", || {
+        cargo(root, &["test", "--workspace", "--quiet"])
+    })?;
+    stages.run("host-namespace tests", || {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the host-namespace tests need root (network namespaces): run as root");
+        }
+        for bin in build_tests(root, NETNS_TESTS)? {
+            let status = Command::new(&bin)
+                .args(["--ignored", "--test-threads=1"])
+                .current_dir(root)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                bail!("{} failed ({status})", bin.display());
+            }
+        }
+        Ok(())
+    })?;
+    if no_vm {
+        stages.report();
+        return Ok(0);
+    }
+    let mut kernel_bins = Vec::new();
+    stages.run("build kernel tests", || {
+        kernel_bins = build_tests(root, KERNEL_TESTS)?;
+        Ok(())
+    })?;
+    stages.run("kernel tests (one VM boot)", || {
+        let script: Vec<String> = kernel_bins
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} --ignored --test-threads=1",
+                    shell_quote(&b.to_string_lossy())
+                )
+            })
+            .collect();
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("set -e\n{}\n", script.join("\n")),
+        ];
+        let outcome = vm::run(root, opts, &argv)?;
+        if outcome.code != 0 {
+            bail!(
+                "kernel tests failed (exit code {}, {})",
+                outcome.code,
+                if outcome.in_vm {
+                    "in the VM"
+                } else {
+                    "on the host"
+                }
+            );
+        }
+        Ok(())
+    })?;
+    stages.report();
+    Ok(0)
+}
