@@ -790,7 +790,8 @@ fn stop_process(p: &Process) -> Result<(), String> {
         return Ok(());
     }
     let pid = Pid::from_raw(p.pid);
-    kill(pid, Signal::SIGTERM).map_err(|e| format!("signalling {} (pid {}): {e}", p.what, p.pid))?;
+    kill(pid, Signal::SIGTERM)
+        .map_err(|e| format!("signalling {} (pid {}): {e}", p.what, p.pid))?;
     let start = Instant::now();
     let mut killed = false;
     loop {

@@ -41,12 +41,20 @@ fn ipvs_round_robin_splits_client_requests_between_two_nodes() {
         (45..=55).contains(&n1),
         "round robin gave n1 {n1} and n2 {n2}\n{table}"
     );
-    // The kernel's own counters agree that IPVS, not something else, carried it.
-    let conns: u64 = table
-        .lines()
-        .find(|l| l.trim_start().starts_with("TCP") && l.contains(&format!("{vip}:80")))
-        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
-        .unwrap_or(0);
+    // The kernel's own counters agree that IPVS, not something else, carried
+    // it. They are summed by the kernel's rate estimator every 2 s, so poll.
+    let mut conns = 0;
+    let mut table = String::new();
+    for _ in 0..50 {
+        table = lab
+            .exec("d1", &["ipvsadm", "-Ln", "--stats"])
+            .unwrap_or_default();
+        conns = service_conns(&table, &format!("{vip}:80"));
+        if conns >= 100 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert_eq!(conns, 100, "IPVS connection counter\n{table}");
     // The VIP is held without the kernel answering ARP for it.
     let arp = lab
@@ -54,4 +62,13 @@ fn ipvs_round_robin_splits_client_requests_between_two_nodes() {
         .unwrap();
     assert!(arp.contains("PERMANENT"), "{arp}");
     lab.down().expect("lab down");
+}
+
+/// The `Conns` column of a service line in `ipvsadm -Ln --stats`.
+fn service_conns(table: &str, service: &str) -> u64 {
+    table
+        .lines()
+        .find(|l| l.trim_start().starts_with("TCP") && l.contains(service))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(0)
 }

@@ -112,7 +112,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     eprintln!("xtask: installing {list} (apt-get)");
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["install", "-y", "-q"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
