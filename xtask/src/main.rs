@@ -155,7 +155,9 @@ fn workspace_root() -> PathBuf {
 
 /// The lab's environment, with the workspace's own `labnet` (built if needed).
 fn lab_env(root: &Path, build: bool) -> Result<LabEnv> {
-    if build {
+    // In the VM the runner has built it on the host already (cargo is slow
+    // under emulation).
+    if build && std::env::var_os("DIRECTOR_IN_VM").is_none() {
         test::cargo(
             root,
             &[

@@ -71,7 +71,11 @@ pub fn run(root: &Path, opts: &VmOptions, argv: &[String]) -> Result<VmOutcome> 
     if argv.is_empty() {
         bail!("no command given: use `cargo xtask vm -- CMD [ARGS...]`");
     }
-    if opts.host || host_has_ipvs() {
+    let host_ipvs = host_has_ipvs();
+    if opts.host && !host_ipvs {
+        bail!("--host needs IPVS in the host kernel, and `modprobe ip_vs` does not give it here (no /proc/net/ip_vs): drop --host to run in the VM");
+    }
+    if host_ipvs {
         let status = Command::new(&argv[0])
             .args(&argv[1..])
             .current_dir(root)
@@ -83,7 +87,25 @@ pub fn run(root: &Path, opts: &VmOptions, argv: &[String]) -> Result<VmOutcome> 
         });
     }
     let prereq = install::vm_prerequisites()?;
+    prebuild(root)?;
     run_in_vm(root, opts, argv, &prereq)
+}
+
+/// Builds the lab's tools on the host, where cargo is fast, so that
+/// `cargo xtask lab ...` in the guest finds them ready.
+fn prebuild(root: &Path) -> Result<()> {
+    crate::test::cargo(
+        root,
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "xtask",
+            "-p",
+            "director-tests",
+            "--bins",
+        ],
+    )
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
@@ -107,6 +129,7 @@ fn run_in_vm(
     let script = results.join("run.sh");
     fs::write(&script, guest_script(root, &results, argv))
         .with_context(|| format!("writing {}", script.display()))?;
+    write_cargo_shim(root, &results)?;
 
     let mut rw_dirs: Vec<PathBuf> = vec![root.to_path_buf()];
     if !target.starts_with(root) {
@@ -225,8 +248,12 @@ fn guest_script(root: &Path, results: &Path, argv: &[String]) -> String {
             ));
         }
     }
-    // sbin directories first: root's tools (ip, modprobe, ipvsadm, nft).
-    s.push_str("export PATH=\"/usr/sbin:/sbin:$PATH\"\n");
+    // The cargo shim first (see `write_cargo_shim`), then the sbin
+    // directories: root's tools (ip, modprobe, ipvsadm, nft).
+    s.push_str(&format!(
+        "export PATH={}:/usr/sbin:/sbin:\"$PATH\"\n",
+        shell_quote(&results.join("bin").to_string_lossy())
+    ));
     s.push_str("export DIRECTOR_IN_VM=1\n");
     let r = |name: &str| shell_quote(&results.join(name).to_string_lossy());
     s.push_str(&format!(
@@ -244,6 +271,30 @@ fn guest_script(root: &Path, results: &Path, argv: &[String]) -> String {
     s.push_str(&format!("mv {} {}\n", r("rc.tmp"), r("rc")));
     s.push_str("sync\n");
     s
+}
+
+/// Under software emulation every cargo start costs 15 to 20 s, even with
+/// nothing to build. The host has just built the xtask binary (and the lab's
+/// tools, see `prebuild`), so in the guest `cargo xtask ...` runs that binary
+/// directly; every other cargo command goes to the real cargo.
+fn write_cargo_shim(root: &Path, results: &Path) -> Result<()> {
+    let bin = results.join("bin");
+    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    let real_cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cargo"));
+    let xtask = target_dir(root).join("debug").join("xtask");
+    let shim = format!(
+        "#!/bin/sh\n# written by `cargo xtask vm`: `cargo xtask` runs the xtask built on the host\nif [ \"$1\" = xtask ] && [ -x {x} ]; then shift; exec {x} \"$@\"; fi\nexec {c} \"$@\"\n",
+        x = shell_quote(&xtask.to_string_lossy()),
+        c = shell_quote(&real_cargo.to_string_lossy()),
+    );
+    let path = bin.join("cargo");
+    fs::write(&path, shim).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))?;
+    Ok(())
 }
 
 /// Quotes a string for a POSIX shell.
