@@ -1,15 +1,127 @@
 //! `director`: the daemon and its command-line interface.
 
-use clap::Parser;
+mod ipvs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 /// Highly available IPVS load balancer for bare-metal Kubernetes.
-///
-/// The daemon (`director run`), `director status` and the IPVS commands arrive
-/// with the issues that build them; this binary currently reports its version.
 #[derive(Debug, Parser)]
 #[command(name = "director", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Read and write the kernel's IPVS table (this network namespace).
+    Ipvs {
+        #[command(subcommand)]
+        command: IpvsCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IpvsCmd {
+    /// Print the kernel's IPVS table: a table close to `ipvsadm -Ln`, or the
+    /// JSON/YAML document that `director ipvs apply` reads.
+    Show {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        format: ipvs::Format,
+        /// Include traffic counters (and connection counts in JSON/YAML).
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Make the kernel's table match FILE with the fewest kernel calls.
+    ///
+    /// Services in FILE get exactly FILE's settings and destinations (edited in
+    /// place where the kernel allows). Services not in FILE are left alone
+    /// unless --prune. Exit codes: 0 done (or nothing to do), 1 a kernel call
+    /// failed, 2 --dry-run found differences, 64 FILE is invalid (and nothing
+    /// was touched).
+    Apply {
+        /// A document in the schema `director ipvs show -o yaml` prints (YAML or JSON).
+        file: PathBuf,
+        /// Print the plan and change nothing; exit 2 if there is anything to do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete services that FILE does not name.
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                ipvs::EXIT_BAD_INPUT
+            } else {
+                0
+            };
+            let _ = e.print();
+            return exit(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return exit(1);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    exit(code)
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Cmd::Ipvs { command } => match command {
+            IpvsCmd::Show { format, stats } => match ipvs::show(format, stats).await {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
+            IpvsCmd::Apply {
+                file,
+                dry_run,
+                prune,
+            } => {
+                let desired = match ipvs::read_file(&file) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        eprintln!("{msg}");
+                        return ipvs::EXIT_BAD_INPUT;
+                    }
+                };
+                match ipvs::apply(&desired, dry_run, prune).await {
+                    Ok(outcome) => {
+                        print!("{}", outcome.report);
+                        outcome.code
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        1
+                    }
+                }
+            }
+        },
+    }
 }

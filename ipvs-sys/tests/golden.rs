@@ -5,7 +5,10 @@
 //! ipvsadm's byte for byte where both send the same attributes; the kernel's
 //! replies decode to the expected services, destinations and settings.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on what it cannot decode")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on what it cannot decode"
+)]
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -268,9 +268,15 @@ impl LabEnv {
 }
 
 fn find_labnet_near_exe() -> Option<PathBuf> {
+    workspace_binary("labnet")
+}
+
+/// A binary of the workspace next to the running executable, or one
+/// directory up from it (test binaries live in `target/debug/deps`).
+pub fn workspace_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join("labnet"), dir.parent()?.join("labnet")]
+    [dir.join(name), dir.parent()?.join(name)]
         .into_iter()
         .find(|p| p.is_file())
 }

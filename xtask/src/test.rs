@@ -19,7 +19,11 @@ use crate::vm::{self, shell_quote, VmOptions};
 /// Test binaries of the host-namespace stage: (package, test target).
 const NETNS_TESTS: &[(&str, &str)] = &[("director-tests", "netns")];
 /// Test binaries of the kernel stage: (package, test target).
-const KERNEL_TESTS: &[(&str, &str)] = &[("director-tests", "kernel")];
+const KERNEL_TESTS: &[(&str, &str)] = &[
+    ("ipvs-sys", "kernel"),
+    ("director-tests", "kernel"),
+    ("director-tests", "ipvs"),
+];
 
 /// Runs a cargo command in the checkout; fails naming it.
 pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
@@ -151,24 +155,32 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
     }
     let mut kernel_bins = Vec::new();
     stages.run("build kernel tests", || {
+        cargo(
+            root,
+            &[
+                "build",
+                "--quiet",
+                "-p",
+                "director",
+                "-p",
+                "director-tests",
+                "--bins",
+            ],
+        )?;
         kernel_bins = build_tests(root, KERNEL_TESTS)?;
         Ok(())
     })?;
     stages.run("kernel tests (one VM boot)", || {
-        let script: Vec<String> = kernel_bins
-            .iter()
-            .map(|b| {
-                format!(
-                    "{} --ignored --test-threads=1",
-                    shell_quote(&b.to_string_lossy())
-                )
-            })
-            .collect();
-        let argv = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            format!("set -e\n{}\n", script.join("\n")),
-        ];
+        // Every binary runs, even after a failure; the script fails at the end.
+        let mut script = String::from("failed=0\n");
+        for b in &kernel_bins {
+            script.push_str(&format!(
+                "{} --ignored --test-threads=1 || failed=1\n",
+                shell_quote(&b.to_string_lossy())
+            ));
+        }
+        script.push_str("exit $failed\n");
+        let argv = vec!["sh".to_string(), "-c".to_string(), script];
         let outcome = vm::run(root, opts, &argv)?;
         if outcome.code != 0 {
             bail!(
