@@ -1,6 +1,20 @@
 //! The directors' Raft group (openraft): the replicated cluster state, durable
-//! storage, the authenticated transport and the ownership leases that fence VIPs.
-//!
-//! The group is tracked in the project's issues; this crate currently holds the
-//! workspace slot for it.
+//! storage, and (growing) the authenticated transport and the ownership
+//! leases that fence VIPs.
 #![deny(missing_docs)]
+
+use std::io::Cursor;
+
+pub mod state;
+pub mod store;
+
+pub use state::{apply, ClusterState, Command, NodeId, Response};
+
+openraft::declare_raft_types!(
+    /// The Raft types of the directors' group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);

@@ -5,6 +5,7 @@ mod ipvs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
 
 /// Highly available IPVS load balancer for bare-metal Kubernetes.
@@ -52,6 +53,10 @@ enum IpvsCmd {
         /// Also delete services that FILE does not name.
         #[arg(long)]
         prune: bool,
+        /// How many kernel requests to keep in flight on the netlink socket
+        /// (1: one at a time, as ipvsadm does).
+        #[arg(long, default_value_t = ipvs_sys::DEFAULT_WINDOW, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+        window: usize,
     },
 }
 
@@ -82,6 +87,23 @@ fn main() -> ExitCode {
     exit(code)
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) -> i32 {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            1
+        }
+    }
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -90,10 +112,7 @@ async fn run(cli: Cli) -> i32 {
     match cli.command {
         Cmd::Ipvs { command } => match command {
             IpvsCmd::Show { format, stats } => match ipvs::show(format, stats).await {
-                Ok(text) => {
-                    print!("{text}");
-                    0
-                }
+                Ok(text) => out(&text),
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     1
@@ -103,6 +122,7 @@ async fn run(cli: Cli) -> i32 {
                 file,
                 dry_run,
                 prune,
+                window,
             } => {
                 let desired = match ipvs::read_file(&file) {
                     Ok(d) => d,
@@ -111,11 +131,11 @@ async fn run(cli: Cli) -> i32 {
                         return ipvs::EXIT_BAD_INPUT;
                     }
                 };
-                match ipvs::apply(&desired, dry_run, prune).await {
-                    Ok(outcome) => {
-                        print!("{}", outcome.report);
-                        outcome.code
-                    }
+                match ipvs::apply(&desired, dry_run, prune, window).await {
+                    Ok(outcome) => match out(&outcome.report) {
+                        0 => outcome.code,
+                        failed => failed,
+                    },
                     Err(e) => {
                         eprintln!("error: {e:#}");
                         1

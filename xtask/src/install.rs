@@ -70,6 +70,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/usr/share/doc/busybox-static"),
     ("kmod", "/usr/sbin/depmod"),
     ("python3-venv", ""),
+    ("time", "/usr/bin/time"),
 ];
 
 fn debian_packages() -> Result<()> {

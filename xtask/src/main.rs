@@ -49,6 +49,11 @@ enum Cmd {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Benchmarks (they measure and report; they assert nothing about speed).
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCmd,
+    },
     /// Bring up the lab, program IPVS in a director, send traffic through the
     /// VIP and show where it went; then clean up.
     Demo {
@@ -57,6 +62,25 @@ enum Cmd {
         /// Run the demo here, in this kernel (used inside the VM).
         #[arg(long, hide = true)]
         inside: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Programming IPVS: director vs ipvsadm side by side (full apply, one
+    /// weight change, dump, peak memory), in one VM run.
+    Ipvs {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Number of virtual services.
+        #[arg(long, default_value_t = 10_000)]
+        services: u32,
+        /// Destinations per service.
+        #[arg(long, default_value_t = 4)]
+        dests: u32,
+        /// Runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
     },
 }
 
@@ -137,6 +161,34 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Vm { vm, command } => Ok(vm::run(&root, &vm.options(), &command)?.code),
         Cmd::Lab { command } => lab_command(&root, command),
         Cmd::Test { vm, no_vm } => test::run(&root, &vm.options(), no_vm),
+        Cmd::Bench {
+            bench:
+                BenchCmd::Ipvs {
+                    vm,
+                    services,
+                    dests,
+                    runs,
+                },
+        } => {
+            test::cargo(&root, &["build", "--quiet", "--release", "-p", "director"])?;
+            let director = vm::target_dir(&root).join("release").join("director");
+            let out = vm::target_dir(&root).join("bench-ipvs.json");
+            let argv: Vec<String> = vec![
+                "python3".into(),
+                "tests/bench/ipvs_bench.py".into(),
+                "--director".into(),
+                director.to_string_lossy().into_owned(),
+                "--services".into(),
+                services.to_string(),
+                "--dests".into(),
+                dests.to_string(),
+                "--runs".into(),
+                runs.to_string(),
+                "--json".into(),
+                out.to_string_lossy().into_owned(),
+            ];
+            Ok(vm::run(&root, &vm.options(), &argv)?.code)
+        }
         Cmd::Demo { vm, inside } => {
             if inside {
                 demo_inside(&root)

@@ -382,15 +382,22 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
     let doc: FileIn = if text.trim().is_empty() {
         FileIn { services: vec![] }
     } else {
-        serde_saphyr::from_str(text).map_err(|e| vec![saphyr_error(&e)])?
+        // A table of tens of thousands of services has millions of YAML
+        // nodes; no document has more nodes than bytes.
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_nodes = budget.max_nodes.max(text.len());
+        budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+        let mut options = serde_saphyr::Options::default();
+        options.budget = Some(budget);
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| vec![saphyr_error(&e)])?
     };
     let mut errs = Errors(Vec::new());
     let mut out: Vec<Entry> = Vec::new();
-    let mut seen: Vec<(ServiceKey, u32)> = Vec::new();
+    let mut seen: std::collections::HashMap<ServiceKey, u32> = std::collections::HashMap::new();
     for (i, s) in doc.services.iter().enumerate() {
         let path = format!("services[{i}]");
         if let Some((service, dests)) = service_from(&s.value, s, &path, &mut errs) {
-            if let Some((_, line)) = seen.iter().find(|(k, _)| *k == service.key) {
+            if let Some(line) = seen.get(&service.key) {
                 errs.at(
                     s,
                     path.clone(),
@@ -398,7 +405,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
                 );
                 continue;
             }
-            seen.push((service.key, s.referenced.line() as u32));
+            seen.insert(service.key, s.referenced.line() as u32);
             out.push((service, dests));
         }
     }

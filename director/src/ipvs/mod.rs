@@ -12,7 +12,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use ipvs_sys::{
     Change, Destination, IpvsError, IpvsHandle, Netmask, Service, ServiceFlags, ServiceKey,
-    DEFAULT_WINDOW,
 };
 
 use plan::Entry;
@@ -294,7 +293,12 @@ pub fn read_file(path: &Path) -> Result<Vec<Entry>, String> {
 
 /// `director ipvs apply`: plan against the kernel's table, then (unless a dry
 /// run) execute the plan.
-pub async fn apply(desired: &[Entry], dry_run: bool, prune: bool) -> Result<ApplyOutcome> {
+pub async fn apply(
+    desired: &[Entry],
+    dry_run: bool,
+    prune: bool,
+    window: usize,
+) -> Result<ApplyOutcome> {
     let ipvs = connect().await?;
     let kernel = ipvs.table().await?;
     let ops = plan::plan(desired, &kernel, prune);
@@ -314,7 +318,7 @@ pub async fn apply(desired: &[Entry], dry_run: bool, prune: bool) -> Result<Appl
         });
     }
     let start = Instant::now();
-    let results = ipvs.execute(&ops, DEFAULT_WINDOW).await;
+    let results = ipvs.execute(&ops, window).await;
     let failed: Vec<String> = results
         .iter()
         .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))

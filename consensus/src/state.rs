@@ -1,0 +1,432 @@
+//! The replicated cluster state and the pure function that changes it.
+//!
+//! Every director applies the same committed commands in the same order to a
+//! [`ClusterState`] with [`apply`]; nothing in here does I/O or reads a clock,
+//! so the same log always yields the same state (Raft's state machine safety).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A director's Raft node id.
+pub type NodeId = u64;
+
+/// What a director does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds VIPs and programs IPVS.
+    Data,
+    /// Takes part in consensus only (the third voter of two data directors).
+    Witness,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Director {
+    /// Raft node id.
+    pub id: NodeId,
+    /// Name operators use (`d1`).
+    pub name: String,
+    /// Address of its Raft transport (`host:port`).
+    pub address: String,
+    /// Data or witness.
+    pub role: Role,
+}
+
+/// A backend of a virtual service: a node's address and NodePort.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Backend {
+    /// Node address.
+    pub address: IpAddr,
+    /// NodePort (or the service port for direct routing).
+    pub port: u16,
+    /// IPVS weight.
+    pub weight: u32,
+}
+
+/// One port of a virtual service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// The port on the VIP.
+    pub port: u16,
+    /// The backends for this port.
+    pub backends: Vec<Backend>,
+}
+
+/// A virtual service: a VIP and what it balances to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualService {
+    /// The VIP (allocated or requested).
+    pub vip: IpAddr,
+    /// IPVS scheduler.
+    pub scheduler: String,
+    /// `nat` or `dr`.
+    pub forwarding: String,
+    /// The ports.
+    pub ports: Vec<ServicePort>,
+}
+
+/// Who holds a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The director that holds it.
+    pub director: NodeId,
+    /// Raised on every change of owner: a holder fences itself on a newer
+    /// epoch, and a move names the epoch it replaces.
+    pub epoch: u64,
+}
+
+/// Everything the directors agree on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Members by id.
+    pub directors: BTreeMap<NodeId, Director>,
+    /// Virtual services by name (`namespace/name`, or a static service's name).
+    pub services: BTreeMap<String, VirtualService>,
+    /// IP allocations: VIP -> service name.
+    pub allocations: BTreeMap<IpAddr, String>,
+    /// VIP owners.
+    pub owners: BTreeMap<IpAddr, Owner>,
+    /// Directors that asked to be drained: they get no VIPs.
+    pub draining: BTreeMap<NodeId, bool>,
+}
+
+/// A change to the cluster state, as committed to the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds or replaces a director.
+    PutDirector(Director),
+    /// Removes a director; its VIPs lose their owner.
+    RemoveDirector(NodeId),
+    /// Adds or replaces a virtual service (its VIP must be allocated to it).
+    PutService {
+        /// Service name.
+        name: String,
+        /// What it is.
+        service: VirtualService,
+    },
+    /// Removes a virtual service and releases its VIP.
+    RemoveService {
+        /// Service name.
+        name: String,
+    },
+    /// Allocates a VIP to a service.
+    Allocate {
+        /// The VIP.
+        vip: IpAddr,
+        /// Service name.
+        service: String,
+    },
+    /// Moves a VIP to a director. Applied only if the VIP's epoch is still
+    /// `expected_epoch` (0: the VIP has no owner yet), so a decision taken on
+    /// an old view cannot undo a newer one.
+    SetOwner {
+        /// The VIP.
+        vip: IpAddr,
+        /// The new owner.
+        director: NodeId,
+        /// The epoch the move replaces.
+        expected_epoch: u64,
+    },
+    /// Marks a director as draining (true) or back in service (false).
+    SetDraining {
+        /// The director.
+        director: NodeId,
+        /// Draining or not.
+        draining: bool,
+    },
+}
+
+/// What applying a command gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Applied.
+    Ok,
+    /// Applied; the VIP's new epoch.
+    Epoch(u64),
+    /// Not applied, and why (the state is unchanged).
+    Rejected(String),
+}
+
+/// Applies one command. Pure: the same state and command always give the same
+/// result. A rejected command leaves the state as it was.
+pub fn apply(state: &mut ClusterState, cmd: Command) -> Response {
+    match cmd {
+        Command::PutDirector(d) => {
+            state.directors.insert(d.id, d);
+            Response::Ok
+        }
+        Command::RemoveDirector(id) => {
+            if state.directors.remove(&id).is_none() {
+                return Response::Rejected(format!("no director {id}"));
+            }
+            state.draining.remove(&id);
+            state.owners.retain(|_, o| o.director != id);
+            Response::Ok
+        }
+        Command::Allocate { vip, service } => match state.allocations.get(&vip) {
+            Some(holder) if *holder != service => {
+                Response::Rejected(format!("{vip} is allocated to {holder}"))
+            }
+            _ => {
+                state.allocations.insert(vip, service);
+                Response::Ok
+            }
+        },
+        Command::PutService { name, service } => {
+            match state.allocations.get(&service.vip) {
+                Some(holder) if *holder == name => {}
+                Some(holder) => {
+                    return Response::Rejected(format!(
+                        "{} is allocated to {holder}, not {name}",
+                        service.vip
+                    ))
+                }
+                None => return Response::Rejected(format!("{} is not allocated", service.vip)),
+            }
+            // A service that changed its VIP gives the old one back.
+            if let Some(old) = state.services.get(&name) {
+                if old.vip != service.vip {
+                    let old_vip = old.vip;
+                    state.allocations.remove(&old_vip);
+                    state.owners.remove(&old_vip);
+                }
+            }
+            state.services.insert(name, service);
+            Response::Ok
+        }
+        Command::RemoveService { name } => match state.services.remove(&name) {
+            Some(s) => {
+                state.allocations.remove(&s.vip);
+                state.owners.remove(&s.vip);
+                Response::Ok
+            }
+            None => Response::Rejected(format!("no service {name}")),
+        },
+        Command::SetOwner {
+            vip,
+            director,
+            expected_epoch,
+        } => {
+            if !state.allocations.contains_key(&vip) {
+                return Response::Rejected(format!("{vip} is not allocated"));
+            }
+            match state.directors.get(&director) {
+                Some(d) if d.role == Role::Data => {}
+                Some(_) => return Response::Rejected(format!("director {director} is a witness")),
+                None => return Response::Rejected(format!("no director {director}")),
+            }
+            let current = state.owners.get(&vip).map(|o| o.epoch).unwrap_or(0);
+            if current != expected_epoch {
+                return Response::Rejected(format!(
+                    "{vip} is at epoch {current}, not {expected_epoch}"
+                ));
+            }
+            let epoch = current + 1;
+            state.owners.insert(vip, Owner { director, epoch });
+            Response::Epoch(epoch)
+        }
+        Command::SetDraining { director, draining } => {
+            if !state.directors.contains_key(&director) {
+                return Response::Rejected(format!("no director {director}"));
+            }
+            if draining {
+                state.draining.insert(director, true);
+            } else {
+                state.draining.remove(&director);
+            }
+            Response::Ok
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn director(id: NodeId, role: Role) -> Director {
+        Director {
+            id,
+            name: format!("d{id}"),
+            address: format!("10.10.0.{}:7946", 10 + id),
+            role,
+        }
+    }
+
+    fn web(vip: &str) -> VirtualService {
+        VirtualService {
+            vip: ip(vip),
+            scheduler: "rr".into(),
+            forwarding: "nat".into(),
+            ports: vec![ServicePort {
+                protocol: "tcp".into(),
+                port: 80,
+                backends: vec![Backend {
+                    address: ip("10.10.0.21"),
+                    port: 30080,
+                    weight: 1,
+                }],
+            }],
+        }
+    }
+
+    fn cluster() -> ClusterState {
+        let mut s = ClusterState::default();
+        for c in [
+            Command::PutDirector(director(1, Role::Data)),
+            Command::PutDirector(director(2, Role::Data)),
+            Command::PutDirector(director(3, Role::Witness)),
+            Command::Allocate {
+                vip: ip("10.10.0.200"),
+                service: "default/web".into(),
+            },
+            Command::PutService {
+                name: "default/web".into(),
+                service: web("10.10.0.200"),
+            },
+        ] {
+            assert_eq!(apply(&mut s, c), Response::Ok);
+        }
+        s
+    }
+
+    #[test]
+    fn owners_change_only_from_the_epoch_they_name() {
+        let mut s = cluster();
+        let vip = ip("10.10.0.200");
+        let take = |director, expected_epoch| Command::SetOwner {
+            vip,
+            director,
+            expected_epoch,
+        };
+        assert_eq!(apply(&mut s, take(1, 0)), Response::Epoch(1));
+        // A stale decision (taken when the VIP had no owner) is refused.
+        let before = s.clone();
+        assert!(matches!(apply(&mut s, take(2, 0)), Response::Rejected(_)));
+        assert_eq!(s, before);
+        assert_eq!(apply(&mut s, take(2, 1)), Response::Epoch(2));
+        assert_eq!(
+            s.owners[&vip],
+            Owner {
+                director: 2,
+                epoch: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_witness_never_owns_a_vip() {
+        let mut s = cluster();
+        let r = apply(
+            &mut s,
+            Command::SetOwner {
+                vip: ip("10.10.0.200"),
+                director: 3,
+                expected_epoch: 0,
+            },
+        );
+        assert_eq!(r, Response::Rejected("director 3 is a witness".into()));
+        assert!(s.owners.is_empty());
+    }
+
+    #[test]
+    fn allocations_are_exclusive_and_follow_their_service() {
+        let mut s = cluster();
+        let r = apply(
+            &mut s,
+            Command::Allocate {
+                vip: ip("10.10.0.200"),
+                service: "other/svc".into(),
+            },
+        );
+        assert!(matches!(r, Response::Rejected(_)));
+        // Moving the service to another VIP releases the old one.
+        apply(
+            &mut s,
+            Command::Allocate {
+                vip: ip("10.10.0.201"),
+                service: "default/web".into(),
+            },
+        );
+        apply(
+            &mut s,
+            Command::SetOwner {
+                vip: ip("10.10.0.200"),
+                director: 1,
+                expected_epoch: 0,
+            },
+        );
+        let r = apply(
+            &mut s,
+            Command::PutService {
+                name: "default/web".into(),
+                service: web("10.10.0.201"),
+            },
+        );
+        assert_eq!(r, Response::Ok);
+        assert!(!s.allocations.contains_key(&ip("10.10.0.200")));
+        assert!(!s.owners.contains_key(&ip("10.10.0.200")));
+        assert_eq!(
+            apply(
+                &mut s,
+                Command::RemoveService {
+                    name: "default/web".into()
+                }
+            ),
+            Response::Ok
+        );
+        assert!(s.allocations.is_empty());
+    }
+
+    #[test]
+    fn removing_a_director_orphans_its_vips() {
+        let mut s = cluster();
+        apply(
+            &mut s,
+            Command::SetOwner {
+                vip: ip("10.10.0.200"),
+                director: 1,
+                expected_epoch: 0,
+            },
+        );
+        assert_eq!(apply(&mut s, Command::RemoveDirector(1)), Response::Ok);
+        assert!(s.owners.is_empty());
+    }
+
+    #[test]
+    fn the_same_log_gives_the_same_state() {
+        let log = vec![
+            Command::PutDirector(director(1, Role::Data)),
+            Command::Allocate {
+                vip: ip("10.10.0.200"),
+                service: "a".into(),
+            },
+            Command::SetOwner {
+                vip: ip("10.10.0.200"),
+                director: 1,
+                expected_epoch: 0,
+            },
+            Command::SetDraining {
+                director: 1,
+                draining: true,
+            },
+        ];
+        let run = || {
+            let mut s = ClusterState::default();
+            let out: Vec<Response> = log.iter().cloned().map(|c| apply(&mut s, c)).collect();
+            (s, out)
+        };
+        assert_eq!(run(), run());
+        let json = serde_json::to_string(&run().0).unwrap();
+        let back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, run().0);
+    }
+}
