@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn the_same_log_gives_the_same_state() {
-        let log = vec![
+        let log = [
             Command::PutDirector(director(1, Role::Data)),
             Command::Allocate {
                 vip: ip("10.10.0.200"),
