@@ -5,9 +5,12 @@
 
 use std::io::Cursor;
 
+pub mod network;
+pub mod node;
 pub mod state;
 pub mod store;
 
+pub use node::{ConsensusError, Node, NodeConfig, Timing};
 pub use state::{apply, ClusterState, Command, NodeId, Response};
 
 openraft::declare_raft_types!(

@@ -1,0 +1,243 @@
+//! The Raft transport between directors: one TCP connection per peer, frames
+//! of a 4-byte big-endian length and a JSON body, a request answered by one
+//! reply. The server side hands each request to the local Raft node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::state::NodeId;
+use crate::TypeConfig;
+
+/// Largest frame accepted (a snapshot chunk or a batch of entries).
+const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let len =
+        u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame larger than 4 GiB"))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(body).await?;
+    w.flush().await
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes exceeds {MAX_FRAME}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Serves Raft RPCs from peers until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let raft = raft.clone();
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move { connection(stream, peer, raft, stop).await });
+                }
+                Err(e) => {
+                    tracing_warn(&format!("raft transport: accept: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("{msg}");
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    _peer: SocketAddr,
+    raft: Raft<TypeConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut stream) => f,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(frame) = frame else { return };
+        let reply = match serde_json::from_slice::<Request>(&frame) {
+            Ok(Request::Append(rpc)) => Reply::Append(raft.append_entries(rpc).await),
+            Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await),
+            Ok(Request::Snapshot(rpc)) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+            Err(_) => return,
+        };
+        let Ok(body) = serde_json::to_vec(&reply) else {
+            return;
+        };
+        if write_frame(&mut stream, &body).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Makes a [`Peer`] client for each target node.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            stream: None,
+        }
+    }
+}
+
+/// The client side of one peer: connects when needed, reconnects after an
+/// error.
+#[derive(Debug)]
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+impl Peer {
+    async fn call(
+        &mut self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, std::io::Error> {
+        let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        let result = tokio::time::timeout(timeout, async {
+            if self.stream.is_none() {
+                let s = TcpStream::connect(&self.addr).await?;
+                s.set_nodelay(true)?;
+                self.stream = Some(s);
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no connection"))?;
+            write_frame(stream, &body).await?;
+            read_frame(stream).await
+        })
+        .await;
+        let frame = match result {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => {
+                self.stream = None;
+                return Err(e);
+            }
+            Err(_) => {
+                self.stream = None;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no reply from node {} within {timeout:?}", self.target),
+                ));
+            }
+        };
+        serde_json::from_slice(&frame).map_err(std::io::Error::other)
+    }
+
+    fn unreachable<E: std::error::Error>(
+        &self,
+        e: std::io::Error,
+    ) -> RPCError<NodeId, BasicNode, E> {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => RPCError::Network(NetworkError::new(&e)),
+            _ => RPCError::Unreachable(Unreachable::new(&e)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(&Request::Append(rpc), option.hard_ttl()).await {
+            Ok(Reply::Append(Ok(r))) => Ok(r),
+            Ok(Reply::Append(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(self.unreachable(std::io::Error::other("mismatched reply"))),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(&Request::Snapshot(rpc), option.hard_ttl()).await {
+            Ok(Reply::Snapshot(Ok(r))) => Ok(r),
+            Ok(Reply::Snapshot(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(self.unreachable(std::io::Error::other("mismatched reply"))),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(&Request::Vote(rpc), option.hard_ttl()).await {
+            Ok(Reply::Vote(Ok(r))) => Ok(r),
+            Ok(Reply::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(_) => Err(self.unreachable(std::io::Error::other("mismatched reply"))),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+}

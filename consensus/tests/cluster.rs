@@ -1,0 +1,153 @@
+//! Three directors' Raft nodes in one process, over real TCP sockets on
+//! loopback, each with its own redb file: election, replication, the loss of
+//! the leader, and a restart from disk that catches up without
+//! re-initialising (openraft #1535).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use consensus::state::{Director, Role};
+use consensus::{Command, Node, NodeConfig, NodeId, Response, Timing};
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn director(id: NodeId) -> Command {
+    Command::PutDirector(Director {
+        id,
+        name: format!("d{id}"),
+        address: format!("10.10.0.{}:7946", 10 + id),
+        role: Role::Data,
+    })
+}
+
+async fn start(id: NodeId, voters: &BTreeMap<NodeId, String>, dir: &Path) -> Node {
+    let listener = TcpListener::bind(&voters[&id]).await.unwrap();
+    Node::start(
+        NodeConfig {
+            id,
+            voters: voters.clone(),
+            data_dir: dir.join(format!("node-{id}")),
+            timing: Timing::default(),
+        },
+        listener,
+    )
+    .await
+    .unwrap()
+}
+
+/// Proposes on whichever node leads, retrying while leadership moves.
+async fn propose(nodes: &[&Node], cmd: Command) -> Response {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for n in nodes {
+            if let Ok(r) = n.propose(cmd.clone()).await {
+                return r;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader took {cmd:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_survive_the_leader_and_restart_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // Reserve three loopback ports.
+    let mut voters = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        voters.insert(id, l.local_addr().unwrap().to_string());
+    }
+    let n1 = start(1, &voters, dir.path()).await;
+    let n2 = start(2, &voters, dir.path()).await;
+    let n3 = start(3, &voters, dir.path()).await;
+    let mut nodes = vec![n1, n2, n3];
+    for n in &nodes {
+        n.wait_for_leader(WAIT).await.unwrap();
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(propose(&refs, director(1)).await, Response::Ok);
+    assert_eq!(propose(&refs, director(2)).await, Response::Ok);
+    for n in &nodes {
+        until("replication to every node", || {
+            n.state().directors.len() == 2
+        })
+        .await;
+        assert_eq!(n.voters().into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    // Lose the leader: the other two elect a new one and go on.
+    let leader = nodes[0].leader().unwrap();
+    let idx = nodes.iter().position(|n| n.id() == leader).unwrap();
+    let old = nodes.remove(idx);
+    let old_term = old.metrics().current_term;
+    old.shutdown().await.unwrap();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(propose(&refs, director(3)).await, Response::Ok);
+    let new_leader = nodes[0].leader().unwrap();
+    assert_ne!(new_leader, leader);
+    assert!(nodes[0].metrics().current_term > old_term);
+
+    // The old leader restarts from its own disk, keeps its term and vote,
+    // does not re-initialise, and catches up.
+    let back = start(leader, &voters, dir.path()).await;
+    assert!(
+        back.metrics().current_term >= old_term,
+        "term survived the restart"
+    );
+    assert_eq!(
+        back.state().directors.len(),
+        2,
+        "applied state survived the restart"
+    );
+    until("the restarted node to catch up", || {
+        back.state().directors.len() == 3
+    })
+    .await;
+    assert_eq!(*back.state(), *nodes[0].state());
+    assert_eq!(back.voters().into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    back.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_voters_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<NodeId, String> = [(1, "127.0.0.1:1".to_string())].into();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Node::start(
+        NodeConfig {
+            id: 9,
+            voters,
+            data_dir: dir.path().to_path_buf(),
+            timing: Timing::default(),
+        },
+        listener,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("node 9 is not among the voters"),
+        "{err}"
+    );
+}
