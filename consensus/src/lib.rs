@@ -5,11 +5,14 @@
 
 use std::io::Cursor;
 
+pub mod lease;
 pub mod network;
 pub mod node;
 pub mod state;
 pub mod store;
 
+pub use lease::LeaseTiming;
+pub use network::Faults;
 pub use node::{ConsensusError, Node, NodeConfig, Timing};
 pub use state::{apply, ClusterState, Command, NodeId, Response};
 

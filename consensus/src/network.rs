@@ -3,6 +3,7 @@
 //! reply. The server side hands each request to the local Raft node.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -19,17 +20,27 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::lease::{Grant, Refusal};
 use crate::state::NodeId;
 use crate::TypeConfig;
 
 /// Largest frame accepted (a snapshot chunk or a batch of entries).
 const MAX_FRAME: usize = 64 << 20;
 
+/// A request frame: who sends it, and what.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    from: NodeId,
+    request: Request,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A lease renewal from the director named in the envelope.
+    Lease,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +48,45 @@ enum Reply {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Lease(Result<Grant, Refusal>),
+}
+
+/// Message loss between nodes, for partition tests: a blocked pair (A, B)
+/// drops everything A sends to B (requests and replies). Empty in
+/// production, where real partitions do this.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: std::sync::RwLock<std::collections::BTreeSet<(NodeId, NodeId)>>,
+}
+
+impl Faults {
+    /// Drops what `from` sends to `to`.
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        if let Ok(mut b) = self.blocked.write() {
+            b.insert((from, to));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        if let Ok(mut b) = self.blocked.write() {
+            b.clear();
+        }
+    }
+
+    /// Whether what `from` sends to `to` is dropped.
+    pub fn blocks(&self, from: NodeId, to: NodeId) -> bool {
+        self.blocked
+            .read()
+            .map(|b| b.contains(&(from, to)))
+            .unwrap_or(false)
+    }
+}
+
+/// What the transport's server side needs besides Raft: lease renewals.
+pub trait LeaseService: Send + Sync + 'static {
+    /// Answers a renewal from `director`.
+    fn renew(&self, director: NodeId) -> Result<Grant, Refusal>;
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
@@ -61,19 +111,34 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>>
     Ok(body)
 }
 
-/// Serves Raft RPCs from peers until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    raft: Raft<TypeConfig>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The server side of one node.
+#[derive(Clone)]
+pub struct Server {
+    /// This node's id.
+    pub id: NodeId,
+    /// Its Raft.
+    pub raft: Raft<TypeConfig>,
+    /// Its lease service.
+    pub leases: Arc<dyn LeaseService>,
+    /// Injected message loss.
+    pub faults: Arc<Faults>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("id", &self.id).finish()
+    }
+}
+
+/// Serves Raft RPCs and lease renewals from peers until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, server: Server, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let raft = raft.clone();
+                    let server = server.clone();
                     let stop = shutdown.clone();
-                    tokio::spawn(async move { connection(stream, peer, raft, stop).await });
+                    tokio::spawn(async move { connection(stream, peer, server, stop).await });
                 }
                 Err(e) => {
                     tracing_warn(&format!("raft transport: accept: {e}"));
@@ -95,7 +160,7 @@ fn tracing_warn(msg: &str) {
 async fn connection(
     mut stream: TcpStream,
     _peer: SocketAddr,
-    raft: Raft<TypeConfig>,
+    server: Server,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -105,12 +170,24 @@ async fn connection(
             _ = shutdown.changed() => return,
         };
         let Ok(frame) = frame else { return };
-        let reply = match serde_json::from_slice::<Request>(&frame) {
-            Ok(Request::Append(rpc)) => Reply::Append(raft.append_entries(rpc).await),
-            Ok(Request::Vote(rpc)) => Reply::Vote(raft.vote(rpc).await),
-            Ok(Request::Snapshot(rpc)) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-            Err(_) => return,
+        let Ok(Envelope { from, request }) = serde_json::from_slice::<Envelope>(&frame) else {
+            return;
         };
+        if server.faults.blocks(from, server.id) {
+            // Lost on the way in: the sender times out.
+            continue;
+        }
+        let raft = &server.raft;
+        let reply = match request {
+            Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+            Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+            Request::Lease => Reply::Lease(server.leases.renew(from)),
+        };
+        if server.faults.blocks(server.id, from) {
+            // Lost on the way back.
+            continue;
+        }
         let Ok(body) = serde_json::to_vec(&reply) else {
             return;
         };
@@ -121,18 +198,19 @@ async fn connection(
 }
 
 /// Makes a [`Peer`] client for each target node.
-#[derive(Debug, Clone, Default)]
-pub struct Network;
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// This node's id (the sender of every request).
+    pub id: NodeId,
+    /// Injected message loss.
+    pub faults: Arc<Faults>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer {
-            target,
-            addr: node.addr.clone(),
-            stream: None,
-        }
+        Peer::new(self.id, target, node.addr.clone(), self.faults.clone())
     }
 }
 
@@ -140,18 +218,49 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// error.
 #[derive(Debug)]
 pub struct Peer {
+    from: NodeId,
     target: NodeId,
     addr: String,
     stream: Option<TcpStream>,
+    faults: Arc<Faults>,
 }
 
 impl Peer {
-    async fn call(
+    /// A client from `from` to node `target` at `addr`.
+    pub fn new(from: NodeId, target: NodeId, addr: String, faults: Arc<Faults>) -> Self {
+        Peer {
+            from,
+            target,
+            addr,
+            stream: None,
+            faults,
+        }
+    }
+
+    /// Asks the target (the leader) to renew `from`'s lease.
+    pub async fn renew_lease(
         &mut self,
-        request: &Request,
         timeout: Duration,
-    ) -> Result<Reply, std::io::Error> {
-        let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    ) -> Result<Result<Grant, Refusal>, std::io::Error> {
+        match self.call(Request::Lease, timeout).await? {
+            Reply::Lease(r) => Ok(r),
+            _ => Err(std::io::Error::other("mismatched reply")),
+        }
+    }
+
+    async fn call(&mut self, request: Request, timeout: Duration) -> Result<Reply, std::io::Error> {
+        if self.faults.blocks(self.from, self.target) {
+            tokio::time::sleep(timeout).await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply from node {} within {timeout:?}", self.target),
+            ));
+        }
+        let envelope = Envelope {
+            from: self.from,
+            request,
+        };
+        let body = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
         let result = tokio::time::timeout(timeout, async {
             if self.stream.is_none() {
                 let s = TcpStream::connect(&self.addr).await?;
@@ -200,7 +309,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Request::Append(rpc), option.hard_ttl()).await {
+        match self.call(Request::Append(rpc), option.hard_ttl()).await {
             Ok(Reply::Append(Ok(r))) => Ok(r),
             Ok(Reply::Append(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -218,7 +327,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(&Request::Snapshot(rpc), option.hard_ttl()).await {
+        match self.call(Request::Snapshot(rpc), option.hard_ttl()).await {
             Ok(Reply::Snapshot(Ok(r))) => Ok(r),
             Ok(Reply::Snapshot(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -233,7 +342,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Request::Vote(rpc), option.hard_ttl()).await {
+        match self.call(Request::Vote(rpc), option.hard_ttl()).await {
             Ok(Reply::Vote(Ok(r))) => Ok(r),
             Ok(Reply::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             Ok(_) => Err(self.unreachable(std::io::Error::other("mismatched reply"))),

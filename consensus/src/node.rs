@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::network::{serve, Network};
+use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal};
+use crate::network::{serve, Faults, LeaseService, Network, Peer, Server};
 use crate::state::{ClusterState, Command, NodeId, Response};
 use crate::store::{self, LogStore, StateMachineStore};
 use crate::TypeConfig;
@@ -50,6 +51,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Raft timing.
     pub timing: Timing,
+    /// Lease timing.
+    pub lease: LeaseTiming,
+    /// Injected message loss (tests); `Faults::default()` drops nothing.
+    pub faults: Arc<Faults>,
 }
 
 /// Errors of the consensus handle.
@@ -86,13 +91,56 @@ impl ConsensusError {
     }
 }
 
+/// Lease state shared by the transport, the renewal task and the handle.
+struct Leases {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    table: std::sync::Mutex<LeaseTable>,
+    /// Start of the last quorum round this node completed as leader.
+    quorum_at: std::sync::Mutex<Option<std::time::Instant>>,
+    held: std::sync::Mutex<HeldLease>,
+}
+
+impl Leases {
+    fn observe(&self, now: std::time::Instant) -> (Option<NodeId>, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let leading = m.current_leader == Some(self.id);
+        if let Ok(mut t) = self.table.lock() {
+            t.observe(leading, m.current_term, now);
+        }
+        if !leading {
+            if let Ok(mut q) = self.quorum_at.lock() {
+                *q = None;
+            }
+        }
+        (m.current_leader, m.current_term)
+    }
+
+    fn grant(&self, director: NodeId) -> Result<Grant, Refusal> {
+        let now = std::time::Instant::now();
+        let (leader, _) = self.observe(now);
+        let quorum_at = self.quorum_at.lock().ok().and_then(|q| *q);
+        match self.table.lock() {
+            Ok(mut t) => t.grant(director, now, quorum_at, leader),
+            Err(_) => Err(Refusal::NotLeader { leader }),
+        }
+    }
+}
+
+impl LeaseService for Leases {
+    fn renew(&self, director: NodeId) -> Result<Grant, Refusal> {
+        self.grant(director)
+    }
+}
+
 /// A running member of the group.
 pub struct Node {
     id: NodeId,
     raft: Raft<TypeConfig>,
     machine: StateMachineStore,
+    leases: Arc<Leases>,
     stop: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -115,6 +163,7 @@ impl Node {
                 config.voters.keys().collect::<Vec<_>>()
             )));
         }
+        lease::validate(&config.timing, &config.lease).map_err(ConsensusError::Config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ConsensusError::Storage(format!("creating {}: {e}", config.data_dir.display()))
         })?;
@@ -132,17 +181,48 @@ impl Node {
         }
         .validate()
         .map_err(|e| ConsensusError::Config(e.to_string()))?;
+        let network = Network {
+            id: config.id,
+            faults: config.faults.clone(),
+        };
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network,
+            network,
             log,
             machine.clone(),
         )
         .await
         .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let leases = Arc::new(Leases {
+            id: config.id,
+            raft: raft.clone(),
+            table: std::sync::Mutex::new(LeaseTable::new(&config.timing, config.lease)),
+            quorum_at: std::sync::Mutex::new(None),
+            held: std::sync::Mutex::new(HeldLease::default()),
+        });
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, raft.clone(), stopped));
+        let server = Server {
+            id: config.id,
+            raft: raft.clone(),
+            leases: leases.clone(),
+            faults: config.faults.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(serve(listener, server, stopped.clone())),
+            tokio::spawn(quorum_rounds(
+                leases.clone(),
+                config.timing,
+                config.lease,
+                stopped.clone(),
+            )),
+            tokio::spawn(renewals(
+                leases.clone(),
+                config.lease,
+                config.faults.clone(),
+                stopped,
+            )),
+        ];
 
         let first = config.voters.keys().next().copied();
         let initialized = raft
@@ -166,9 +246,53 @@ impl Node {
             id: config.id,
             raft,
             machine,
+            leases,
             stop,
-            server,
+            tasks,
         })
+    }
+
+    /// Whether this director holds an ownership lease now. It may answer for
+    /// the VIPs it owns only while this is true.
+    pub fn holds_lease(&self) -> bool {
+        self.leases
+            .held
+            .lock()
+            .map(|h| h.holds(std::time::Instant::now()))
+            .unwrap_or(false)
+    }
+
+    /// How long the current lease still runs, if it holds.
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let until = self.leases.held.lock().ok()?.valid_until()?;
+        until.checked_duration_since(now)
+    }
+
+    /// On the leader: whether VIPs may now be taken from `director` (its last
+    /// grant plus lease plus margin has passed). Always false elsewhere.
+    pub fn may_take_from(&self, director: NodeId) -> bool {
+        let now = std::time::Instant::now();
+        self.leases.observe(now);
+        let quorum_at = self.leases.quorum_at.lock().ok().and_then(|q| *q);
+        self.leases
+            .table
+            .lock()
+            .map(|t| t.may_take_from(director, now, quorum_at))
+            .unwrap_or(false)
+    }
+
+    /// On the leader: whether the new-leader wait is over, so VIPs without a
+    /// live owner may be assigned. Always false elsewhere.
+    pub fn may_assign(&self) -> bool {
+        let now = std::time::Instant::now();
+        self.leases.observe(now);
+        let quorum_at = self.leases.quorum_at.lock().ok().and_then(|q| *q);
+        self.leases
+            .table
+            .lock()
+            .map(|t| t.may_assign(now, quorum_at))
+            .unwrap_or(false)
     }
 
     /// This node's id.
@@ -239,15 +363,106 @@ impl Node {
         }
     }
 
-    /// Stops Raft and the transport.
+    /// Stops Raft, the transport and the lease tasks. The lease stops being
+    /// renewed at once.
     pub async fn shutdown(self) -> Result<(), ConsensusError> {
         let _ = self.stop.send(true);
+        if let Ok(mut h) = self.leases.held.lock() {
+            *h = HeldLease::default();
+        }
         let result = self
             .raft
             .shutdown()
             .await
             .map_err(|e| ConsensusError::Raft(e.to_string()));
-        let _ = self.server.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
         result
+    }
+}
+
+/// On the leader, every renewal interval: a quorum round (a heartbeat that a
+/// quorum must acknowledge), bounded by the quorum freshness. Its start is the
+/// instant a quorum is known to have heard this leader; grants need it fresh.
+async fn quorum_rounds(
+    leases: Arc<Leases>,
+    timing: Timing,
+    lease: LeaseTiming,
+    mut stop: watch::Receiver<bool>,
+) {
+    let freshness = Duration::from_millis(lease::quorum_freshness_ms(&timing));
+    let mut tick = tokio::time::interval(Duration::from_millis(lease.renew_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let start = std::time::Instant::now();
+        let (leader, _) = leases.observe(start);
+        if leader != Some(leases.id) {
+            continue;
+        }
+        let confirmed = tokio::time::timeout(freshness, leases.raft.ensure_linearizable()).await;
+        if let Ok(Ok(_)) = confirmed {
+            if let Ok(mut q) = leases.quorum_at.lock() {
+                if q.is_none_or(|old| old < start) {
+                    *q = Some(start);
+                }
+            }
+        }
+    }
+}
+
+/// Every renewal interval: renew this director's lease with the leader (or
+/// with itself when it leads), counting the lease from the moment it sent.
+async fn renewals(
+    leases: Arc<Leases>,
+    lease: LeaseTiming,
+    faults: Arc<Faults>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(lease.renew_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peer: Option<(NodeId, Peer)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let sent = std::time::Instant::now();
+        let (leader, _) = leases.observe(sent);
+        let grant = match leader {
+            None => continue,
+            Some(l) if l == leases.id => leases.grant(leases.id),
+            Some(l) => {
+                if peer.as_ref().map(|(id, _)| *id) != Some(l) {
+                    let addr = leases
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.addr.clone());
+                    let Some(addr) = addr else { continue };
+                    peer = Some((l, Peer::new(leases.id, l, addr, faults.clone())));
+                }
+                let Some((_, p)) = peer.as_mut() else {
+                    continue;
+                };
+                match p.renew_lease(every).await {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                }
+            }
+        };
+        if let Ok(g) = grant {
+            if let Ok(mut h) = leases.held.lock() {
+                h.granted(sent, &g);
+            }
+        }
     }
 }

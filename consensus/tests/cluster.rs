@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use consensus::state::{Director, Role};
-use consensus::{Command, Node, NodeConfig, NodeId, Response, Timing};
+use consensus::{Command, LeaseTiming, Node, NodeConfig, NodeId, Response, Timing};
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -31,6 +31,8 @@ async fn start(id: NodeId, voters: &BTreeMap<NodeId, String>, dir: &Path) -> Nod
             voters: voters.clone(),
             data_dir: dir.join(format!("node-{id}")),
             timing: Timing::default(),
+            lease: LeaseTiming::default(),
+            faults: Default::default(),
         },
         listener,
     )
@@ -141,6 +143,8 @@ async fn a_node_outside_the_voters_is_refused() {
             voters,
             data_dir: dir.path().to_path_buf(),
             timing: Timing::default(),
+            lease: LeaseTiming::default(),
+            faults: Default::default(),
         },
         listener,
     )

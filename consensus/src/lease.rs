@@ -1,0 +1,403 @@
+//! Ownership leases: the fencing rule of docs/fencing.md as code.
+//!
+//! A director answers for a VIP only while it is the committed owner AND holds
+//! a lease. It renews the lease with the leader; the lease runs from the moment
+//! the director SENT the renewal, on its own monotonic clock, so it ends no
+//! later than the leader believes. The leader grants only while a quorum has
+//! acknowledged it recently, and lets a VIP move away from a director only
+//! once that director's last grant plus the lease plus a margin has passed; a
+//! new leader moves nothing until one lease plus margin after it took office.
+//!
+//! Everything here is pure: times come in as arguments.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::Timing;
+use crate::state::NodeId;
+
+/// Lease timing, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// How long a grant lasts, counted from when the holder sent the renewal.
+    pub lease_ms: u64,
+    /// Extra wait before a silent director's VIPs move (clock-rate slack).
+    pub margin_ms: u64,
+    /// How often holders renew.
+    pub renew_ms: u64,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            lease_ms: 600,
+            margin_ms: 100,
+            renew_ms: 100,
+        }
+    }
+}
+
+/// Largest relative difference in clock rate between two directors that the
+/// margin must cover (monotonic clocks of healthy hosts differ by far less).
+pub const MAX_CLOCK_RATE_DRIFT: f64 = 0.01;
+
+/// Checks the timing inequalities of docs/fencing.md; the first one broken.
+pub fn validate(raft: &Timing, lease: &LeaseTiming) -> Result<(), String> {
+    let t = raft;
+    let l = lease;
+    if t.heartbeat_ms == 0 || t.heartbeat_ms >= t.election_min_ms {
+        return Err(format!(
+            "heartbeat ({} ms) must be above 0 and below the election timeout ({} ms)",
+            t.heartbeat_ms, t.election_min_ms
+        ));
+    }
+    if t.election_min_ms >= t.election_max_ms {
+        return Err(format!(
+            "election timeout min ({} ms) must be below max ({} ms)",
+            t.election_min_ms, t.election_max_ms
+        ));
+    }
+    // A grant needs a quorum ack no older than the election timeout minimum,
+    // which must be shorter than the followers' leader lease (openraft's
+    // election_timeout_max): then every grant of a deposed leader happened
+    // before its successor was elected.
+    if quorum_freshness_ms(t) >= t.election_max_ms {
+        return Err("quorum freshness must be below election_timeout_max".into());
+    }
+    if l.renew_ms == 0 || l.renew_ms * 2 > l.lease_ms {
+        return Err(format!(
+            "lease renewal ({} ms) must be at most half the lease ({} ms): a lost renewal must not lapse the lease",
+            l.renew_ms, l.lease_ms
+        ));
+    }
+    // Holders must ride out a leader election without their lease lapsing.
+    if l.lease_ms < t.election_max_ms + 2 * l.renew_ms {
+        return Err(format!(
+            "lease ({} ms) must be at least election_timeout_max ({} ms) + 2 x renewal ({} ms), so that losing the leader does not lapse every lease",
+            l.lease_ms, t.election_max_ms, l.renew_ms
+        ));
+    }
+    let min_margin = (l.lease_ms as f64 * MAX_CLOCK_RATE_DRIFT).ceil() as u64;
+    if l.margin_ms < min_margin.max(t.heartbeat_ms) {
+        return Err(format!(
+            "margin ({} ms) must be at least the heartbeat ({} ms) and {:.0}% of the lease ({} ms)",
+            l.margin_ms,
+            t.heartbeat_ms,
+            MAX_CLOCK_RATE_DRIFT * 100.0,
+            min_margin
+        ));
+    }
+    Ok(())
+}
+
+/// How recent the leader's last confirmed quorum round must be for it to
+/// grant: the election timeout minimum.
+pub fn quorum_freshness_ms(t: &Timing) -> u64 {
+    t.election_min_ms
+}
+
+/// A granted lease, as the leader answers a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The lease length in milliseconds.
+    pub lease_ms: u64,
+    /// The leader's term.
+    pub term: u64,
+}
+
+/// Why a renewal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// This node is not the leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The leader has not heard from a quorum recently enough.
+    #[error("no quorum acknowledgement for {millis:?} ms")]
+    NoQuorum {
+        /// Milliseconds since the last quorum ack, if any.
+        millis: Option<u64>,
+    },
+}
+
+/// The leader's view of the leases it granted.
+#[derive(Debug, Clone)]
+pub struct LeaseTable {
+    timing: LeaseTiming,
+    freshness: Duration,
+    /// The term and the instant this node became leader of it.
+    leader_since: Option<(u64, Instant)>,
+    /// Last grant per director, in the current term.
+    grants: BTreeMap<NodeId, Instant>,
+}
+
+impl LeaseTable {
+    /// An empty table.
+    pub fn new(raft: &Timing, timing: LeaseTiming) -> Self {
+        LeaseTable {
+            timing,
+            freshness: Duration::from_millis(quorum_freshness_ms(raft)),
+            leader_since: None,
+            grants: BTreeMap::new(),
+        }
+    }
+
+    /// Tells the table who leads now. A new term as leader starts with no
+    /// grants and the new-leader wait.
+    pub fn observe(&mut self, is_leader: bool, term: u64, now: Instant) {
+        match (is_leader, self.leader_since) {
+            (true, Some((t, _))) if t == term => {}
+            (true, _) => {
+                self.leader_since = Some((term, now));
+                self.grants.clear();
+            }
+            (false, _) => {
+                self.leader_since = None;
+                self.grants.clear();
+            }
+        }
+    }
+
+    /// Answers a renewal from `director` at `now`. `quorum_at` is the latest
+    /// instant from which a quorum is known to have acknowledged this leader
+    /// (the start of the last successful quorum round; `None`: never).
+    pub fn grant(
+        &mut self,
+        director: NodeId,
+        now: Instant,
+        quorum_at: Option<Instant>,
+        leader: Option<NodeId>,
+    ) -> Result<Grant, Refusal> {
+        let Some((term, _)) = self.leader_since else {
+            return Err(Refusal::NotLeader { leader });
+        };
+        let age = quorum_at.map(|q| now.saturating_duration_since(q));
+        // (the same rule as `fresh`, with the age reported on refusal)
+        match age {
+            Some(a) if a < self.freshness => {}
+            other => {
+                return Err(Refusal::NoQuorum {
+                    millis: other.map(|a| a.as_millis() as u64),
+                })
+            }
+        }
+        self.grants.insert(director, now);
+        Ok(Grant {
+            lease_ms: self.timing.lease_ms,
+            term,
+        })
+    }
+
+    /// Whether a quorum confirmed this leader recently enough (`quorum_at`
+    /// as in [`LeaseTable::grant`]).
+    fn fresh(&self, now: Instant, quorum_at: Option<Instant>) -> bool {
+        quorum_at.is_some_and(|q| now.saturating_duration_since(q) < self.freshness)
+    }
+
+    /// Whether a VIP may be taken from `director` at `now`: only when its last
+    /// grant (or, if later, this leader's start) plus lease plus margin has
+    /// passed, and a quorum confirmed this leader recently. False when this
+    /// node is not the leader (a deposed leader that has not noticed yet
+    /// fails the quorum check).
+    pub fn may_take_from(
+        &self,
+        director: NodeId,
+        now: Instant,
+        quorum_at: Option<Instant>,
+    ) -> bool {
+        let Some((_, since)) = self.leader_since else {
+            return false;
+        };
+        if !self.fresh(now, quorum_at) {
+            return false;
+        }
+        let last = self
+            .grants
+            .get(&director)
+            .copied()
+            .map_or(since, |g| g.max(since));
+        now >= last + self.fence()
+    }
+
+    /// Whether this leader may assign VIPs that have no live owner yet: after
+    /// the new-leader wait, while a quorum confirms it.
+    pub fn may_assign(&self, now: Instant, quorum_at: Option<Instant>) -> bool {
+        self.fresh(now, quorum_at)
+            && self
+                .leader_since
+                .is_some_and(|(_, since)| now >= since + self.fence())
+    }
+
+    /// Lease plus margin.
+    pub fn fence(&self) -> Duration {
+        Duration::from_millis(self.timing.lease_ms + self.timing.margin_ms)
+    }
+}
+
+/// A holder's view of its own lease.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeldLease {
+    valid_until: Option<Instant>,
+}
+
+impl HeldLease {
+    /// Records a grant for a renewal SENT at `sent`.
+    pub fn granted(&mut self, sent: Instant, grant: &Grant) {
+        let until = sent + Duration::from_millis(grant.lease_ms);
+        self.valid_until = Some(self.valid_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Whether the lease holds at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|u| now < u)
+    }
+
+    /// When it ends, if ever granted.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.valid_until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> (Timing, LeaseTiming) {
+        (Timing::default(), LeaseTiming::default())
+    }
+
+    #[test]
+    fn defaults_and_tight_timing_satisfy_the_inequalities() {
+        let (t, l) = timing();
+        validate(&t, &l).unwrap();
+        let tight = Timing {
+            heartbeat_ms: 20,
+            election_min_ms: 60,
+            election_max_ms: 120,
+        };
+        validate(
+            &tight,
+            &LeaseTiming {
+                lease_ms: 200,
+                margin_ms: 20,
+                renew_ms: 40,
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn timing_that_breaks_an_inequality_is_refused() {
+        let (t, l) = timing();
+        let short = LeaseTiming { lease_ms: 300, ..l };
+        assert!(validate(&t, &short)
+            .unwrap_err()
+            .contains("election_timeout_max"));
+        let slow = LeaseTiming { renew_ms: 400, ..l };
+        assert!(validate(&t, &slow).unwrap_err().contains("at most half"));
+        let thin = LeaseTiming { margin_ms: 1, ..l };
+        assert!(validate(&t, &thin).unwrap_err().contains("margin"));
+        let bad = Timing {
+            heartbeat_ms: 200,
+            ..t
+        };
+        assert!(validate(&bad, &l).unwrap_err().contains("heartbeat"));
+    }
+
+    #[test]
+    fn the_holder_counts_from_when_it_sent() {
+        let t0 = Instant::now();
+        let mut held = HeldLease::default();
+        assert!(!held.holds(t0));
+        let grant = Grant {
+            lease_ms: 600,
+            term: 3,
+        };
+        // Sent at t0, the grant arrived 50 ms later: still ends at t0 + 600.
+        held.granted(t0, &grant);
+        assert!(held.holds(t0 + Duration::from_millis(599)));
+        assert!(!held.holds(t0 + Duration::from_millis(600)));
+        // An older reply never shortens a newer lease.
+        held.granted(t0 + Duration::from_millis(100), &grant);
+        held.granted(t0, &grant);
+        assert_eq!(held.valid_until(), Some(t0 + Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn the_leader_grants_only_with_a_fresh_quorum() {
+        let (t, l) = timing();
+        let now = Instant::now();
+        let mut table = LeaseTable::new(&t, l);
+        assert_eq!(
+            table.grant(2, now, Some(now), Some(1)),
+            Err(Refusal::NotLeader { leader: Some(1) })
+        );
+        table.observe(true, 5, now);
+        let ms = |n| now - Duration::from_millis(n);
+        assert!(table.grant(2, now, Some(ms(20)), Some(1)).is_ok());
+        assert_eq!(
+            table.grant(2, now, Some(ms(150)), Some(1)),
+            Err(Refusal::NoQuorum { millis: Some(150) })
+        );
+        assert_eq!(
+            table.grant(2, now, None, Some(1)),
+            Err(Refusal::NoQuorum { millis: None })
+        );
+    }
+
+    /// The fencing rule (docs/fencing.md): the leader takes a VIP from a
+    /// director only after that director's lease, counted from any instant at
+    /// or before the grant, has ended plus the margin.
+    #[test]
+    fn a_vip_moves_only_after_the_holders_lease_plus_margin() {
+        let (t, l) = timing();
+        let start = Instant::now();
+        let mut table = LeaseTable::new(&t, l);
+        table.observe(true, 1, start);
+        // A new leader waits a full lease plus margin before moving anything.
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(!table.may_assign(at(699), Some(at(699))));
+        assert!(table.may_assign(at(700), Some(at(700))));
+        assert!(!table.may_take_from(2, at(699), Some(at(699))));
+        // Without a fresh quorum round it decides nothing.
+        assert!(!table.may_assign(at(900), Some(at(700))));
+        assert!(!table.may_assign(at(900), None));
+
+        let sent = start + Duration::from_millis(1000);
+        let granted_at = sent + Duration::from_millis(5);
+        let grant = table.grant(2, granted_at, Some(sent), Some(1)).unwrap();
+        let mut held = HeldLease::default();
+        held.granted(sent, &grant);
+        for ms in (0..2000).step_by(1) {
+            let now = granted_at + Duration::from_millis(ms);
+            // Never: the holder still holds while the leader may take.
+            assert!(
+                !(held.holds(now) && table.may_take_from(2, now, Some(now))),
+                "overlap at +{ms} ms"
+            );
+        }
+        let after = granted_at + Duration::from_millis(700);
+        assert!(table.may_take_from(2, after, Some(after)));
+    }
+
+    #[test]
+    fn a_change_of_term_forgets_grants_and_restarts_the_wait() {
+        let (t, l) = timing();
+        let now = Instant::now();
+        let mut table = LeaseTable::new(&t, l);
+        table.observe(true, 1, now);
+        table.grant(2, now, Some(now), Some(1)).unwrap();
+        let later = now + Duration::from_secs(5);
+        table.observe(false, 2, later);
+        assert!(!table.may_take_from(2, later, Some(later)));
+        table.observe(true, 3, later);
+        let t699 = later + Duration::from_millis(699);
+        let t700 = later + Duration::from_millis(700);
+        assert!(!table.may_take_from(2, t699, Some(t699)));
+        assert!(table.may_take_from(2, t700, Some(t700)));
+    }
+}

@@ -1,0 +1,325 @@
+//! Ownership leases under partitions, three nodes over loopback TCP with
+//! injected message loss. An independent checker samples every node every
+//! 2 ms and fails if two directors ever believe they hold the same VIP
+//! (committed owner in their own view AND a valid lease): the invariant of
+//! docs/fencing.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consensus::state::{Director, Role};
+use consensus::{Command, Faults, LeaseTiming, Node, NodeConfig, NodeId, Response, Timing};
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Cluster {
+    nodes: Vec<Arc<Node>>,
+    faults: Arc<Faults>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let mut voters = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=3u64 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            voters.insert(id, l.local_addr().unwrap().to_string());
+            listeners.insert(id, l);
+        }
+        let mut nodes = Vec::new();
+        for (id, listener) in listeners {
+            let node = Node::start(
+                NodeConfig {
+                    id,
+                    voters: voters.clone(),
+                    data_dir: dir.path().join(format!("n{id}")),
+                    timing: Timing::default(),
+                    lease: LeaseTiming::default(),
+                    faults: faults.clone(),
+                },
+                listener,
+            )
+            .await
+            .unwrap();
+            nodes.push(Arc::new(node));
+        }
+        Cluster {
+            nodes,
+            faults,
+            _dir: dir,
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Arc<Node> {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// The leader as every reachable node sees it.
+    async fn leader(&self, among: &[NodeId]) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let seen: Vec<Option<NodeId>> =
+                among.iter().map(|id| self.node(*id).leader()).collect();
+            if let Some(Some(l)) = seen.first() {
+                if seen.iter().all(|s| *s == Some(*l)) && among.contains(l) {
+                    return *l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no common leader among {among:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn propose(&self, on: NodeId, cmd: Command) -> Response {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.node(on).propose(cmd.clone()).await {
+                Ok(r) => return r,
+                Err(e) => assert!(Instant::now() < deadline, "{cmd:?}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Cuts `id` off from the others, both ways.
+    fn isolate(&self, id: NodeId) {
+        for other in 1..=3 {
+            if other != id {
+                self.faults.block(id, other);
+                self.faults.block(other, id);
+            }
+        }
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+/// Samples every node every 2 ms; counts the holders of `vip` at each
+/// instant and remembers the most ever seen.
+struct Checker {
+    stop: Arc<AtomicBool>,
+    most: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Checker {
+    fn start(nodes: Vec<Arc<Node>>, vip: IpAddr) -> Checker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (s, m) = (stop.clone(), most.clone());
+        let task = tokio::spawn(async move {
+            let mut violations = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let holders: Vec<NodeId> = nodes
+                    .iter()
+                    .filter(|n| {
+                        n.state().owners.get(&vip).map(|o| o.director) == Some(n.id())
+                            && n.holds_lease()
+                    })
+                    .map(|n| n.id())
+                    .collect();
+                m.fetch_max(holders.len(), Ordering::Relaxed);
+                if holders.len() > 1 {
+                    violations.push(format!("two holders of {vip}: {holders:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            violations
+        });
+        Checker { stop, most, task }
+    }
+
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let violations = self.task.await.unwrap();
+        assert!(violations.is_empty(), "{violations:?}");
+        self.most.load(Ordering::Relaxed)
+    }
+}
+
+fn vip() -> IpAddr {
+    "10.10.0.200".parse().unwrap()
+}
+
+/// Members, a VIP, and its first owner: a follower, assigned after the
+/// new-leader wait.
+async fn setup(c: &Cluster) -> (NodeId, NodeId) {
+    let leader = c.leader(&[1, 2, 3]).await;
+    for id in 1..=3 {
+        c.propose(
+            leader,
+            Command::PutDirector(Director {
+                id,
+                name: format!("d{id}"),
+                address: String::new(),
+                role: Role::Data,
+            }),
+        )
+        .await;
+    }
+    c.propose(
+        leader,
+        Command::Allocate {
+            vip: vip(),
+            service: "default/web".into(),
+        },
+    )
+    .await;
+    let owner = (1..=3).find(|id| *id != leader).unwrap();
+    until("the new-leader wait", || c.node(leader).may_assign()).await;
+    let r = c
+        .propose(
+            leader,
+            Command::SetOwner {
+                vip: vip(),
+                director: owner,
+                expected_epoch: 0,
+            },
+        )
+        .await;
+    assert_eq!(r, Response::Epoch(1));
+    until("the owner to hold", || {
+        c.node(owner).holds_lease() && c.node(owner).state().owners.contains_key(&vip())
+    })
+    .await;
+    (leader, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
+    let c = Cluster::start().await;
+    let (leader, owner) = setup(&c).await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    let lease = LeaseTiming::default();
+
+    c.isolate(owner);
+    let lapsed = until("the isolated owner's lease to lapse", || {
+        !c.node(owner).holds_lease()
+    })
+    .await;
+    assert!(
+        lapsed <= Duration::from_millis(lease.lease_ms + lease.renew_ms + 200),
+        "lapsed after {lapsed:?}"
+    );
+    // The majority goes on, and may take the VIP only after the fence.
+    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
+    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
+    let r = c
+        .propose(
+            leader,
+            Command::SetOwner {
+                vip: vip(),
+                director: successor,
+                expected_epoch: 1,
+            },
+        )
+        .await;
+    assert_eq!(r, Response::Epoch(2));
+    until("the successor to hold", || {
+        c.node(successor).holds_lease()
+            && c.node(successor).state().owners[&vip()].director == successor
+    })
+    .await;
+    // Healing: the old owner learns the move and stays silent.
+    c.faults.heal();
+    until("the old owner to learn the move", || {
+        c.node(owner).state().owners[&vip()].epoch == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(checker.finish().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_stops_granting_and_a_new_leader_waits_before_moving() {
+    let c = Cluster::start().await;
+    let (leader, owner) = setup(&c).await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    c.isolate(leader);
+    let rest: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader = c.leader(&rest).await;
+    assert_ne!(new_leader, leader);
+    // The deposed leader cannot confirm a quorum: its own lease lapses.
+    until("the deposed leader's lease to lapse", || {
+        !c.node(leader).holds_lease()
+    })
+    .await;
+    assert!(!c.node(leader).may_assign());
+    // The majority commits, and the owner keeps (or regains) its lease from
+    // the new leader.
+    c.propose(
+        new_leader,
+        Command::SetDraining {
+            director: leader,
+            draining: true,
+        },
+    )
+    .await;
+    until("the owner to hold under the new leader", || {
+        c.node(owner).holds_lease()
+    })
+    .await;
+    c.faults.heal();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(checker.finish().await <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_hears_the_leader_but_cannot_answer_lapses() {
+    let c = Cluster::start().await;
+    let (leader, owner) = setup(&c).await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    // One-way: everything the owner sends is lost; it still receives.
+    for other in 1..=3 {
+        if other != owner {
+            c.faults.block(owner, other);
+        }
+    }
+    until("the owner's lease to lapse", || {
+        !c.node(owner).holds_lease()
+    })
+    .await;
+    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
+    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
+    c.propose(
+        leader,
+        Command::SetOwner {
+            vip: vip(),
+            director: successor,
+            expected_epoch: 1,
+        },
+    )
+    .await;
+    until("the successor to hold", || {
+        c.node(successor).holds_lease()
+            && c.node(successor).state().owners[&vip()].director == successor
+    })
+    .await;
+    // The owner still hears the leader: it learns the move and stays silent
+    // even before the partition heals.
+    until("the old owner to learn the move", || {
+        c.node(owner).state().owners[&vip()].epoch == 2
+    })
+    .await;
+    c.faults.heal();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(checker.finish().await, 1);
+}
