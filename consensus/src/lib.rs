@@ -10,11 +10,13 @@ pub mod network;
 pub mod node;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use lease::LeaseTiming;
 pub use network::Faults;
 pub use node::{ConsensusError, Node, NodeConfig, Timing};
 pub use state::{apply, ClusterState, Command, NodeId, Response};
+pub use tls::{Security, TlsFiles};
 
 openraft::declare_raft_types!(
     /// The Raft types of the directors' group.

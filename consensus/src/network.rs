@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::lease::{Grant, Refusal};
 use crate::state::NodeId;
+use crate::tls::{Io, Tls};
 use crate::TypeConfig;
 
 /// Largest frame accepted (a snapshot chunk or a batch of entries).
@@ -122,6 +123,8 @@ pub struct Server {
     pub leases: Arc<dyn LeaseService>,
     /// Injected message loss.
     pub faults: Arc<Faults>,
+    /// Transport security.
+    pub tls: Tls,
 }
 
 impl std::fmt::Debug for Server {
@@ -158,12 +161,16 @@ fn tracing_warn(msg: &str) {
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     _peer: SocketAddr,
     server: Server,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    // A peer without a valid certificate fails here and is dropped.
+    let Ok(mut stream) = server.tls.accept(tcp).await else {
+        return;
+    };
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut stream) => f,
@@ -204,36 +211,56 @@ pub struct Network {
     pub id: NodeId,
     /// Injected message loss.
     pub faults: Arc<Faults>,
+    /// Transport security.
+    pub tls: Tls,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer::new(self.id, target, node.addr.clone(), self.faults.clone())
+        Peer::new(
+            self.id,
+            target,
+            node.addr.clone(),
+            self.faults.clone(),
+            self.tls.clone(),
+        )
     }
 }
 
 /// The client side of one peer: connects when needed, reconnects after an
 /// error.
-#[derive(Debug)]
 pub struct Peer {
     from: NodeId,
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    stream: Option<Box<dyn Io>>,
     faults: Arc<Faults>,
+    tls: Tls,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("from", &self.from)
+            .field("target", &self.target)
+            .field("addr", &self.addr)
+            .field("connected", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl Peer {
     /// A client from `from` to node `target` at `addr`.
-    pub fn new(from: NodeId, target: NodeId, addr: String, faults: Arc<Faults>) -> Self {
+    pub fn new(from: NodeId, target: NodeId, addr: String, faults: Arc<Faults>, tls: Tls) -> Self {
         Peer {
             from,
             target,
             addr,
             stream: None,
             faults,
+            tls,
         }
     }
 
@@ -263,9 +290,7 @@ impl Peer {
         let body = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
         let result = tokio::time::timeout(timeout, async {
             if self.stream.is_none() {
-                let s = TcpStream::connect(&self.addr).await?;
-                s.set_nodelay(true)?;
-                self.stream = Some(s);
+                self.stream = Some(self.tls.connect(&self.addr).await?);
             }
             let stream = self
                 .stream

@@ -16,6 +16,7 @@ use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal};
 use crate::network::{serve, Faults, LeaseService, Network, Peer, Server};
 use crate::state::{ClusterState, Command, NodeId, Response};
 use crate::store::{self, LogStore, StateMachineStore};
+use crate::tls::{Security, Tls};
 use crate::TypeConfig;
 
 /// Raft timing, in milliseconds.
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     pub lease: LeaseTiming,
     /// Injected message loss (tests); `Faults::default()` drops nothing.
     pub faults: Arc<Faults>,
+    /// Mutual TLS, or plaintext only when explicitly insecure.
+    pub security: Security,
 }
 
 /// Errors of the consensus handle.
@@ -164,6 +167,7 @@ impl Node {
             )));
         }
         lease::validate(&config.timing, &config.lease).map_err(ConsensusError::Config)?;
+        let tls = Tls::load(&config.security).map_err(ConsensusError::Config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ConsensusError::Storage(format!("creating {}: {e}", config.data_dir.display()))
         })?;
@@ -184,6 +188,7 @@ impl Node {
         let network = Network {
             id: config.id,
             faults: config.faults.clone(),
+            tls: tls.clone(),
         };
         let raft = Raft::new(
             config.id,
@@ -207,6 +212,7 @@ impl Node {
             raft: raft.clone(),
             leases: leases.clone(),
             faults: config.faults.clone(),
+            tls: tls.clone(),
         };
         let tasks = vec![
             tokio::spawn(serve(listener, server, stopped.clone())),
@@ -220,6 +226,7 @@ impl Node {
                 leases.clone(),
                 config.lease,
                 config.faults.clone(),
+                tls,
                 stopped,
             )),
         ];
@@ -421,6 +428,7 @@ async fn renewals(
     leases: Arc<Leases>,
     lease: LeaseTiming,
     faults: Arc<Faults>,
+    tls: Tls,
     mut stop: watch::Receiver<bool>,
 ) {
     let every = Duration::from_millis(lease.renew_ms);
@@ -448,7 +456,10 @@ async fn renewals(
                         .get_node(&l)
                         .map(|n| n.addr.clone());
                     let Some(addr) = addr else { continue };
-                    peer = Some((l, Peer::new(leases.id, l, addr, faults.clone())));
+                    peer = Some((
+                        l,
+                        Peer::new(leases.id, l, addr, faults.clone(), tls.clone()),
+                    ));
                 }
                 let Some((_, p)) = peer.as_mut() else {
                     continue;

@@ -33,6 +33,7 @@ async fn start(id: NodeId, voters: &BTreeMap<NodeId, String>, dir: &Path) -> Nod
             timing: Timing::default(),
             lease: LeaseTiming::default(),
             faults: Default::default(),
+            security: consensus::Security::Insecure,
         },
         listener,
     )
@@ -145,6 +146,7 @@ async fn a_node_outside_the_voters_is_refused() {
             timing: Timing::default(),
             lease: LeaseTiming::default(),
             faults: Default::default(),
+            security: consensus::Security::Insecure,
         },
         listener,
     )

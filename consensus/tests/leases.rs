@@ -44,6 +44,7 @@ impl Cluster {
                     timing: Timing::default(),
                     lease: LeaseTiming::default(),
                     faults: faults.clone(),
+                    security: consensus::Security::Insecure,
                 },
                 listener,
             )
