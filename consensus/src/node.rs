@@ -350,6 +350,52 @@ impl Node {
             .collect()
     }
 
+    /// Adds a director to the group at runtime (on the leader): it first
+    /// catches up as a learner, then becomes a voter.
+    pub async fn add_voter(&self, id: NodeId, addr: &str) -> Result<(), ConsensusError> {
+        let node = BasicNode {
+            addr: addr.to_string(),
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        let mut voters = self.voters();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    /// Removes a director from the group at runtime (on the leader).
+    pub async fn remove_voter(&self, id: NodeId) -> Result<(), ConsensusError> {
+        let mut voters = self.voters();
+        if !voters.remove(&id) {
+            return Err(ConsensusError::Config(format!("{id} is not a voter")));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    fn membership_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> ConsensusError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ConsensusError::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            other => ConsensusError::Raft(other.to_string()),
+        }
+    }
+
     /// Waits until this node sees a leader, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ConsensusError> {
         let mut rx = self.raft.metrics();

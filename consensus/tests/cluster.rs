@@ -157,3 +157,103 @@ async fn a_node_outside_the_voters_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directors_join_and_leave_at_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = BTreeMap::new();
+    for id in 1..=4u64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        voters.insert(id, l.local_addr().unwrap().to_string());
+    }
+    // The group starts as 1, 2, 3; node 4 knows the group but is not in it.
+    let first: BTreeMap<NodeId, String> = voters
+        .iter()
+        .filter(|(id, _)| **id <= 3)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(id, &first, dir.path()).await);
+    }
+    let n4 = start(4, &voters, dir.path()).await;
+    let leader = nodes[0].wait_for_leader(WAIT).await.unwrap();
+    let lead = nodes.iter().find(|n| n.id() == leader).unwrap();
+    assert_eq!(lead.propose(director(1)).await.unwrap(), Response::Ok);
+    // Node 4 did not bootstrap a group of its own.
+    assert_eq!(n4.leader(), None);
+
+    lead.add_voter(4, &voters[&4]).await.unwrap();
+    until("node 4 to catch up", || n4.state().directors.len() == 1).await;
+    assert_eq!(
+        lead.voters().into_iter().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    lead.remove_voter(gone).await.unwrap();
+    assert!(!lead.voters().contains(&gone));
+    assert_eq!(lead.propose(director(2)).await.unwrap(), Response::Ok);
+    until("node 4 to follow", || n4.state().directors.len() == 2).await;
+    assert!(matches!(
+        lead.remove_voter(99).await,
+        Err(consensus::ConsensusError::Config(_))
+    ));
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    n4.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_data_directors_and_a_witness_survive_the_loss_of_one_director() {
+    use consensus::state::{Director, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        voters.insert(id, l.local_addr().unwrap().to_string());
+    }
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(id, &voters, dir.path()).await);
+    }
+    nodes[0].wait_for_leader(WAIT).await.unwrap();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    for (id, role) in [(1, Role::Data), (2, Role::Data), (3, Role::Witness)] {
+        let cmd = Command::PutDirector(Director {
+            id,
+            name: format!("d{id}"),
+            address: voters[&id].clone(),
+            role,
+        });
+        assert_eq!(propose(&refs, cmd).await, Response::Ok);
+    }
+    // Lose a data director (whichever is not leading, or director 1).
+    let leader = nodes[0].leader().unwrap();
+    let lost = if leader == 1 { 2 } else { 1 };
+    let idx = nodes.iter().position(|n| n.id() == lost).unwrap();
+    nodes.remove(idx).shutdown().await.unwrap();
+    // The surviving data director and the witness still commit.
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(
+        propose(
+            &refs,
+            Command::SetDraining {
+                director: lost,
+                draining: true
+            }
+        )
+        .await,
+        Response::Ok
+    );
+    for n in &nodes {
+        until("the drain to replicate", || {
+            n.state().draining.contains_key(&lost)
+        })
+        .await;
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
