@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod lab;
+pub mod raftlab;
 pub mod scenario;
 pub mod topology;
 

@@ -67,6 +67,17 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum BenchCmd {
+    /// Raft: commit latency p50/p99 and leader failover (kill -9 until a new
+    /// leader has committed), default and tight timing, `labraft` processes
+    /// in the lab's namespaces on the host kernel (needs root).
+    Raft {
+        /// Sequential commits measured per timing.
+        #[arg(long, default_value_t = 500)]
+        commits: u32,
+        /// Leader failovers measured per timing.
+        #[arg(long, default_value_t = 10)]
+        failovers: u32,
+    },
     /// Programming IPVS: director vs ipvsadm side by side (full apply, one
     /// weight change, dump, peak memory), in one VM run.
     Ipvs {
@@ -161,6 +172,28 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Vm { vm, command } => Ok(vm::run(&root, &vm.options(), &command)?.code),
         Cmd::Lab { command } => lab_command(&root, command),
         Cmd::Test { vm, no_vm } => test::run(&root, &vm.options(), no_vm),
+        Cmd::Bench {
+            bench: BenchCmd::Raft { commits, failovers },
+        } => {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "test",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "director-tests",
+                    "--test",
+                    "raft_bench",
+                ])
+                .args(["--", "--ignored", "--nocapture", "--test-threads=1"])
+                .env("RAFT_BENCH_COMMITS", commits.to_string())
+                .env("RAFT_BENCH_FAILOVERS", failovers.to_string())
+                .current_dir(&root)
+                .status()
+                .context("running the Raft benchmark")?;
+            Ok(status.code().unwrap_or(1))
+        }
         Cmd::Bench {
             bench:
                 BenchCmd::Ipvs {
