@@ -232,6 +232,15 @@ impl LeaseTable {
                 .is_some_and(|(_, since)| now >= since + self.fence())
     }
 
+    /// How long ago each director was last granted a lease by this leader
+    /// (its last contact); empty when not the leader.
+    pub fn last_grants(&self, now: Instant) -> BTreeMap<NodeId, Duration> {
+        self.grants
+            .iter()
+            .map(|(id, at)| (*id, now.saturating_duration_since(*at)))
+            .collect()
+    }
+
     /// Lease plus margin.
     pub fn fence(&self) -> Duration {
         Duration::from_millis(self.timing.lease_ms + self.timing.margin_ms)

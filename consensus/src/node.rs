@@ -289,6 +289,18 @@ impl Node {
             .unwrap_or(false)
     }
 
+    /// On the leader: how long ago each director last renewed its lease (its
+    /// last contact). Empty on other nodes.
+    pub fn last_contact(&self) -> BTreeMap<NodeId, Duration> {
+        let now = std::time::Instant::now();
+        self.leases.observe(now);
+        self.leases
+            .table
+            .lock()
+            .map(|t| t.last_grants(now))
+            .unwrap_or_default()
+    }
+
     /// On the leader: whether the new-leader wait is over, so VIPs without a
     /// live owner may be assigned. Always false elsewhere.
     pub fn may_assign(&self) -> bool {

@@ -210,6 +210,13 @@ async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
     let (leader, owner) = setup(&c).await;
     let checker = Checker::start(c.nodes.clone(), vip());
     let lease = LeaseTiming::default();
+    // The leader knows each director's last contact; followers know none.
+    let contact = c.node(leader).last_contact();
+    assert_eq!(contact.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(contact
+        .values()
+        .all(|d| *d < Duration::from_millis(lease.lease_ms)));
+    assert!(c.node(owner).last_contact().is_empty());
 
     c.isolate(owner);
     let lapsed = until("the isolated owner's lease to lapse", || {
