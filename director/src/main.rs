@@ -1,5 +1,6 @@
 //! `director`: the daemon and its command-line interface.
 
+mod config;
 mod ipvs;
 
 use std::path::PathBuf;
@@ -18,10 +19,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Work with the configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
     /// Read and write the kernel's IPVS table (this network namespace).
     Ipvs {
         #[command(subcommand)]
         command: IpvsCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Validate FILE without running anything: prints every problem as
+    /// FILE:LINE:COLUMN: FIELD: PROBLEM and exits 64, or a summary and 0.
+    Check {
+        /// The configuration file (default /etc/director/director.yaml).
+        #[arg(default_value = "/etc/director/director.yaml")]
+        file: PathBuf,
     },
 }
 
@@ -110,6 +127,23 @@ fn exit(code: i32) -> ExitCode {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command {
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => match config::load(&file) {
+            Ok(c) => out(&format!(
+                "{}: valid: director {} of {} peers, {} pool(s), {} static service(s), transport {}\n",
+                file.display(),
+                c.id,
+                c.peers.len(),
+                c.pools.len(),
+                c.services.len(),
+                if c.tls.is_some() { "mutual TLS" } else { "plaintext (insecure: true)" }
+            )),
+            Err(msg) => {
+                eprintln!("{msg}");
+                ipvs::EXIT_BAD_INPUT
+            }
+        },
         Cmd::Ipvs { command } => match command {
             IpvsCmd::Show { format, stats } => match ipvs::show(format, stats).await {
                 Ok(text) => out(&text),
