@@ -1,7 +1,10 @@
 //! `director`: the daemon and its command-line interface.
 
 mod config;
+mod control;
+mod daemon;
 mod ipvs;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +22,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run the daemon: join the Raft group, program IPVS, serve the admin
+    /// socket. SIGTERM stops it.
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/director/director.yaml")]
+        config: PathBuf,
+    },
+    /// Show this director's view: the cluster, VIP owners, virtual services.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        format: status::Format,
+        /// The admin socket (default: the one in /etc/director/director.yaml,
+        /// else /run/director/admin.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The configuration file naming the admin socket.
+        #[arg(long, default_value = "/etc/director/director.yaml")]
+        config: PathBuf,
+    },
     /// Work with the configuration file.
     Config {
         #[command(subcommand)]
@@ -127,6 +150,40 @@ fn exit(code: i32) -> ExitCode {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command {
+        Cmd::Run { config } => {
+            let config = match config::load(&config) {
+                Ok(c) => c,
+                Err(msg) => {
+                    eprintln!("{msg}");
+                    return ipvs::EXIT_BAD_INPUT;
+                }
+            };
+            match daemon::run(config).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Cmd::Status {
+            format,
+            socket,
+            config,
+        } => {
+            let socket = socket.unwrap_or_else(|| {
+                config::load(&config)
+                    .map(|c| c.admin_socket)
+                    .unwrap_or_else(|_| PathBuf::from("/run/director/admin.sock"))
+            });
+            match status::fetch(&socket).await {
+                Ok(v) => out(&status::render(&v, format)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
         Cmd::Config {
             command: ConfigCmd::Check { file },
         } => match config::load(&file) {

@@ -277,8 +277,14 @@ impl IpvsHandle {
     /// destination dumps run `window` at a time.
     pub async fn table(&self) -> Result<Vec<(Service, Vec<Destination>)>, IpvsError> {
         let services = self.services().await?;
-        let dests: Vec<Result<Vec<Destination>, IpvsError>> = stream::iter(services.iter())
-            .map(|s| self.destinations(&s.key))
+        // Each future owns its key and a handle (a cheap clone), so the whole
+        // future is Send for any caller (no closure borrowing `self`).
+        let keys: Vec<ServiceKey> = services.iter().map(|s| s.key).collect();
+        let dests: Vec<Result<Vec<Destination>, IpvsError>> = stream::iter(keys)
+            .map(|k| {
+                let h = self.clone();
+                async move { h.destinations(&k).await }
+            })
             .buffered(DEFAULT_WINDOW)
             .collect()
             .await;
@@ -299,8 +305,11 @@ impl IpvsHandle {
     /// the socket (the kernel handles them one after another, in order). Every
     /// change is attempted; the result of each, in order.
     pub async fn execute(&self, changes: &[Change], window: usize) -> Vec<Result<(), IpvsError>> {
-        stream::iter(changes.iter())
-            .map(|c| self.apply(c))
+        stream::iter(changes.to_vec())
+            .map(|c| {
+                let h = self.clone();
+                async move { h.apply(&c).await }
+            })
             .buffered(window.max(1))
             .collect()
             .await
