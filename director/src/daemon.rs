@@ -62,6 +62,8 @@ pub async fn run(config: Config) -> Result<()> {
         .await?,
     );
     let ipvs = match IpvsHandle::connect().await {
+        // A witness takes part in consensus only: no IPVS, no VIPs.
+        _ if me.role == crate::config::PeerRole::Witness => None,
         Ok(h) => Some(h),
         Err(e) => {
             eprintln!("director: IPVS unavailable, virtual services are not programmed: {e}");

@@ -249,6 +249,9 @@ pub struct LabEnv {
     pub state_dir: PathBuf,
     /// The `labnet` binary.
     pub labnet: PathBuf,
+    /// The `director` binary: when set, `up` writes a config per director
+    /// (and the witness) and starts `director run` there.
+    pub director: Option<PathBuf>,
 }
 
 impl LabEnv {
@@ -263,7 +266,11 @@ impl LabEnv {
             .map(PathBuf::from)
             .or_else(find_labnet_near_exe)
             .unwrap_or_else(|| PathBuf::from("labnet"));
-        LabEnv { state_dir, labnet }
+        LabEnv {
+            state_dir,
+            labnet,
+            director: None,
+        }
     }
 }
 
@@ -457,6 +464,11 @@ impl Lab {
             .collect()
     }
 
+    /// Saves the state file after `crash`/`start_director` changed it.
+    pub fn persist(&self) -> Result<(), LabError> {
+        self.save()
+    }
+
     /// Tears the lab down: stops the processes it started (by PID, after
     /// checking the PID is still theirs), deletes its namespaces and its state
     /// file. Goes on past errors and reports them all at the end.
@@ -483,6 +495,15 @@ impl Lab {
                     problems.push(e.to_string());
                 }
             }
+        }
+        // Per-host files: server logs and ready markers, director configs,
+        // logs and data.
+        for h in spec.hosts() {
+            let base = format!("{}{}", spec.prefix, h.name());
+            for suffix in ["-labnet.log", "-labnet.ready", "-director.log", ".yaml"] {
+                let _ = fs::remove_file(self.env.state_dir.join(format!("{base}{suffix}")));
+            }
+            let _ = fs::remove_dir_all(self.env.state_dir.join(&base));
         }
         let path = state_path(&self.env.state_dir, &spec.prefix);
         if let Err(e) = fs::remove_file(&path) {
@@ -543,6 +564,22 @@ impl Lab {
         for host in spec.hosts().iter().filter(|h| h.role == Role::Node) {
             self.start_node_server(&spec, host)?;
         }
+        if self.env.director.is_some() {
+            let voters: Vec<Host> = spec
+                .hosts()
+                .into_iter()
+                .filter(|h| matches!(h.role, Role::Director | Role::Witness))
+                .collect();
+            if !(2..=3).contains(&voters.len()) {
+                return Err(LabError::BadSpec(format!(
+                    "directors run with 2 or 3 voters (directors plus witness), not {}",
+                    voters.len()
+                )));
+            }
+            for host in &voters {
+                self.start_director(host)?;
+            }
+        }
         self.save()
     }
 
@@ -574,6 +611,211 @@ impl Lab {
         run(&["ip", "-n", &ns, "addr", "add", &v4, "dev", "eth0"])?;
         run(&["ip", "-n", &ns, "addr", "add", &v6, "dev", "eth0", "nodad"])?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// The config file of a director host.
+    pub fn director_config_path(&self, host: &Host) -> PathBuf {
+        self.env
+            .state_dir
+            .join(format!("{}{}.yaml", self.state.spec.prefix, host.name()))
+    }
+
+    /// The admin socket of a director host.
+    pub fn admin_socket(&self, host: &Host) -> PathBuf {
+        self.env
+            .state_dir
+            .join(format!("{}{}", self.state.spec.prefix, host.name()))
+            .join("admin.sock")
+    }
+
+    /// Whether the lab's director process of `name` runs.
+    pub fn director_running(&self, name: &str) -> bool {
+        self.state.processes.get(name).is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.what == "director" && process_matches(p))
+        })
+    }
+
+    /// Writes the host's config and starts `director run` in it (no-op if it
+    /// runs already).
+    pub fn start_director(&mut self, host: &Host) -> Result<(), LabError> {
+        let Some(director) = self.env.director.clone() else {
+            return Err(LabError::MissingTool {
+                tool: "director".into(),
+                hint: "this lab was brought up without the director binary".into(),
+            });
+        };
+        let name = host.name();
+        if self.director_running(&name) {
+            return Ok(());
+        }
+        let spec = self.state.spec.clone();
+        let data_dir = self.env.state_dir.join(format!("{}{name}", spec.prefix));
+        let config = crate::configs::director_config(&spec, host, &data_dir);
+        let path = self.director_config_path(host);
+        fs::write(&path, config).map_err(|source| LabError::Io {
+            op: "writing",
+            path: path.clone(),
+            source,
+        })?;
+        let socket = self.admin_socket(host);
+        let _ = fs::remove_file(&socket);
+        let log = self
+            .env
+            .state_dir
+            .join(format!("{}{name}-director.log", spec.prefix));
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| LabError::Io {
+                op: "opening",
+                path: log.clone(),
+                source,
+            })?;
+        let log_err = log_file.try_clone().map_err(|source| LabError::Io {
+            op: "duplicating",
+            path: log.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &spec.netns(host)])
+            .arg(&director)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(|source| LabError::Io {
+            op: "starting",
+            path: director.clone(),
+            source,
+        })?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        drop(child);
+        let entry = self.state.processes.entry(name.clone()).or_default();
+        entry.retain(|p| p.what != "director");
+        entry.push(Process {
+            pid,
+            what: "director".into(),
+            comm: "director".into(),
+        });
+        self.save()?;
+        let start = Instant::now();
+        while !socket.exists() {
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(LabError::ServerNotReady {
+                    host: name,
+                    secs: READY_TIMEOUT.as_secs(),
+                    log,
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the host's director process (process death; host and link stay up).
+    pub fn crash(&mut self, name: &str) -> Result<(), LabError> {
+        self.host(name)?;
+        let procs = self.state.processes.get(name).cloned().unwrap_or_default();
+        for p in procs.iter().filter(|p| p.what == "director") {
+            if process_matches(p) {
+                kill(Pid::from_raw(p.pid), Signal::SIGKILL).map_err(|e| {
+                    LabError::Teardown(format!("killing director of {name} (pid {}): {e}", p.pid))
+                })?;
+                let start = Instant::now();
+                while process_matches(p) && start.elapsed() < Duration::from_secs(5) {
+                    let _ = nix::sys::wait::waitpid(
+                        Pid::from_raw(p.pid),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                    );
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Host death: cuts the host's link to the LAN and SIGKILLs its director.
+    pub fn kill_host(&mut self, name: &str) -> Result<(), LabError> {
+        self.set_link(name, false)?;
+        self.crash(name)
+    }
+
+    /// Restores the host's link and starts its director if it has one and it
+    /// is not running.
+    pub fn start_host(&mut self, name: &str) -> Result<(), LabError> {
+        let host = self.host(name)?;
+        self.set_link(name, true)?;
+        if self.env.director.is_some() && matches!(host.role, Role::Director | Role::Witness) {
+            self.start_director(&host)?;
+        }
+        Ok(())
+    }
+
+    /// Brings the host's port on the LAN bridge up or down.
+    pub fn set_link(&self, name: &str, up: bool) -> Result<(), LabError> {
+        let host = self.host(name)?;
+        let lan = self.state.spec.lan_netns();
+        run(&[
+            "ip",
+            "-n",
+            &lan,
+            "link",
+            "set",
+            &host.name(),
+            if up { "up" } else { "down" },
+        ])?;
+        Ok(())
+    }
+
+    /// Drops traffic from `a` to `b` (and from `b` to `a` unless `one_way`)
+    /// with nftables in the receiving host.
+    pub fn partition(&self, a: &str, b: &str, one_way: bool) -> Result<(), LabError> {
+        let (ha, hb) = (self.host(a)?, self.host(b)?);
+        self.drop_from(&ha, &hb)?;
+        if !one_way {
+            self.drop_from(&hb, &ha)?;
+        }
+        Ok(())
+    }
+
+    fn drop_from(&self, from: &Host, to: &Host) -> Result<(), LabError> {
+        let to_name = to.name();
+        let _ = self.exec(&to_name, &["nft", "add", "table", "inet", "labpart"]);
+        let _ = self.exec(
+            &to_name,
+            &[
+                "nft", "add", "chain", "inet", "labpart", "input", "{", "type", "filter", "hook",
+                "input", "priority", "-10", ";", "}",
+            ],
+        );
+        let v4 = from.ipv4().to_string();
+        let v6 = from.ipv6().to_string();
+        self.exec(
+            &to_name,
+            &[
+                "nft", "add", "rule", "inet", "labpart", "input", "ip", "saddr", &v4, "drop",
+            ],
+        )?;
+        self.exec(
+            &to_name,
+            &[
+                "nft", "add", "rule", "inet", "labpart", "input", "ip6", "saddr", &v6, "drop",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes every partition.
+    pub fn heal(&self) -> Result<(), LabError> {
+        for h in self.state.spec.hosts() {
+            let _ = self.exec(&h.name(), &["nft", "delete", "table", "inet", "labpart"]);
+        }
         Ok(())
     }
 
@@ -677,6 +919,15 @@ impl std::ops::Deref for LabGuard {
     fn deref(&self) -> &Lab {
         // Only `down` takes the lab out, and it consumes the guard.
         match &self.lab {
+            Some(lab) => lab,
+            None => unreachable!("a LabGuard always holds its lab until dropped"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        match &mut self.lab {
             Some(lab) => lab,
             None => unreachable!("a LabGuard always holds its lab until dropped"),
         }

@@ -6,6 +6,7 @@
 //! real-kernel VM of `cargo xtask vm`.
 #![deny(missing_docs)]
 
+pub mod configs;
 pub mod lab;
 pub mod raftlab;
 pub mod scenario;

@@ -72,3 +72,101 @@ fn service_conns(table: &str, service: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
         .unwrap_or(0)
 }
+
+/// `director status -o json` of a lab director.
+fn director_status(lab: &LabGuard, host: &Host) -> Option<serde_json::Value> {
+    let bin = lab::lab::workspace_binary("director")?;
+    let out = std::process::Command::new(bin)
+        .args(["status", "-o", "json", "--socket"])
+        .arg(lab.admin_socket(host))
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The owner of the lab's VIP, if every one of `hosts` agrees on it.
+fn agreed_owner(lab: &LabGuard, hosts: &[Host]) -> Option<(String, u64)> {
+    let mut seen = Vec::new();
+    for h in hosts {
+        let v = director_status(lab, h)?;
+        let vip = v["vips"]
+            .as_array()?
+            .iter()
+            .find(|x| x["vip"] == "10.10.0.200")?
+            .clone();
+        seen.push((
+            vip["owner_name"].as_str()?.to_string(),
+            vip["epoch"].as_u64()?,
+        ));
+    }
+    let first = seen.first()?.clone();
+    seen.iter().all(|s| *s == first).then_some(first)
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed().as_secs() < secs,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The daemon end to end in the real kernel: three `director run` in the lab
+/// program the lab's service into IPVS on every director (hot standby),
+/// agree on one owner, and move it when the owner's host dies or its process
+/// is killed; a killed director's IPVS table stays (nothing is flushed).
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn directors_program_every_service_and_move_the_owner_on_death() {
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let mut lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-dir-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    for h in &all {
+        wait_for("IPVS hot standby", 60, || {
+            let t = lab.exec(&h.name(), &["ipvsadm", "-Ln"]).ok()?;
+            (t.contains("TCP  10.10.0.200:80 rr")
+                && t.contains("10.10.0.21:30080")
+                && t.contains("10.10.0.22:30080"))
+            .then_some(())
+        });
+    }
+    let (owner, epoch) = wait_for("an agreed owner", 60, || agreed_owner(&lab, &all));
+    assert_eq!(epoch, 1);
+
+    // Host death of the owner: the survivors agree on a new owner.
+    lab.kill_host(&owner).unwrap();
+    let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+    let (next, epoch2) = wait_for("a new owner after host death", 60, || {
+        agreed_owner(&lab, &survivors).filter(|(o, _)| *o != owner)
+    });
+    assert_eq!(epoch2, 2);
+    // The dead host's IPVS table was not flushed by anyone.
+    let dead = lab.exec(&owner, &["ipvsadm", "-Ln"]).unwrap();
+    assert!(dead.contains("TCP  10.10.0.200:80 rr"), "{dead}");
+
+    // It comes back and rejoins; then process death of the current owner.
+    lab.start_host(&owner).unwrap();
+    wait_for("the old owner to rejoin", 60, || {
+        agreed_owner(&lab, &all).filter(|(o, e)| *o == next && *e == 2)
+    });
+    lab.crash(&next).unwrap();
+    let others: Vec<Host> = all.iter().filter(|h| h.name() != next).cloned().collect();
+    let (third, epoch3) = wait_for("a new owner after process death", 60, || {
+        agreed_owner(&lab, &others).filter(|(o, _)| *o != next)
+    });
+    assert_ne!(third, next);
+    assert_eq!(epoch3, 3);
+    let kept = lab.exec(&next, &["ipvsadm", "-Ln"]).unwrap();
+    assert!(
+        kept.contains("TCP  10.10.0.200:80 rr"),
+        "a killed director's IPVS stays: {kept}"
+    );
+    lab.down().expect("lab down");
+}

@@ -136,7 +136,37 @@ enum LabCmd {
         /// Add the witness w1.
         #[arg(long)]
         witness: bool,
+        /// Do not start `director run` on the directors (network only).
+        #[arg(long)]
+        no_directors: bool,
     },
+    /// Host death: cut HOST's link and SIGKILL its director.
+    Kill {
+        /// d1, d2, ...
+        host: String,
+    },
+    /// Process death: SIGKILL HOST's director; host and link stay up.
+    Crash {
+        /// d1, d2, ...
+        host: String,
+    },
+    /// Restore HOST's link and start its director.
+    Start {
+        /// d1, d2, ...
+        host: String,
+    },
+    /// Drop traffic between A and B (both ways, or A to B only).
+    Partition {
+        /// Sender side.
+        a: String,
+        /// Receiver side.
+        b: String,
+        /// Drop only what A sends to B.
+        #[arg(long)]
+        one_way: bool,
+    },
+    /// Remove every partition.
+    Heal,
     /// Stop the lab's processes and delete its namespaces.
     Down,
     /// Run a command inside a lab host.
@@ -268,8 +298,15 @@ fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
             directors,
             nodes,
             witness,
+            no_directors,
         } => {
-            let env = lab_env(root, true)?;
+            let mut env = lab_env(root, true)?;
+            if !no_directors {
+                if std::env::var_os("DIRECTOR_IN_VM").is_none() {
+                    test::cargo(root, &["build", "--quiet", "-p", "director"])?;
+                }
+                env.director = Some(vm::target_dir(root).join("debug").join("director"));
+            }
             let spec = LabSpec::new(directors, nodes).with_witness(witness);
             let lab = Lab::up(spec, env)?;
             print_status(&lab, false)?;
@@ -289,6 +326,41 @@ fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
         LabCmd::Status { json } => {
             let lab = Lab::open("", lab_env(root, false)?)?;
             print_status(&lab, json)?;
+            Ok(0)
+        }
+        LabCmd::Kill { host } => {
+            let mut lab = Lab::open("", lab_env(root, false)?)?;
+            lab.kill_host(&host)?;
+            println!("{host}: link cut, director killed");
+            Ok(0)
+        }
+        LabCmd::Crash { host } => {
+            let mut lab = Lab::open("", lab_env(root, false)?)?;
+            lab.crash(&host)?;
+            println!("{host}: director killed (SIGKILL); host and link up");
+            Ok(0)
+        }
+        LabCmd::Start { host } => {
+            let mut env = lab_env(root, false)?;
+            env.director = Some(vm::target_dir(root).join("debug").join("director"));
+            let mut lab = Lab::open("", env)?;
+            lab.start_host(&host)?;
+            println!("{host}: link up, director running");
+            Ok(0)
+        }
+        LabCmd::Partition { a, b, one_way } => {
+            let lab = Lab::open("", lab_env(root, false)?)?;
+            lab.partition(&a, &b, one_way)?;
+            println!(
+                "dropping {a} -> {b}{}",
+                if one_way { "" } else { " and back" }
+            );
+            Ok(0)
+        }
+        LabCmd::Heal => {
+            let lab = Lab::open("", lab_env(root, false)?)?;
+            lab.heal()?;
+            println!("partitions removed");
             Ok(0)
         }
     }
@@ -352,7 +424,51 @@ fn print_status(lab: &Lab, json: bool) -> Result<()> {
         lab::topology::LAN_V4,
         lab::topology::LAN_V6
     );
+    print_vips(lab);
     Ok(())
+}
+
+/// VIP owners as a running director sees them.
+fn print_vips(lab: &Lab) {
+    let director = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("director")))
+        .filter(|p| p.is_file());
+    let Some(director) = director else { return };
+    for h in lab.spec().hosts() {
+        if h.role != lab::Role::Director || !lab.director_running(&h.name()) {
+            continue;
+        }
+        let Ok(out) = std::process::Command::new(&director)
+            .args(["status", "-o", "json", "--socket"])
+            .arg(lab.admin_socket(&h))
+            .output()
+        else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            continue;
+        };
+        println!(
+            "VIPs as {} sees them (leader {}):",
+            h.name(),
+            v["cluster"]["leader_name"].as_str().unwrap_or("-")
+        );
+        println!("  {:<16} {:<14} {:<6} EPOCH", "VIP", "SERVICE", "OWNER");
+        for x in v["vips"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<16} {:<14} {:<6} {}",
+                x["vip"].as_str().unwrap_or("-"),
+                x["service"].as_str().unwrap_or("-"),
+                x["owner_name"].as_str().unwrap_or("-"),
+                x["epoch"]
+                    .as_u64()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+        return;
+    }
 }
 
 fn demo(root: &Path, opts: &vm::VmOptions) -> Result<i32> {
