@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::control;
 use crate::ipvs::plan;
+use crate::vip;
 
 /// How often the daemon reconciles even without state changes.
 const RECONCILE: Duration = Duration::from_millis(250);
@@ -61,7 +62,7 @@ pub async fn run(config: Config) -> Result<()> {
         )
         .await?,
     );
-    let ipvs = match IpvsHandle::connect().await {
+    let ipvs = match crate::ipvs::connect().await {
         // A witness takes part in consensus only: no IPVS, no VIPs.
         _ if me.role == crate::config::PeerRole::Witness => None,
         Ok(h) => Some(h),
@@ -69,6 +70,24 @@ pub async fn run(config: Config) -> Result<()> {
             eprintln!("director: IPVS unavailable, virtual services are not programmed: {e}");
             None
         }
+    };
+    // The data path: VIPs held without kernel ARP, answered from here.
+    let announcer = if me.role == crate::config::PeerRole::Data {
+        for problem in vip::prepare_kernel(&config.interface) {
+            eprintln!("director: sysctl {problem}");
+        }
+        match vip::Announcer::start(&config.interface, node.clone()) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                eprintln!(
+                    "director: cannot answer ARP on {}: {e}; VIPs are not held here",
+                    config.interface
+                );
+                None
+            }
+        }
+    } else {
+        None
     };
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -78,7 +97,13 @@ pub async fn run(config: Config) -> Result<()> {
         ipvs.clone(),
         stop_rx.clone(),
     ));
-    let reconciler = tokio::spawn(reconcile_loop(node.clone(), config.clone(), ipvs, stop_rx));
+    let reconciler = tokio::spawn(reconcile_loop(
+        node.clone(),
+        config.clone(),
+        ipvs,
+        announcer.clone(),
+        stop_rx,
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -101,15 +126,18 @@ async fn reconcile_loop(
     node: Arc<Node>,
     config: Arc<Config>,
     ipvs: Option<IpvsHandle>,
+    announcer: Option<Arc<vip::Announcer>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = node.watch();
     let mut last_error = String::new();
+    let mut last_vip_error = String::new();
+    let mut snat_applied = String::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE) => {}
             _ = changes.changed() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
         if node.leader() == Some(node.id()) {
             lead(&node, &config).await;
@@ -125,7 +153,47 @@ async fn reconcile_loop(
                 last_error.clear();
             }
         }
+        if let Some(a) = &announcer {
+            match reconcile_vips(&node, &config, a, &mut snat_applied) {
+                Ok(()) => last_vip_error.clear(),
+                Err(e) if e != last_vip_error => {
+                    eprintln!("director: VIP reconcile: {e}");
+                    last_vip_error = e;
+                }
+                Err(_) => {}
+            }
+        }
     }
+    // Stopping: give up every VIP at once (the next owner announces).
+    if announcer.is_some() {
+        let managed = vip::managed(&node.state(), &config);
+        let _ = vip::reconcile_routes(&Default::default(), &managed);
+    }
+}
+
+/// Local routes for held VIPs (GARP when newly taken), and the SNAT table.
+fn reconcile_vips(
+    node: &Node,
+    config: &Config,
+    announcer: &vip::Announcer,
+    snat_applied: &mut String,
+) -> Result<(), String> {
+    let state = node.state();
+    let held = vip::held(&state, node.id(), node.holds_lease());
+    let managed = vip::managed(&state, config);
+    for taken in vip::reconcile_routes(&held, &managed)? {
+        announcer.announce(
+            taken,
+            config.announce.count,
+            Duration::from_millis(config.announce.interval_ms),
+        );
+    }
+    let ruleset = vip::snat_ruleset(&state);
+    if *snat_applied != ruleset {
+        vip::apply_snat(&ruleset)?;
+        *snat_applied = ruleset;
+    }
+    Ok(())
 }
 
 /// The leader's work: seed the state, then commit owner moves.

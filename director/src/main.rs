@@ -1,10 +1,12 @@
 //! `director`: the daemon and its command-line interface.
 
+mod arp;
 mod config;
 mod control;
 mod daemon;
 mod ipvs;
 mod status;
+mod vip;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

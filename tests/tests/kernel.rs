@@ -170,3 +170,48 @@ fn directors_program_every_service_and_move_the_owner_on_death() {
     );
     lab.down().expect("lab down");
 }
+
+/// Client traffic through the lab's VIP, held by the elected owner (its ARP
+/// answered by the director process, SNAT and IPVS on the director), and
+/// after the owner's host dies, through the survivor that took the VIP: the
+/// client's neighbour entry follows to the survivor's MAC.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn client_traffic_through_the_vip_follows_the_owner() {
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let mut lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-vip-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let (owner, _) = wait_for("an agreed owner", 60, || agreed_owner(&lab, &all));
+    let owner_host = Host::parse(&owner).unwrap();
+    // The VIP answers: every request served, split over both nodes.
+    let tally = wait_for("the VIP to answer", 60, || {
+        let t = http_tally(&lab, "client", "10.10.0.200:80", 20).ok()?;
+        (t.failed == 0).then_some(t)
+    });
+    assert_eq!(tally.from("n1") + tally.from("n2"), 20, "{tally:?}");
+    let tally = http_tally(&lab, "client", "10.10.0.200:80", 100).unwrap();
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    assert!((40..=60).contains(&tally.from("n1")), "{tally:?}");
+    let neigh = lab
+        .exec("client", &["ip", "neigh", "show", "10.10.0.200"])
+        .unwrap();
+    assert!(neigh.contains(&owner_host.mac_string()), "{neigh}");
+
+    // The owner's host dies.
+    lab.kill_host(&owner).unwrap();
+    let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+    let (next, _) = wait_for("a new owner", 60, || {
+        agreed_owner(&lab, &survivors).filter(|(o, _)| *o != owner)
+    });
+    let next_host = Host::parse(&next).unwrap();
+    wait_for("traffic through the new owner", 60, || {
+        let t = http_tally(&lab, "client", "10.10.0.200:80", 10).ok()?;
+        (t.failed == 0).then_some(())
+    });
+    let neigh = lab
+        .exec("client", &["ip", "neigh", "show", "10.10.0.200"])
+        .unwrap();
+    assert!(neigh.contains(&next_host.mac_string()), "{neigh}");
+    lab.down().expect("lab down");
+}

@@ -1,0 +1,348 @@
+//! Holding VIPs: a director answers for a VIP only while it is the committed
+//! owner AND holds its lease (docs/fencing.md).
+//!
+//! - The VIP is made local without being announced by the kernel: a `local`
+//!   route for VIP/32 in the local table on `lo`, with `arp_ignore=1` on the
+//!   LAN interface. The kernel then accepts (and IPVS forwards) traffic for
+//!   it but never answers ARP for it.
+//! - This process answers ARP requests for held VIPs from an AF_PACKET socket,
+//!   checking ownership and lease on every request, and sends a gratuitous
+//!   ARP burst when it takes a VIP. When the process dies the answers stop.
+//! - Operators see held VIPs in `director status` and in
+//!   `ip route show table local`, not in `ip addr`.
+//!
+//! IPv4 only for now: IPv6 VIPs are programmed into IPVS but not announced
+//! (unsolicited neighbour advertisements are not implemented yet).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use consensus::state::ClusterState;
+use consensus::{Node, NodeId};
+
+use crate::arp::{self, ArpSocket};
+use crate::config::Config;
+
+/// The VIPs `me` may answer for now, in `state`: owned in the committed state
+/// and covered by a valid lease.
+pub fn held(state: &ClusterState, me: NodeId, holds_lease: bool) -> BTreeSet<Ipv4Addr> {
+    if !holds_lease {
+        return BTreeSet::new();
+    }
+    state
+        .owners
+        .iter()
+        .filter(|(_, o)| o.director == me)
+        .filter_map(|(vip, _)| match vip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Writes a sysctl of this network namespace.
+fn sysctl(path: &str, value: &str) -> Result<(), String> {
+    std::fs::write(format!("/proc/sys/{path}"), value).map_err(|e| format!("{path}: {e}"))
+}
+
+/// What the data path needs from the kernel: no ARP answers from the kernel
+/// for VIPs, forwarding, and conntrack for IPVS (for the SNAT rule).
+pub fn prepare_kernel(interface: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, value) in [
+        ("net/ipv4/conf/all/arp_ignore".to_string(), "1"),
+        (format!("net/ipv4/conf/{interface}/arp_ignore"), "1"),
+        ("net/ipv4/conf/all/arp_announce".to_string(), "2"),
+        (format!("net/ipv4/conf/{interface}/arp_announce"), "2"),
+        ("net/ipv4/ip_forward".to_string(), "1"),
+        ("net/ipv4/vs/conntrack".to_string(), "1"),
+    ] {
+        if let Err(e) = sysctl(&path, value) {
+            problems.push(e);
+        }
+    }
+    problems
+}
+
+/// The answering side: a thread that replies to ARP requests for held VIPs.
+pub struct Announcer {
+    tx: Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>,
+    mac: [u8; 6],
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Announcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcer").field("mac", &self.mac).finish()
+    }
+}
+
+impl Announcer {
+    /// Opens the ARP socket on `interface` and starts answering.
+    pub fn start(interface: &str, node: Arc<Node>) -> std::io::Result<Announcer> {
+        let ArpSocket { tx, mut rx, mac } = ArpSocket::open(interface)?;
+        let tx = Arc::new(Mutex::new(tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s) = (tx.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("arp".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let Some(req) = arp::next_request(rx.as_mut()) else {
+                        continue;
+                    };
+                    if req.sender_ip == req.target_ip {
+                        continue; // someone's gratuitous ARP
+                    }
+                    // Ownership and lease, checked at the moment of answering.
+                    let mine = held(&node.state(), node.id(), node.holds_lease());
+                    if mine.contains(&req.target_ip) {
+                        let frame = arp::reply(mac, req.target_ip, &req);
+                        if let Ok(mut tx) = t.lock() {
+                            let _ = arp::send(tx.as_mut(), &frame);
+                        }
+                    }
+                }
+            })?;
+        Ok(Announcer {
+            tx,
+            mac,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a gratuitous ARP burst for `vip` (in the background).
+    pub fn announce(&self, vip: Ipv4Addr, count: u32, interval: Duration) {
+        let tx = self.tx.clone();
+        let frame = arp::gratuitous(self.mac, vip);
+        std::thread::spawn(move || {
+            for i in 0..count {
+                if let Ok(mut tx) = tx.lock() {
+                    let _ = arp::send(tx.as_mut(), &frame);
+                }
+                if i + 1 < count {
+                    std::thread::sleep(interval);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The local routes of VIPs currently in the kernel's local table on `lo`.
+fn local_routes() -> Result<BTreeSet<Ipv4Addr>, String> {
+    let out = Command::new("ip")
+        .args([
+            "-j", "route", "show", "table", "local", "type", "local", "dev", "lo",
+        ])
+        .output()
+        .map_err(|e| format!("ip route show: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip route show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["dst"].as_str()?.parse::<Ipv4Addr>().ok())
+        .collect())
+}
+
+fn route(op: &str, vip: Ipv4Addr) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args([
+            "route",
+            op,
+            "local",
+            &format!("{vip}/32"),
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ])
+        .output()
+        .map_err(|e| format!("ip route {op} {vip}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip route {op} local {vip}/32: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Makes the kernel's local routes match `held` among the VIPs this cluster
+/// manages (`managed`); routes of other addresses are never touched. Returns
+/// the VIPs newly taken.
+pub fn reconcile_routes(
+    held: &BTreeSet<Ipv4Addr>,
+    managed: &BTreeSet<Ipv4Addr>,
+) -> Result<Vec<Ipv4Addr>, String> {
+    let present = local_routes()?;
+    let mut taken = Vec::new();
+    for vip in held {
+        if !present.contains(vip) {
+            route("replace", *vip)?;
+            taken.push(*vip);
+        }
+    }
+    for vip in present.intersection(managed) {
+        if !held.contains(vip) {
+            route("del", *vip)?;
+        }
+    }
+    Ok(taken)
+}
+
+/// The source NAT that brings replies back through this director in `nat`
+/// mode (DESIGN: IPVS masquerade with conntrack and an nftables masquerade for
+/// traffic to the backends). The whole table is replaced atomically.
+pub fn snat_ruleset(state: &ClusterState) -> String {
+    let mut rules = BTreeSet::new();
+    for vs in state.services.values() {
+        if vs.forwarding != "nat" {
+            continue;
+        }
+        for p in &vs.ports {
+            for b in &p.backends {
+                if let IpAddr::V4(a) = b.address {
+                    rules.insert(format!(
+                        "    ip daddr {a} {} dport {} masquerade\n",
+                        p.protocol, b.port
+                    ));
+                }
+            }
+        }
+    }
+    let mut s = String::from(
+        "table ip director_snat {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+    );
+    for r in rules {
+        s.push_str(&r);
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// Replaces the SNAT table with `ruleset`.
+pub fn apply_snat(ruleset: &str) -> Result<(), String> {
+    use std::io::Write;
+    let script = format!("add table ip director_snat\ndelete table ip director_snat\n{ruleset}");
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The VIPs of the cluster (IPv4), for `reconcile_routes`.
+pub fn managed(state: &ClusterState, config: &Config) -> BTreeSet<Ipv4Addr> {
+    let mut out: BTreeSet<Ipv4Addr> = state
+        .allocations
+        .keys()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v) => Some(*v),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    for pool in &config.pools {
+        for (a, b) in &pool.ranges {
+            if let (IpAddr::V4(a), IpAddr::V4(b)) = (a, b) {
+                // Pools are small in practice; cap to keep this cheap.
+                for n in u32::from(*a)..=u32::from(*b).min(u32::from(*a).saturating_add(4095)) {
+                    out.insert(Ipv4Addr::from(n));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::state::{Owner, VirtualService};
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let vip: IpAddr = "10.10.0.200".parse().unwrap();
+        s.allocations.insert(vip, "static/web".into());
+        s.owners.insert(
+            vip,
+            Owner {
+                director: 2,
+                epoch: 1,
+            },
+        );
+        s.services.insert(
+            "static/web".into(),
+            VirtualService {
+                vip,
+                scheduler: "rr".into(),
+                forwarding: "nat".into(),
+                ports: vec![consensus::state::ServicePort {
+                    protocol: "tcp".into(),
+                    port: 80,
+                    backends: vec![consensus::state::Backend {
+                        address: "10.10.0.21".parse().unwrap(),
+                        port: 30080,
+                        weight: 1,
+                    }],
+                }],
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn only_the_owner_with_a_lease_holds() {
+        let s = state();
+        let vip = Ipv4Addr::new(10, 10, 0, 200);
+        assert_eq!(held(&s, 2, true), [vip].into());
+        assert!(held(&s, 2, false).is_empty(), "no lease, no VIP");
+        assert!(held(&s, 1, true).is_empty(), "not the owner");
+    }
+
+    #[test]
+    fn snat_masquerades_traffic_to_nat_backends() {
+        let r = snat_ruleset(&state());
+        assert!(
+            r.contains("ip daddr 10.10.0.21 tcp dport 30080 masquerade"),
+            "{r}"
+        );
+        assert!(r.starts_with("table ip director_snat {"));
+    }
+}
