@@ -4,7 +4,6 @@
 //! and field, and a file with problems is never used.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -15,31 +14,7 @@ use serde_saphyr::Spanned;
 use crate::ipvs::file::SCHEDULERS;
 
 /// One problem in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// 1-based line (0: unknown).
-    pub line: u32,
-    /// 1-based column (0: unknown).
-    pub column: u32,
-    /// The field, as a path (`services[0].ports[1].port`).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}:{}: {}", self.line, self.column, self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.line, self.column, self.field, self.message
-            )
-        }
-    }
-}
+pub type ConfigError = crate::problems::Problem;
 
 /// A director's role in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,12 +242,7 @@ struct Errors {
 
 impl Errors {
     fn at<T>(&mut self, s: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
-        self.list.push(ConfigError {
-            line: s.referenced.line() as u32,
-            column: s.referenced.column() as u32,
-            field: field.into(),
-            message: message.into(),
-        });
+        self.list.push(crate::problems::at(s, field, message));
     }
 
     fn missing(&mut self, field: impl Into<String>) {
@@ -363,23 +333,8 @@ fn parse_range(s: &str) -> Result<(IpAddr, IpAddr), String> {
 
 /// Parses and validates a configuration. All problems are reported at once.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let doc: FileIn = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line() as u32, l.column() as u32))
-            .unwrap_or((0, 0));
-        vec![ConfigError {
-            line,
-            column,
-            field: String::new(),
-            message: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid YAML")
-                .to_string(),
-        }]
-    })?;
+    let doc: FileIn =
+        serde_saphyr::from_str(text).map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
     let mut errs = Errors {
         list: Vec::new(),
         top: (1, 1),
@@ -927,12 +882,7 @@ fn backend(b: &Spanned<String>, field: &str, errs: &mut Errors) -> Option<Socket
 /// Reads and validates a file; the errors name the file too.
 pub fn load(path: &std::path::Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{}:{e}", path.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    parse(&text).map_err(|errs| crate::problems::report(path, &errs))
 }
 
 #[cfg(test)]

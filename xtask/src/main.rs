@@ -472,6 +472,7 @@ fn print_vips(lab: &Lab) {
 }
 
 fn demo(root: &Path, opts: &vm::VmOptions) -> Result<i32> {
+    test::cargo(root, &["build", "--quiet", "-p", "director"])?;
     test::cargo(
         root,
         &[
@@ -494,35 +495,104 @@ fn demo(root: &Path, opts: &vm::VmOptions) -> Result<i32> {
 }
 
 fn demo_inside(root: &Path) -> Result<i32> {
-    use lab::scenario::{http_tally, NatService};
+    use lab::scenario::http_tally;
     use lab::{Host, LabGuard};
-    let env = lab_env(root, false)?;
-    let spec = LabSpec::new(1, 2).with_prefix("demo-");
-    println!("== bringing up the lab: d1, n1, n2, client");
-    let lab = LabGuard::up(spec, env)?;
+    use std::time::{Duration, Instant};
+    let mut env = lab_env(root, false)?;
+    let director = vm::target_dir(root).join("debug").join("director");
+    env.director = Some(director.clone());
+    let spec = LabSpec::new(3, 2).with_prefix("demo-");
+    println!(
+        "== bringing up the lab: directors d1 d2 d3 running `director run`, nodes n1 n2, a client"
+    );
+    let mut lab = LabGuard::up(spec, env)?;
     let vip = lab::topology::vip_v4(0).context("the lab's VIP range is empty")?;
-    let service = NatService {
-        director: Host::director(1),
-        vip,
-        port: 80,
-        scheduler: "rr".into(),
-        nodes: vec![Host::node(1), Host::node(2)],
+    let target = format!("{vip}:80");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let status = |lab: &LabGuard, h: &Host, format: &str| -> Option<String> {
+        let out = std::process::Command::new(&director)
+            .args(["status", "-o", format, "--socket"])
+            .arg(lab.admin_socket(h))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    println!("== programming IPVS in d1: {vip}:80 round robin over n1 and n2 (masquerade)");
-    service.program(&lab)?;
-    print!("{}", lab.exec("d1", &["ipvsadm", "-Ln"])?);
-    println!("== 20 HTTP requests from client to {vip}:80");
-    let tally = http_tally(&lab, "client", &format!("{vip}:80"), 20)?;
-    for (node, n) in &tally.served {
-        println!("   {node}: {n}");
-    }
-    println!("   failed: {}", tally.failed);
-    print!("{}", lab.exec("d1", &["ipvsadm", "-Ln", "--stats"])?);
+    let owner_of = |lab: &LabGuard, hosts: &[Host]| -> Option<String> {
+        let mut owners = hosts.iter().map(|h| {
+            let v: serde_json::Value = serde_json::from_str(&status(lab, h, "json")?).ok()?;
+            v["vips"]
+                .as_array()?
+                .iter()
+                .find(|x| x["vip"] == vip.to_string())?["owner_name"]
+                .as_str()
+                .map(str::to_string)
+        });
+        let first = owners.next()??;
+        owners
+            .all(|o| o.as_deref() == Some(first.as_str()))
+            .then_some(first)
+    };
+    let wait = |what: &str, f: &mut dyn FnMut() -> Option<String>| -> Result<String> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return Ok(v);
+            }
+            if start.elapsed() > Duration::from_secs(90) {
+                anyhow::bail!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let owner = wait("the directors to agree on an owner", &mut || {
+        owner_of(&lab, &all)
+    })?;
+    println!("== `director status` on d1");
+    print!("{}", status(&lab, &all[0], "table").unwrap_or_default());
+    let show = |t: &lab::scenario::HttpTally| {
+        let served: Vec<String> = t.served.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        println!("   {} (failed: {})", served.join(", "), t.failed);
+    };
+    println!("== 20 HTTP requests from client to {target} (owner {owner})");
+    let first = wait("the VIP to answer", &mut || {
+        let t = http_tally(&lab, "client", &target, 1).ok()?;
+        (t.failed == 0).then(String::new)
+    });
+    first?;
+    let before = http_tally(&lab, "client", &target, 20)?;
+    show(&before);
+    println!("== killing {owner}'s host (link cut, director SIGKILLed)");
+    lab.kill_host(&owner)?;
+    let killed = Instant::now();
+    let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+    wait("traffic through the VIP again", &mut || {
+        let t = http_tally(&lab, "client", &target, 1).ok()?;
+        (t.failed == 0).then(String::new)
+    })?;
+    println!("   the VIP answered again {:.2} s after the kill (one probe at a time, under this machine's emulation)", killed.elapsed().as_secs_f64());
+    let next = wait("a new owner", &mut || {
+        owner_of(&lab, &survivors).filter(|o| *o != owner)
+    })?;
+    println!(
+        "== `director status` on {} (new owner {next})",
+        survivors[0].name()
+    );
+    print!(
+        "{}",
+        status(&lab, &survivors[0], "table").unwrap_or_default()
+    );
+    println!("== 20 HTTP requests from client to {target}");
+    let after = http_tally(&lab, "client", &target, 20)?;
+    show(&after);
     println!("== tearing the lab down");
     lab.down()?;
-    Ok(if tally.failed == 0 && tally.served.len() == 2 {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if before.failed == 0 && after.failed == 0 && before.served.len() == 2 {
+            0
+        } else {
+            1
+        },
+    )
 }

@@ -22,7 +22,6 @@
 //! Counters (`stats`, `connections`) appear with `--stats` and are ignored by
 //! apply.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipvs_sys::{
@@ -337,42 +336,13 @@ struct TunnelIn {
 }
 
 /// One problem in a file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileError {
-    /// 1-based line (0: unknown).
-    pub line: u32,
-    /// 1-based column (0: unknown).
-    pub column: u32,
-    /// The field, as a path (`services[1].destinations[0].port`).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}:{}: {}", self.line, self.column, self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.line, self.column, self.field, self.message
-            )
-        }
-    }
-}
+pub type FileError = crate::problems::Problem;
 
 struct Errors(Vec<FileError>);
 
 impl Errors {
     fn at<T>(&mut self, s: &Spanned<T>, field: String, message: String) {
-        self.0.push(FileError {
-            line: s.referenced.line() as u32,
-            column: s.referenced.column() as u32,
-            field,
-            message,
-        });
+        self.0.push(crate::problems::at(s, field, message));
     }
 }
 
@@ -389,7 +359,8 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
         budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
         let mut options = serde_saphyr::Options::default();
         options.budget = Some(budget);
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| vec![saphyr_error(&e)])?
+        serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| vec![crate::problems::from_saphyr(&e)])?
     };
     let mut errs = Errors(Vec::new());
     let mut out: Vec<Entry> = Vec::new();
@@ -413,20 +384,6 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
         Ok(out)
     } else {
         Err(errs.0)
-    }
-}
-
-fn saphyr_error(e: &serde_saphyr::Error) -> FileError {
-    let (line, column) = e
-        .location()
-        .map(|l| (l.line() as u32, l.column() as u32))
-        .unwrap_or((0, 0));
-    let text = e.to_string();
-    FileError {
-        line,
-        column,
-        field: String::new(),
-        message: text.lines().next().unwrap_or("invalid YAML").to_string(),
     }
 }
 

@@ -283,12 +283,7 @@ pub struct ApplyOutcome {
 /// Reads and validates an apply file; the errors name file, line and field.
 pub fn read_file(path: &Path) -> Result<Vec<Entry>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    file::parse(&text).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{}:{e}", path.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    file::parse(&text).map_err(|errs| crate::problems::report(path, &errs))
 }
 
 /// `director ipvs apply`: plan against the kernel's table, then (unless a dry

@@ -1,0 +1,72 @@
+//! Problems found in an input file, each with where it is: the one shape of
+//! error every file director reads reports (configuration, IPVS documents).
+
+use std::fmt;
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+/// One problem in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line (0: unknown).
+    pub line: u32,
+    /// 1-based column (0: unknown).
+    pub column: u32,
+    /// The field, as a path (`services[1].ports[0].port`); empty for syntax.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.line, self.column, self.field, self.message
+            )
+        }
+    }
+}
+
+/// A problem at the node `s` came from.
+pub fn at<T>(s: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        line: s.referenced.line() as u32,
+        column: s.referenced.column() as u32,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A YAML/JSON syntax or shape error.
+pub fn from_saphyr(e: &serde_saphyr::Error) -> Problem {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line() as u32, l.column() as u32))
+        .unwrap_or((0, 0));
+    Problem {
+        line,
+        column,
+        field: String::new(),
+        message: e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_string(),
+    }
+}
+
+/// Every problem as `FILE:LINE:COLUMN: FIELD: PROBLEM`, one per line.
+pub fn report(path: &Path, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}:{p}", path.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
