@@ -522,7 +522,12 @@ async fn renewals(
                 let Some((_, p)) = peer.as_mut() else {
                     continue;
                 };
-                match p.renew_lease(every).await {
+                // A slow reply still counts from `sent`; wait up to a third of
+                // the lease for it.
+                match p
+                    .renew_lease(Duration::from_millis(lease.lease_ms / 3))
+                    .await
+                {
                     Ok(r) => r,
                     Err(_) => continue,
                 }

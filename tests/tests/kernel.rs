@@ -182,8 +182,7 @@ fn client_traffic_through_the_vip_follows_the_owner() {
     env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
     let mut lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-vip-"), env).expect("lab up");
     let all: Vec<Host> = (1..=3).map(Host::director).collect();
-    let (owner, _) = wait_for("an agreed owner", 60, || agreed_owner(&lab, &all));
-    let owner_host = Host::parse(&owner).unwrap();
+    wait_for("an agreed owner", 60, || agreed_owner(&lab, &all));
     // The VIP answers: every request served, split over both nodes.
     let tally = wait_for("the VIP to answer", 60, || {
         let t = http_tally(&lab, "client", "10.10.0.200:80", 20).ok()?;
@@ -193,6 +192,10 @@ fn client_traffic_through_the_vip_follows_the_owner() {
     let tally = http_tally(&lab, "client", "10.10.0.200:80", 100).unwrap();
     assert_eq!(tally.failed, 0, "{tally:?}");
     assert!((40..=60).contains(&tally.from("n1")), "{tally:?}");
+    // The client's neighbour entry points at the owner (read again: the
+    // owner is what the directors agree on now).
+    let (owner, _) = wait_for("an agreed owner", 60, || agreed_owner(&lab, &all));
+    let owner_host = Host::parse(&owner).unwrap();
     let neigh = lab
         .exec("client", &["ip", "neigh", "show", "10.10.0.200"])
         .unwrap();
