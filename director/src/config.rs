@@ -946,11 +946,11 @@ mod tests {
 
     #[test]
     fn timing_that_breaks_fencing_is_refused() {
-        let bad = LAB_D1.replace("lease_ms: 1400", "lease_ms: 900");
+        let bad = LAB_D1.replace("lease_ms: 3000", "lease_ms: 2100");
         let e = errors(&bad);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].contains("timing: lease (900 ms) must be at least election_timeout_max"),
+            e[0].contains("timing: lease (2100 ms) must be at least election_timeout_max"),
             "{e:?}"
         );
     }

@@ -54,7 +54,7 @@ pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
     // times slower than hardware (docs/lab.md); production defaults are
     // tighter (docs/fencing.md).
     s.push_str("# Relaxed for the lab VM (software emulation is several times slower than\n# hardware); the defaults are heartbeat 50, election 150..300, lease 600.\n");
-    s.push_str("timing:\n  heartbeat_ms: 100\n  election_min_ms: 400\n  election_max_ms: 800\n  lease_ms: 1400\n  margin_ms: 200\n  renew_ms: 200\n");
+    s.push_str("timing:\n  heartbeat_ms: 150\n  election_min_ms: 1000\n  election_max_ms: 2000\n  lease_ms: 3000\n  margin_ms: 300\n  renew_ms: 300\n");
     let _ = writeln!(s, "admin_socket: {}", data_dir.join("admin.sock").display());
     let _ = writeln!(s, "metrics: \"{}:9469\"", host.ipv4());
     s.push_str("announce: {count: 5, interval_ms: 200, refresh_s: 0}\n");

@@ -546,7 +546,7 @@ fn demo_inside(root: &Path) -> Result<i32> {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let owner = wait("the directors to agree on an owner", &mut || {
+    wait("the directors to agree on an owner", &mut || {
         owner_of(&lab, &all)
     })?;
     println!("== `director status` on d1");
@@ -555,7 +555,7 @@ fn demo_inside(root: &Path) -> Result<i32> {
         let served: Vec<String> = t.served.iter().map(|(n, c)| format!("{n}: {c}")).collect();
         println!("   {} (failed: {})", served.join(", "), t.failed);
     };
-    println!("== 20 HTTP requests from client to {target} (owner {owner})");
+    println!("== 20 HTTP requests from client to {target}");
     let first = wait("the VIP to answer", &mut || {
         let t = http_tally(&lab, "client", &target, 1).ok()?;
         (t.failed == 0).then(String::new)
@@ -563,7 +563,10 @@ fn demo_inside(root: &Path) -> Result<i32> {
     first?;
     let before = http_tally(&lab, "client", &target, 20)?;
     show(&before);
-    println!("== killing {owner}'s host (link cut, director SIGKILLed)");
+    let owner = wait("the directors to agree on an owner", &mut || {
+        owner_of(&lab, &all)
+    })?;
+    println!("== killing {owner}'s host, the VIP's owner (link cut, director SIGKILLed)");
     lab.kill_host(&owner)?;
     let killed = Instant::now();
     let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
