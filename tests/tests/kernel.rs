@@ -143,7 +143,7 @@ fn directors_program_every_service_and_move_the_owner_on_death() {
     // Host death of the owner: the survivors agree on a new owner.
     lab.kill_host(&owner).unwrap();
     let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
-    let (next, epoch2) = wait_for("a new owner after host death", 120, || {
+    let (_moved_to, epoch2) = wait_for("a new owner after host death", 120, || {
         agreed_owner(&lab, &survivors).filter(|(o, _)| *o != owner)
     });
     assert!(epoch2 > epoch, "a move raises the epoch");
@@ -157,7 +157,6 @@ fn directors_program_every_service_and_move_the_owner_on_death() {
     let (next, epoch_now) = wait_for("the old owner to rejoin", 120, || {
         agreed_owner(&lab, &all).filter(|(_, e)| *e >= epoch2)
     });
-    let _ = next.as_str();
     lab.crash(&next).unwrap();
     let others: Vec<Host> = all.iter().filter(|h| h.name() != next).cloned().collect();
     let (third, epoch3) = wait_for("a new owner after process death", 120, || {
