@@ -234,41 +234,8 @@ struct PortIn {
     backends: Vec<Spanned<String>>,
 }
 
-struct Errors {
-    list: Vec<ConfigError>,
-    /// Where the document starts, for fields that are missing entirely.
-    top: (u32, u32),
-}
-
-impl Errors {
-    fn at<T>(&mut self, s: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
-        self.list.push(crate::problems::at(s, field, message));
-    }
-
-    fn missing(&mut self, field: impl Into<String>) {
-        self.list.push(ConfigError {
-            line: self.top.0,
-            column: self.top.1,
-            field: field.into(),
-            message: "missing".into(),
-        });
-    }
-}
-
-fn int<T: TryFrom<i64>>(
-    v: &Spanned<i64>,
-    field: &str,
-    range: &str,
-    errs: &mut Errors,
-) -> Option<T> {
-    match T::try_from(v.value) {
-        Ok(x) => Some(x),
-        Err(_) => {
-            errs.at(v, field, format!("{} is out of range {range}", v.value));
-            None
-        }
-    }
-}
+type Errors = crate::problems::Problems;
+use crate::problems::int_in as int;
 
 /// Parses one address range: `A`, `A-B` or `A/LEN`.
 fn parse_range(s: &str) -> Result<(IpAddr, IpAddr), String> {
@@ -335,10 +302,7 @@ fn parse_range(s: &str) -> Result<(IpAddr, IpAddr), String> {
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let doc: FileIn =
         serde_saphyr::from_str(text).map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
-    let mut errs = Errors {
-        list: Vec::new(),
-        top: (1, 1),
-    };
+    let mut errs = Errors::default();
 
     let id: Option<NodeId> = match &doc.id {
         Some(v) => int(v, "id", "1..", &mut errs).filter(|id: &u64| {
@@ -358,7 +322,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     for (i, p) in doc.peers.iter().enumerate() {
         let path = format!("peers[{i}]");
         let pid: Option<NodeId> = match &p.value.id {
-            Some(v) => int(v, &format!("{path}.id"), "1..", &mut errs),
+            Some(v) => int(v, format!("{path}.id"), "1..", &mut errs),
             None => {
                 errs.at(p, format!("{path}.id"), "missing");
                 None
@@ -500,7 +464,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         let v = &t.value;
         let set = |f: &Option<Spanned<i64>>, name: &str, slot: &mut u64, errs: &mut Errors| {
             if let Some(x) = f {
-                if let Some(n) = int::<u64>(x, &format!("timing.{name}"), "1..", errs) {
+                if let Some(n) = int::<u64>(x, format!("timing.{name}"), "1..", errs) {
                     *slot = n;
                 }
             }
@@ -714,7 +678,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         };
         let persistence_s = match &s.value.persistence_s {
             Some(p) => {
-                int::<u32>(p, &format!("{path}.persistence_s"), "0..", &mut errs).unwrap_or(0)
+                int::<u32>(p, format!("{path}.persistence_s"), "0..", &mut errs).unwrap_or(0)
             }
             None => def_persist,
         };
@@ -731,7 +695,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             let pp = format!("{path}.ports[{j}]");
             let port = match &p.value.port {
                 Some(v) => {
-                    int::<u16>(v, &format!("{pp}.port"), "1..=65535", &mut errs).filter(|n| {
+                    int::<u16>(v, format!("{pp}.port"), "1..=65535", &mut errs).filter(|n| {
                         if *n == 0 {
                             errs.at(v, format!("{pp}.port"), "0 is out of range 1..=65535");
                         }

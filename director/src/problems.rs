@@ -33,6 +33,46 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The problems found so far in one file.
+#[derive(Debug, Default)]
+pub struct Problems {
+    /// In the order found.
+    pub list: Vec<Problem>,
+}
+
+impl Problems {
+    /// A problem at the node `s` came from.
+    pub fn at<T>(&mut self, s: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(at(s, field, message));
+    }
+
+    /// A field missing from the whole document (reported at its start).
+    pub fn missing(&mut self, field: impl Into<String>) {
+        self.list.push(Problem {
+            line: 1,
+            column: 1,
+            field: field.into(),
+            message: "missing".into(),
+        });
+    }
+}
+
+/// `v` as a `T`, or a problem saying it is out of `range` (as text).
+pub fn int_in<T: TryFrom<i64>>(
+    v: &Spanned<i64>,
+    field: impl Into<String>,
+    range: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match T::try_from(v.value) {
+        Ok(x) => Some(x),
+        Err(_) => {
+            problems.at(v, field, format!("{} is out of range {range}", v.value));
+            None
+        }
+    }
+}
+
 /// A problem at the node `s` came from.
 pub fn at<T>(s: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {

@@ -338,13 +338,7 @@ struct TunnelIn {
 /// One problem in a file, with where it is.
 pub type FileError = crate::problems::Problem;
 
-struct Errors(Vec<FileError>);
-
-impl Errors {
-    fn at<T>(&mut self, s: &Spanned<T>, field: String, message: String) {
-        self.0.push(crate::problems::at(s, field, message));
-    }
-}
+type Errors = crate::problems::Problems;
 
 /// Parses and validates a table document. Every problem is reported, each
 /// with its line, column and field; nothing is returned unless all is valid.
@@ -362,7 +356,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
         serde_saphyr::from_str_with_options(text, options)
             .map_err(|e| vec![crate::problems::from_saphyr(&e)])?
     };
-    let mut errs = Errors(Vec::new());
+    let mut errs = Errors::default();
     let mut out: Vec<Entry> = Vec::new();
     let mut seen: std::collections::HashMap<ServiceKey, u32> = std::collections::HashMap::new();
     for (i, s) in doc.services.iter().enumerate() {
@@ -380,27 +374,14 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
             out.push((service, dests));
         }
     }
-    if errs.0.is_empty() {
+    if errs.list.is_empty() {
         Ok(out)
     } else {
-        Err(errs.0)
+        Err(errs.list)
     }
 }
 
-fn int_in<T: TryFrom<i64>>(
-    v: &Spanned<i64>,
-    field: String,
-    range: &str,
-    errs: &mut Errors,
-) -> Option<T> {
-    match T::try_from(v.value) {
-        Ok(x) => Some(x),
-        Err(_) => {
-            errs.at(v, field, format!("{} is out of range {range}", v.value));
-            None
-        }
-    }
-}
+use crate::problems::int_in;
 
 fn service_from(
     s: &ServiceIn,
@@ -408,7 +389,7 @@ fn service_from(
     path: &str,
     errs: &mut Errors,
 ) -> Option<Entry> {
-    let before = errs.0.len();
+    let before = errs.list.len();
     let key = match (&s.fwmark, &s.address) {
         (Some(mark), None) => {
             let mark: Option<u32> = int_in(mark, format!("{path}.fwmark"), "1..=4294967295", errs);
@@ -416,14 +397,14 @@ fn service_from(
                 errs.at(
                     s.fwmark.as_ref()?,
                     format!("{path}.fwmark"),
-                    "must not be 0".into(),
+                    "must not be 0",
                 );
             }
             if let Some(p) = &s.protocol {
                 errs.at(
                     p,
                     format!("{path}.protocol"),
-                    "a fwmark service has no protocol".into(),
+                    "a fwmark service has no protocol",
                 );
             }
             let family = match s.family.as_ref().map(|f| f.value.as_str()) {
@@ -461,7 +442,7 @@ fn service_from(
                     errs.at(
                         span,
                         format!("{path}.protocol"),
-                        "missing (tcp, udp or sctp)".into(),
+                        "missing (tcp, udp or sctp)",
                     );
                     None
                 }
@@ -480,7 +461,7 @@ fn service_from(
             let port = match &s.port {
                 Some(p) => int_in::<u16>(p, format!("{path}.port"), "0..=65535", errs),
                 None => {
-                    errs.at(span, format!("{path}.port"), "missing".into());
+                    errs.at(span, format!("{path}.port"), "missing");
                     None
                 }
             };
@@ -488,7 +469,7 @@ fn service_from(
                 errs.at(
                     f,
                     format!("{path}.family"),
-                    "only a fwmark service names its family (an address has one)".into(),
+                    "only a fwmark service names its family (an address has one)",
                 );
             }
             match (protocol, ip, port) {
@@ -504,7 +485,7 @@ fn service_from(
             errs.at(
                 mark,
                 format!("{path}.fwmark"),
-                "a service has either address/port or fwmark, not both".into(),
+                "a service has either address/port or fwmark, not both",
             );
             None
         }
@@ -512,7 +493,7 @@ fn service_from(
             errs.at(
                 span,
                 path.to_string(),
-                "needs protocol, address and port, or fwmark".into(),
+                "needs protocol, address and port, or fwmark",
             );
             None
         }
@@ -532,7 +513,7 @@ fn service_from(
             None
         }
         None => {
-            errs.at(span, format!("{path}.scheduler"), "missing".into());
+            errs.at(span, format!("{path}.scheduler"), "missing");
             None
         }
     };
@@ -567,11 +548,7 @@ fn service_from(
         timeout = match &p.value.timeout {
             Some(t) => match int_in::<u32>(t, format!("{pp}.timeout"), "1..=4294967295", errs) {
                 Some(0) => {
-                    errs.at(
-                        t,
-                        format!("{pp}.timeout"),
-                        "must be at least 1 second".into(),
-                    );
+                    errs.at(t, format!("{pp}.timeout"), "must be at least 1 second");
                     0
                 }
                 Some(t) => t,
@@ -630,7 +607,7 @@ fn service_from(
             }
         }
     }
-    if errs.0.len() > before {
+    if errs.list.len() > before {
         return None;
     }
     let key = key?;
@@ -654,7 +631,7 @@ fn dest_from(
     path: &str,
     errs: &mut Errors,
 ) -> Option<Destination> {
-    let before = errs.0.len();
+    let before = errs.list.len();
     let addr = match &d.address {
         Some(a) => match a.value.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
@@ -668,14 +645,14 @@ fn dest_from(
             }
         },
         None => {
-            errs.at(span, format!("{path}.address"), "missing".into());
+            errs.at(span, format!("{path}.address"), "missing");
             None
         }
     };
     let port = match &d.port {
         Some(p) => int_in::<u16>(p, format!("{path}.port"), "0..=65535", errs),
         None => {
-            errs.at(span, format!("{path}.port"), "missing".into());
+            errs.at(span, format!("{path}.port"), "missing");
             None
         }
     };
@@ -736,11 +713,7 @@ fn dest_from(
                     };
                 }
                 if t.kind == TunnelType::Gue && t.port == 0 {
-                    errs.at(
-                        tun,
-                        format!("{tp}.port"),
-                        "a GUE tunnel needs a port".into(),
-                    );
+                    errs.at(tun, format!("{tp}.port"), "a GUE tunnel needs a port");
                 }
             }
             Some(Forward::Tunnel(t))
@@ -763,11 +736,11 @@ fn dest_from(
             errs.at(
                 t,
                 format!("{path}.tunnel"),
-                "only a `forward: tunnel` destination has tunnel settings".into(),
+                "only a `forward: tunnel` destination has tunnel settings",
             );
         }
     }
-    if errs.0.len() > before {
+    if errs.list.len() > before {
         return None;
     }
     Some(Destination {
