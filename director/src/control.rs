@@ -232,13 +232,17 @@ pub fn desired_ipvs(state: &ClusterState) -> Vec<Entry> {
     out
 }
 
+/// Whether an address is one of the cluster's VIPs: allocated in the state,
+/// or inside a configured pool. Nothing else is ever touched.
+pub fn managed_addr(addr: &IpAddr, state: &ClusterState, config: &Config) -> bool {
+    state.allocations.contains_key(addr) || config.pools.iter().any(|p| p.contains(addr))
+}
+
 /// Whether a kernel service is one this director manages: its address is a
-/// VIP of the state or lies in a configured pool. Nothing else is touched.
+/// VIP of the cluster (`managed_addr`).
 pub fn managed(key: &ServiceKey, state: &ClusterState, config: &Config) -> bool {
     match key {
-        ServiceKey::Addr { addr, .. } => {
-            state.allocations.contains_key(addr) || config.pools.iter().any(|p| p.contains(addr))
-        }
+        ServiceKey::Addr { addr, .. } => managed_addr(addr, state, config),
         ServiceKey::Fwmark { .. } => false,
     }
 }

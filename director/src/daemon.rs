@@ -166,8 +166,10 @@ async fn reconcile_loop(
     }
     // Stopping: give up every VIP at once (the next owner announces).
     if announcer.is_some() {
-        let managed = vip::managed(&node.state(), &config);
-        let _ = vip::reconcile_routes(&Default::default(), &managed);
+        let state = node.state();
+        let _ = vip::reconcile_routes(&Default::default(), |ip| {
+            control::managed_addr(&(*ip).into(), &state, &config)
+        });
     }
 }
 
@@ -180,8 +182,8 @@ fn reconcile_vips(
 ) -> Result<(), String> {
     let state = node.state();
     let held = vip::held(&state, node.id(), node.holds_lease());
-    let managed = vip::managed(&state, config);
-    for taken in vip::reconcile_routes(&held, &managed)? {
+    let managed = |ip: &std::net::Ipv4Addr| control::managed_addr(&(*ip).into(), &state, config);
+    for taken in vip::reconcile_routes(&held, managed)? {
         announcer.announce(
             taken,
             config.announce.count,

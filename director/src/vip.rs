@@ -25,7 +25,6 @@ use consensus::state::ClusterState;
 use consensus::{Node, NodeId};
 
 use crate::arp::{self, ArpSocket};
-use crate::config::Config;
 
 /// The VIPs `me` may answer for now, in `state`: owned in the committed state
 /// and covered by a valid lease.
@@ -189,12 +188,12 @@ fn route(op: &str, vip: Ipv4Addr) -> Result<(), String> {
     }
 }
 
-/// Makes the kernel's local routes match `held` among the VIPs this cluster
-/// manages (`managed`); routes of other addresses are never touched. Returns
-/// the VIPs newly taken.
+/// Makes the kernel's local routes match `held` among the addresses this
+/// cluster manages (`managed`); routes of other addresses are never touched.
+/// Returns the VIPs newly taken.
 pub fn reconcile_routes(
     held: &BTreeSet<Ipv4Addr>,
-    managed: &BTreeSet<Ipv4Addr>,
+    managed: impl Fn(&Ipv4Addr) -> bool,
 ) -> Result<Vec<Ipv4Addr>, String> {
     let present = local_routes()?;
     let mut taken = Vec::new();
@@ -204,8 +203,8 @@ pub fn reconcile_routes(
             taken.push(*vip);
         }
     }
-    for vip in present.intersection(managed) {
-        if !held.contains(vip) {
+    for vip in &present {
+        if managed(vip) && !held.contains(vip) {
             route("del", *vip)?;
         }
     }
@@ -266,29 +265,6 @@ pub fn apply_snat(ruleset: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-/// The VIPs of the cluster (IPv4), for `reconcile_routes`.
-pub fn managed(state: &ClusterState, config: &Config) -> BTreeSet<Ipv4Addr> {
-    let mut out: BTreeSet<Ipv4Addr> = state
-        .allocations
-        .keys()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v) => Some(*v),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    for pool in &config.pools {
-        for (a, b) in &pool.ranges {
-            if let (IpAddr::V4(a), IpAddr::V4(b)) = (a, b) {
-                // Pools are small in practice; cap to keep this cheap.
-                for n in u32::from(*a)..=u32::from(*b).min(u32::from(*a).saturating_add(4095)) {
-                    out.insert(Ipv4Addr::from(n));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
