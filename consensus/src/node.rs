@@ -321,15 +321,11 @@ impl Node {
 
     /// Proposes a command; its response once committed and applied here.
     pub async fn propose(&self, cmd: Command) -> Result<Response, ConsensusError> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ConsensusError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(e) => Err(ConsensusError::Raft(e.to_string())),
-        }
+        self.raft
+            .client_write(cmd)
+            .await
+            .map(|r| r.data)
+            .map_err(write_error)
     }
 
     /// The committed state as applied on this node.
@@ -371,13 +367,13 @@ impl Node {
         self.raft
             .add_learner(id, node, true)
             .await
-            .map_err(|e| self.membership_error(e))?;
+            .map_err(write_error)?;
         let mut voters = self.voters();
         voters.insert(id);
         self.raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| self.membership_error(e))?;
+            .map_err(write_error)?;
         Ok(())
     }
 
@@ -390,22 +386,8 @@ impl Node {
         self.raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| self.membership_error(e))?;
+            .map_err(write_error)?;
         Ok(())
-    }
-
-    fn membership_error(
-        &self,
-        e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-    ) -> ConsensusError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                ConsensusError::NotLeader {
-                    leader: f.leader_id,
-                }
-            }
-            other => ConsensusError::Raft(other.to_string()),
-        }
     }
 
     /// Waits until this node sees a leader, up to `timeout`.
@@ -444,6 +426,17 @@ impl Node {
             let _ = t.await;
         }
         result
+    }
+}
+
+/// A refused write (a proposal or a membership change): not the leader (and
+/// who is), or Raft itself failed.
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ConsensusError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::NotLeader {
+            leader: f.leader_id,
+        },
+        other => ConsensusError::Raft(other.to_string()),
     }
 }
 
