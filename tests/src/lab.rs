@@ -661,61 +661,8 @@ impl Lab {
         })?;
         let socket = self.admin_socket(host);
         let _ = fs::remove_file(&socket);
-        let log = self
-            .env
-            .state_dir
-            .join(format!("{}{name}-director.log", spec.prefix));
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|source| LabError::Io {
-                op: "opening",
-                path: log.clone(),
-                source,
-            })?;
-        let log_err = log_file.try_clone().map_err(|source| LabError::Io {
-            op: "duplicating",
-            path: log.clone(),
-            source,
-        })?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &spec.netns(host)])
-            .arg(&director)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(|source| LabError::Io {
-            op: "starting",
-            path: director.clone(),
-            source,
-        })?;
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        drop(child);
-        let entry = self.state.processes.entry(name.clone()).or_default();
-        entry.retain(|p| p.what != "director");
-        entry.push(Process {
-            pid,
-            what: "director".into(),
-            comm: "director".into(),
-        });
-        self.save()?;
-        let start = Instant::now();
-        while !socket.exists() {
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(LabError::ServerNotReady {
-                    host: name,
-                    secs: READY_TIMEOUT.as_secs(),
-                    log,
-                });
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let args = vec!["run".into(), "--config".into(), path.into_os_string()];
+        self.spawn_tracked(host, &director, &args, "director", "director", &socket)
     }
 
     /// SIGKILLs the host's director process (process death; host and link stay up).
@@ -821,60 +768,78 @@ impl Lab {
 
     fn start_node_server(&mut self, spec: &LabSpec, host: &Host) -> Result<(), LabError> {
         let name = host.name();
-        let log = self
-            .env
-            .state_dir
-            .join(format!("{}{name}-labnet.log", spec.prefix));
         let ready = self
             .env
             .state_dir
             .join(format!("{}{name}-labnet.ready", spec.prefix));
         let _ = fs::remove_file(&ready);
-        let log_file = fs::File::create(&log).map_err(|source| LabError::Io {
-            op: "creating",
-            path: log.clone(),
-            source,
-        })?;
+        let labnet = self.env.labnet.clone();
+        let args = vec![
+            "serve".into(),
+            "--name".into(),
+            name.into(),
+            "--ready-file".into(),
+            ready.clone().into_os_string(),
+        ];
+        self.spawn_tracked(host, &labnet, &args, "nodeport-server", "labnet", &ready)
+    }
+
+    /// Starts `program ARGS` in the host's namespace, its output appended to
+    /// `<prefix><host>-<comm>.log`, tracks it by PID as `what` (replacing an
+    /// earlier `what` of that host), and waits until `ready` exists.
+    fn spawn_tracked(
+        &mut self,
+        host: &Host,
+        program: &Path,
+        args: &[std::ffi::OsString],
+        what: &str,
+        comm: &str,
+        ready: &Path,
+    ) -> Result<(), LabError> {
+        let name = host.name();
+        let spec = &self.state.spec;
+        let log = self
+            .env
+            .state_dir
+            .join(format!("{}{name}-{comm}.log", spec.prefix));
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| LabError::Io {
+                op: "opening",
+                path: log.clone(),
+                source,
+            })?;
         let log_err = log_file.try_clone().map_err(|source| LabError::Io {
             op: "duplicating",
             path: log.clone(),
             source,
         })?;
-        let labnet = self.env.labnet.to_string_lossy().into_owned();
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &spec.netns(host),
-            &labnet,
-            "serve",
-            "--name",
-        ])
-        .arg(&name)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err);
+        cmd.args(["netns", "exec", &spec.netns(host)])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().map_err(|source| LabError::Io {
             op: "starting",
-            path: self.env.labnet.clone(),
+            path: program.to_path_buf(),
             source,
         })?;
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        // The child is not waited for here: `ip netns exec` replaced itself by
-        // labnet under the same PID, which the state file now tracks.
+        // Not waited for here: `ip netns exec` replaced itself by the program
+        // under the same PID, which the state file now tracks.
         drop(child);
-        self.state
-            .processes
-            .entry(name.clone())
-            .or_default()
-            .push(Process {
-                pid,
-                what: "nodeport-server".into(),
-                comm: "labnet".into(),
-            });
+        let entry = self.state.processes.entry(name.clone()).or_default();
+        entry.retain(|p| p.what != what);
+        entry.push(Process {
+            pid,
+            what: what.into(),
+            comm: comm.into(),
+        });
         self.save()?;
         let start = Instant::now();
         while !ready.exists() {
