@@ -401,9 +401,6 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }
         }
     }
-    if peers.len() == 2 && peers.iter().all(|p| p.role == PeerRole::Data) {
-        // Allowed, but worth saying: two voters cannot lose one and go on.
-    }
     if peers.iter().filter(|p| p.role == PeerRole::Data).count() == 0 && !peers.is_empty() {
         errs.at(
             &doc.peers[0],

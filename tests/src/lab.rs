@@ -74,11 +74,13 @@ pub enum LabError {
         /// What it wrote to stderr.
         stderr: String,
     },
-    /// A node server did not become ready.
-    #[error("the NodePort server of {host} did not start within {secs} s; its log: {log}")]
+    /// A process the lab started did not become ready.
+    #[error("the {what} of {host} did not start within {secs} s; its log: {log}")]
     ServerNotReady {
-        /// The node host.
+        /// The host.
         host: String,
+        /// The process (`nodeport-server`, `director`).
+        what: String,
         /// How long it had.
         secs: u64,
         /// Its log file.
@@ -464,11 +466,6 @@ impl Lab {
             .collect()
     }
 
-    /// Saves the state file after `crash`/`start_director` changed it.
-    pub fn persist(&self) -> Result<(), LabError> {
-        self.save()
-    }
-
     /// Tears the lab down: stops the processes it started (by PID, after
     /// checking the PID is still theirs), deletes its namespaces and its state
     /// file. Goes on past errors and reports them all at the end.
@@ -846,6 +843,7 @@ impl Lab {
             if start.elapsed() > READY_TIMEOUT {
                 return Err(LabError::ServerNotReady {
                     host: name,
+                    what: what.into(),
                     secs: READY_TIMEOUT.as_secs(),
                     log,
                 });
