@@ -11,6 +11,40 @@ use crate::topology::{self, Host, Role};
 /// The Raft transport port of every director.
 pub const RAFT_PORT: u16 = 7946;
 
+/// Which timing the lab's directors run with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimingProfile {
+    /// Relaxed for the software-emulated VM: robust tests (the repo's configs).
+    #[default]
+    Lab,
+    /// The daemon's defaults (no `timing` block).
+    Default,
+    /// Tight timing for a quiet LAN, as in the failover benchmark.
+    Tuned,
+}
+
+impl TimingProfile {
+    /// The profile of that name.
+    pub fn parse(name: &str) -> Option<TimingProfile> {
+        match name {
+            "lab" => Some(TimingProfile::Lab),
+            "default" => Some(TimingProfile::Default),
+            "tuned" => Some(TimingProfile::Tuned),
+            _ => None,
+        }
+    }
+
+    /// The config's `timing` block for this profile.
+    pub fn yaml(self) -> &'static str {
+        match self {
+            TimingProfile::Lab => "# Relaxed for the lab VM (software emulation is several times slower than\n# hardware); the defaults are heartbeat 50, election 150..300, lease 600.\ntiming:\n  heartbeat_ms: 150\n  election_min_ms: 1000\n  election_max_ms: 2000\n  lease_ms: 3000\n  margin_ms: 300\n  renew_ms: 300\n",
+            TimingProfile::Default => "# The daemon's default timing (docs/configuration.md).\n",
+            TimingProfile::Tuned => "# Tuned for a quiet LAN (docs/benchmarks.md).\ntiming:\n  heartbeat_ms: 20\n  election_min_ms: 60\n  election_max_ms: 120\n  lease_ms: 180\n  margin_ms: 20\n  renew_ms: 30\n",
+        }
+    }
+}
+
 /// The config of director (or witness) `host` in a lab of shape `spec`, with
 /// its state under `data_dir`.
 pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
@@ -50,11 +84,9 @@ pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
     s.push_str("interface: eth0\n");
     s.push_str("# The lab runs inside private namespaces; production uses tls: {ca, cert, key}.\n");
     s.push_str("insecure: true\n");
-    // Relaxed for the lab VM, which runs under software emulation several
-    // times slower than hardware (docs/lab.md); production defaults are
-    // tighter (docs/fencing.md).
-    s.push_str("# Relaxed for the lab VM (software emulation is several times slower than\n# hardware); the defaults are heartbeat 50, election 150..300, lease 600.\n");
-    s.push_str("timing:\n  heartbeat_ms: 150\n  election_min_ms: 1000\n  election_max_ms: 2000\n  lease_ms: 3000\n  margin_ms: 300\n  renew_ms: 300\n");
+    // The lab profile is relaxed for the VM, which runs under software
+    // emulation several times slower than hardware (docs/lab.md).
+    s.push_str(spec.timing.yaml());
     let _ = writeln!(s, "admin_socket: {}", data_dir.join("admin.sock").display());
     let _ = writeln!(s, "metrics: \"{}:9469\"", host.ipv4());
     s.push_str("announce: {count: 5, interval_ms: 200, refresh_s: 0}\n");
@@ -85,6 +117,24 @@ pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
         .collect();
     let _ = writeln!(s, "    backends: [{}]", backends.join(", "));
     s
+}
+
+/// keepalived's VRRP config for director host `host` of the failover
+/// benchmark: one instance holding the lab's first VIP on eth0, priority by
+/// host index (d1 highest). `tuned` gives VRRPv3 with `advert_int 0.1`;
+/// otherwise keepalived's defaults (VRRPv2, `advert_int 1`).
+pub fn keepalived_config(host: &Host, tuned: bool) -> String {
+    let vip = topology::vip_v4(0)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let priority = 250u32.saturating_sub(50 * u32::from(host.index));
+    let (version, advert) = if tuned { (3, "0.1") } else { (2, "1") };
+    format!(
+        "global_defs {{\n  router_id {name}\n  vrrp_version {version}\n}}\n\
+         vrrp_instance lab {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+         priority {priority}\n  advert_int {advert}\n  virtual_ipaddress {{\n    {vip}/32 dev eth0\n  }}\n}}\n",
+        name = host.name()
+    )
 }
 
 #[cfg(test)]

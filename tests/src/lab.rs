@@ -115,6 +115,14 @@ pub enum LabError {
     /// Tearing down left some things behind.
     #[error("tearing the lab down left things behind: {0}")]
     Teardown(String),
+    /// Something awaited did not happen in time.
+    #[error("timed out after {secs} s waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        secs: u64,
+    },
 }
 
 /// Shape of a lab: how many hosts of each kind, and where it keeps state.
@@ -128,6 +136,9 @@ pub struct LabSpec {
     pub nodes: u8,
     /// Whether the witness `w1` exists.
     pub witness: bool,
+    /// The timing the directors' configs get.
+    #[serde(default)]
+    pub timing: crate::configs::TimingProfile,
 }
 
 impl LabSpec {
@@ -138,7 +149,14 @@ impl LabSpec {
             directors,
             nodes,
             witness: false,
+            timing: Default::default(),
         }
+    }
+
+    /// The same lab with the directors' timing set to `timing`.
+    pub fn with_timing(mut self, timing: crate::configs::TimingProfile) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// The same lab with namespace names prefixed by `prefix`.
@@ -662,14 +680,63 @@ impl Lab {
         self.spawn_tracked(host, &director, &args, "director", "director", &socket)
     }
 
-    /// SIGKILLs the host's director process (process death; host and link stay up).
+    /// Writes `config` for the host and starts keepalived (VRRP only) with it,
+    /// in the foreground, as the comparison peer of the failover benchmark.
+    pub fn start_keepalived(&mut self, host: &Host, config: &str) -> Result<(), LabError> {
+        let keepalived = which("keepalived").ok_or_else(|| LabError::MissingTool {
+            tool: "keepalived".into(),
+            hint: "apt-get install keepalived".into(),
+        })?;
+        let name = host.name();
+        let base = self
+            .env
+            .state_dir
+            .join(format!("{}{name}-keepalived", self.state.spec.prefix));
+        let conf = base.with_extension("conf");
+        fs::write(&conf, config).map_err(|source| LabError::Io {
+            op: "writing",
+            path: conf.clone(),
+            source,
+        })?;
+        let pid = base.with_extension("pid");
+        let vrrp_pid = base.with_extension("vrrp.pid");
+        let _ = fs::remove_file(&pid);
+        let _ = fs::remove_file(&vrrp_pid);
+        let args: Vec<std::ffi::OsString> = vec![
+            "--vrrp".into(),
+            "--dont-fork".into(),
+            "--log-console".into(),
+            "--no-syslog".into(),
+            "--use-file".into(),
+            conf.into_os_string(),
+            "--pid".into(),
+            pid.into_os_string(),
+            "--vrrp_pid".into(),
+            vrrp_pid.clone().into_os_string(),
+        ];
+        self.spawn_tracked(
+            host,
+            &keepalived,
+            &args,
+            "keepalived",
+            "keepalived",
+            &vrrp_pid,
+        )
+    }
+
+    /// SIGKILLs the host's director (or keepalived) process group: process
+    /// death; host and link stay up.
     pub fn crash(&mut self, name: &str) -> Result<(), LabError> {
         self.host(name)?;
         let procs = self.state.processes.get(name).cloned().unwrap_or_default();
-        for p in procs.iter().filter(|p| p.what == "director") {
+        for p in procs
+            .iter()
+            .filter(|p| p.what == "director" || p.what == "keepalived")
+        {
             if process_matches(p) {
-                kill(Pid::from_raw(p.pid), Signal::SIGKILL).map_err(|e| {
-                    LabError::Teardown(format!("killing director of {name} (pid {}): {e}", p.pid))
+                // The whole group: keepalived's VRRP child dies with it.
+                kill(Pid::from_raw(-p.pid), Signal::SIGKILL).map_err(|e| {
+                    LabError::Teardown(format!("killing {} of {name} (pid {}): {e}", p.what, p.pid))
                 })?;
                 let start = Instant::now();
                 while process_matches(p) && start.elapsed() < Duration::from_secs(5) {

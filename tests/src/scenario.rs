@@ -2,7 +2,8 @@
 //! the kernel's own tools, and measuring what the client sees.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -145,4 +146,60 @@ pub fn http_tally(lab: &Lab, host: &str, target: &str, count: u32) -> Result<Htt
         command: format!("[{host}] labnet http-get {target}"),
         source,
     })
+}
+
+/// `director status -o json` of a lab director (the lab's director binary),
+/// or None when it does not answer.
+pub fn director_status(lab: &Lab, host: &Host) -> Option<serde_json::Value> {
+    let bin = lab.env().director.clone()?;
+    let out = std::process::Command::new(bin)
+        .args(["status", "-o", "json", "--socket"])
+        .arg(lab.admin_socket(host))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The owner (host name) and epoch of `vip` if every one of `hosts` answers
+/// and agrees on them.
+pub fn agreed_owner(lab: &Lab, hosts: &[Host], vip: IpAddr) -> Option<(String, u64)> {
+    let mut seen = Vec::new();
+    for h in hosts {
+        let v = director_status(lab, h)?;
+        let entry = v["vips"]
+            .as_array()?
+            .iter()
+            .find(|x| x["vip"] == vip.to_string())?
+            .clone();
+        seen.push((
+            entry["owner_name"].as_str()?.to_string(),
+            entry["epoch"].as_u64()?,
+        ));
+    }
+    let first = seen.first()?.clone();
+    seen.iter().all(|s| *s == first).then_some(first)
+}
+
+/// Polls `f` every 50 ms until it gives a value, for at most `limit`.
+pub fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, LabError> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            return Err(LabError::Timeout {
+                what: what.to_string(),
+                secs: limit.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

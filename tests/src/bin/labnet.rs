@@ -6,10 +6,12 @@
 //!   closes) and a UDP echo on 30080 (replies `<name> <datagram>`).
 //! - `labnet http-get ADDR:PORT --count N`: N requests, each on a new
 //!   connection, and a JSON tally of which node answered how often.
+//! - `labnet ping`, `labnet arp-watch`, `labnet route-watch`: the observers of
+//!   `lab::watch` (client-visible outage, ARP answers, local routes).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lab::topology::{NODEPORT_HTTP, NODEPORT_TCP, NODEPORT_UDP};
+use lab::watch::monotonic_ns;
 
 #[derive(Debug, Parser)]
 #[command(name = "labnet", about = "Traffic tools of the director lab")]
@@ -56,6 +59,36 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// ICMP echo to ADDR every interval; prints `reply T_NS SEQ` per reply.
+    Ping {
+        /// The IPv4 address to probe.
+        addr: Ipv4Addr,
+        /// Milliseconds between probes.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
+    /// Broadcast an ARP request for VIP every interval; prints `probe T_NS`
+    /// per request and `reply T_NS MAC` per reply.
+    ArpWatch {
+        /// The IPv4 address asked for.
+        vip: Ipv4Addr,
+        /// Milliseconds between requests.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// The interface to probe on.
+        #[arg(long, default_value = "eth0")]
+        interface: String,
+    },
+    /// Sample this namespace's local routes every interval; prints
+    /// `sample T_NS 1|0 T_PREV_NS` whenever VIP's presence changes (and the
+    /// first), with the time of the sample before, which saw the old state.
+    RouteWatch {
+        /// The address looked for.
+        vip: IpAddr,
+        /// Milliseconds between samples.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,6 +105,156 @@ fn main() -> Result<()> {
             count,
             timeout_ms,
         } => http_get(&target, count, Duration::from_millis(timeout_ms)),
+        Cmd::Ping { addr, interval_ms } => ping(addr, Duration::from_millis(interval_ms)),
+        Cmd::ArpWatch {
+            vip,
+            interval_ms,
+            interface,
+        } => arp_watch(vip, &interface, Duration::from_millis(interval_ms)),
+        Cmd::RouteWatch { vip, interval_ms } => {
+            route_watch(vip, Duration::from_millis(interval_ms))
+        }
+    }
+}
+
+/// Prints one event line and flushes it (the reader may stop us any time).
+fn emit(line: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let word = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ping(addr: Ipv4Addr, interval: Duration) -> Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .context("opening a raw ICMP socket")?;
+    sock.set_read_timeout(Some(Duration::from_millis(2)))?;
+    let id = (std::process::id() & 0xffff) as u16;
+    let to = SockAddr::from(SocketAddr::from((addr, 0)));
+    let mut seq: u16 = 0;
+    let mut next = Instant::now();
+    let mut buf = [0u8; 1500];
+    loop {
+        if Instant::now() >= next {
+            let mut pkt = [0u8; 16];
+            pkt[0] = 8; // echo request
+            pkt[4..6].copy_from_slice(&id.to_be_bytes());
+            pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+            let sum = checksum(&pkt);
+            pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+            // A send can fail while the neighbour is unresolved: keep probing.
+            let _ = sock.send_to(&pkt, &to);
+            seq = seq.wrapping_add(1);
+            next += interval;
+        }
+        let n = match (&sock).read(&mut buf) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let (Some(src), Some(icmp)) = (buf.get(12..16), buf.get(ihl..n)) else {
+            continue;
+        };
+        if src != addr.octets() || icmp.len() < 8 || icmp[0] != 0 || icmp[4..6] != id.to_be_bytes()
+        {
+            continue;
+        }
+        let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
+        emit(format_args!("reply {} {seq}", monotonic_ns()))?;
+    }
+}
+
+fn arp_watch(vip: Ipv4Addr, interface: &str, interval: Duration) -> Result<()> {
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == interface)
+        .with_context(|| format!("no interface {interface}"))?;
+    let mac = iface.mac.context("the interface has no MAC")?;
+    let mac = [mac.0, mac.1, mac.2, mac.3, mac.4, mac.5];
+    let ip = iface
+        .ips
+        .iter()
+        .find_map(|n| match n.ip() {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .context("the interface has no IPv4 address")?;
+    let config = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(2)),
+        ..Default::default()
+    };
+    let (mut tx, mut rx) = match pnet_datalink::channel(&iface, config)? {
+        pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => bail!("unexpected channel type"),
+    };
+    // who-has VIP tell <client>, broadcast.
+    let mut req = [0u8; 42];
+    req[0..6].copy_from_slice(&[0xff; 6]);
+    req[6..12].copy_from_slice(&mac);
+    req[12..14].copy_from_slice(&[0x08, 0x06]);
+    req[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    req[22..28].copy_from_slice(&mac);
+    req[28..32].copy_from_slice(&ip.octets());
+    req[38..42].copy_from_slice(&vip.octets());
+    let mut next = Instant::now();
+    loop {
+        if Instant::now() >= next {
+            emit(format_args!("probe {}", monotonic_ns()))?;
+            if let Some(r) = tx.send_to(&req, None) {
+                r.context("sending an ARP request")?;
+            }
+            next += interval;
+        }
+        let Ok(f) = rx.next() else { continue };
+        // An ARP reply (op 2) whose sender address is the VIP.
+        if f.len() >= 42
+            && f[12..14] == [0x08, 0x06]
+            && f[20..22] == [0, 2]
+            && f[28..32] == vip.octets()
+        {
+            let m = &f[22..28];
+            emit(format_args!(
+                "reply {} {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                monotonic_ns(),
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5]
+            ))?;
+        }
+    }
+}
+
+fn route_watch(vip: IpAddr, interval: Duration) -> Result<()> {
+    let mut last: Option<bool> = None;
+    let mut prev = monotonic_ns();
+    loop {
+        let text = std::fs::read_to_string("/proc/net/fib_trie").context("reading fib_trie")?;
+        let t = monotonic_ns();
+        let now = lab::watch::fib_trie_has_local(&text, vip);
+        if last != Some(now) {
+            // The previous sample still saw the old state.
+            emit(format_args!("sample {t} {} {prev}", u8::from(now)))?;
+            last = Some(now);
+        }
+        prev = t;
+        thread::sleep(interval);
     }
 }
 
