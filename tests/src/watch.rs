@@ -384,7 +384,7 @@ Local:
         assert_eq!(o.two_holders_ms(), 0.0);
         // Both hold from 1 ms to 3 ms.
         let c = samples(&[(0, 1, 0), (4 * ms, 0, 3 * ms)]);
-        let d = samples(&[(1 * ms, 1, 0)]);
+        let d = samples(&[(ms, 1, 0)]);
         o.held
             .insert("d1".into(), held_intervals(&events(&c, "sample"), 9 * ms));
         o.held
