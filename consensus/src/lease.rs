@@ -32,8 +32,8 @@ pub struct LeaseTiming {
 impl Default for LeaseTiming {
     fn default() -> Self {
         LeaseTiming {
-            lease_ms: 600,
-            margin_ms: 100,
+            lease_ms: 500,
+            margin_ms: 50,
             renew_ms: 100,
         }
     }
@@ -366,15 +366,16 @@ mod tests {
         let (t, l) = timing();
         let start = Instant::now();
         let mut table = LeaseTable::new(&t, l);
+        let wait = l.lease_ms + l.margin_ms;
         table.observe(true, 1, start);
         // A new leader waits a full lease plus margin before moving anything.
         let at = |ms| start + Duration::from_millis(ms);
-        assert!(!table.may_assign(at(699), Some(at(699))));
-        assert!(table.may_assign(at(700), Some(at(700))));
-        assert!(!table.may_take_from(2, at(699), Some(at(699))));
+        assert!(!table.may_assign(at(wait - 1), Some(at(wait - 1))));
+        assert!(table.may_assign(at(wait), Some(at(wait))));
+        assert!(!table.may_take_from(2, at(wait - 1), Some(at(wait - 1))));
         // Without a fresh quorum round it decides nothing.
-        assert!(!table.may_assign(at(900), Some(at(700))));
-        assert!(!table.may_assign(at(900), None));
+        assert!(!table.may_assign(at(wait + 200), Some(at(wait))));
+        assert!(!table.may_assign(at(wait + 200), None));
 
         let sent = start + Duration::from_millis(1000);
         let granted_at = sent + Duration::from_millis(5);
@@ -389,7 +390,7 @@ mod tests {
                 "overlap at +{ms} ms"
             );
         }
-        let after = granted_at + Duration::from_millis(700);
+        let after = granted_at + Duration::from_millis(wait);
         assert!(table.may_take_from(2, after, Some(after)));
     }
 
@@ -400,12 +401,13 @@ mod tests {
         let mut table = LeaseTable::new(&t, l);
         table.observe(true, 1, now);
         table.grant(2, now, Some(now), Some(1)).unwrap();
+        let wait = l.lease_ms + l.margin_ms;
         let later = now + Duration::from_secs(5);
         table.observe(false, 2, later);
         assert!(!table.may_take_from(2, later, Some(later)));
         table.observe(true, 3, later);
-        let t699 = later + Duration::from_millis(699);
-        let t700 = later + Duration::from_millis(700);
+        let t699 = later + Duration::from_millis(wait - 1);
+        let t700 = later + Duration::from_millis(wait);
         assert!(!table.may_take_from(2, t699, Some(t699)));
         assert!(table.may_take_from(2, t700, Some(t700)));
     }

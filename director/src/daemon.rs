@@ -97,13 +97,29 @@ pub async fn run(config: Config) -> Result<()> {
         ipvs.clone(),
         stop_rx.clone(),
     ));
-    let reconciler = tokio::spawn(reconcile_loop(
+    let leader = tokio::spawn(leader_loop(node.clone(), config.clone(), stop_rx.clone()));
+    let ipvs_task = tokio::spawn(ipvs_loop(
         node.clone(),
         config.clone(),
         ipvs,
-        announcer.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let vips = match announcer {
+        Some(a) => match vip::Routes::open() {
+            Ok(routes) => Some(tokio::spawn(vip_loop(
+                node.clone(),
+                config.clone(),
+                a,
+                routes,
+                stop_rx,
+            ))),
+            Err(e) => {
+                eprintln!("director: {e}; VIPs are not held here");
+                None
+            }
+        },
+        None => None,
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -112,7 +128,11 @@ pub async fn run(config: Config) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     let _ = stop_tx.send(true);
-    let _ = reconciler.await;
+    let _ = leader.await;
+    let _ = ipvs_task.await;
+    if let Some(v) = vips {
+        let _ = v.await;
+    }
     let _ = admin.await;
     let _ = std::fs::remove_file(&config.admin_socket);
     match Arc::try_unwrap(node) {
@@ -122,68 +142,107 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn reconcile_loop(
-    node: Arc<Node>,
-    config: Arc<Config>,
-    ipvs: Option<IpvsHandle>,
-    announcer: Option<Arc<vip::Announcer>>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// The leader's loop: seed the state and commit owner moves. It ticks
+/// faster than the data-path loops so that a fenced director's VIPs move
+/// within a few milliseconds of its fence expiring.
+async fn leader_loop(node: Arc<Node>, config: Arc<Config>, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis((config.lease.margin_ms / 2).clamp(5, 50));
     let mut changes = node.watch();
-    let mut last_error = String::new();
-    let mut last_vip_error = String::new();
-    let mut snat_applied = String::new();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(RECONCILE) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = changes.changed() => {}
-            _ = stop.changed() => break,
+            _ = stop.changed() => return,
         }
         if node.leader() == Some(node.id()) {
             lead(&node, &config).await;
         }
-        if let Some(h) = &ipvs {
-            if let Err(e) = reconcile_ipvs(&node, &config, h).await {
+    }
+}
+
+/// Programs every virtual service into IPVS (hot standby), on every state
+/// change and every reconcile interval (drift repair).
+async fn ipvs_loop(
+    node: Arc<Node>,
+    config: Arc<Config>,
+    ipvs: Option<IpvsHandle>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(h) = ipvs else { return };
+    let mut changes = node.watch();
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE) => {}
+            _ = changes.changed() => {}
+            _ = stop.changed() => return,
+        }
+        match reconcile_ipvs(&node, &config, &h).await {
+            Err(e) => {
                 let msg = format!("{e:#}");
                 if msg != last_error {
                     eprintln!("director: IPVS reconcile: {msg}");
                     last_error = msg;
                 }
-            } else {
-                last_error.clear();
             }
+            Ok(()) => last_error.clear(),
         }
-        if let Some(a) = &announcer {
-            match reconcile_vips(&node, &config, a, &mut snat_applied) {
-                Ok(()) => last_vip_error.clear(),
-                Err(e) if e != last_vip_error => {
-                    eprintln!("director: VIP reconcile: {e}");
-                    last_vip_error = e;
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    // Stopping: give up every VIP at once (the next owner announces).
-    if announcer.is_some() {
-        let state = node.state();
-        let _ = vip::reconcile_routes(&Default::default(), |ip| {
-            control::managed_addr(&(*ip).into(), &state, &config)
-        });
     }
 }
 
+/// Holds the VIPs this director owns under its lease: local routes, GARP
+/// when taken, the SNAT table. Wakes on state changes, every reconcile
+/// interval, and when the lease would lapse (routes go with the lease).
+async fn vip_loop(
+    node: Arc<Node>,
+    config: Arc<Config>,
+    announcer: Arc<vip::Announcer>,
+    routes: vip::Routes,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = node.watch();
+    let mut last_error = String::new();
+    let mut snat_applied = String::new();
+    loop {
+        let wait = match node.lease_remaining() {
+            Some(left) => RECONCILE.min(left + Duration::from_millis(1)),
+            None => RECONCILE,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changes.changed() => {}
+            _ = stop.changed() => break,
+        }
+        match reconcile_vips(&node, &config, &announcer, &routes, &mut snat_applied).await {
+            Ok(()) => last_error.clear(),
+            Err(e) if e != last_error => {
+                eprintln!("director: VIP reconcile: {e}");
+                last_error = e;
+            }
+            Err(_) => {}
+        }
+    }
+    // Stopping: give up every VIP at once (the next owner announces).
+    let state = node.state();
+    let _ = routes
+        .reconcile(&Default::default(), |ip| {
+            control::managed_addr(&(*ip).into(), &state, &config)
+        })
+        .await;
+}
+
 /// Local routes for held VIPs (GARP when newly taken), and the SNAT table.
-fn reconcile_vips(
+async fn reconcile_vips(
     node: &Node,
     config: &Config,
     announcer: &vip::Announcer,
+    routes: &vip::Routes,
     snat_applied: &mut String,
 ) -> Result<(), String> {
     let state = node.state();
     let held = vip::held(&state, node.id(), node.holds_lease());
     let managed = |ip: &std::net::Ipv4Addr| control::managed_addr(&(*ip).into(), &state, config);
-    for taken in vip::reconcile_routes(&held, managed)? {
+    for taken in routes.reconcile(&held, managed).await? {
         announcer.announce(
             taken,
             config.announce.count,

@@ -142,73 +142,130 @@ impl Drop for Announcer {
     }
 }
 
-/// The local routes of VIPs currently in the kernel's local table on `lo`.
-fn local_routes() -> Result<BTreeSet<Ipv4Addr>, String> {
-    let out = Command::new("ip")
-        .args([
-            "-j", "route", "show", "table", "local", "type", "local", "dev", "lo",
-        ])
-        .output()
-        .map_err(|e| format!("ip route show: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ip route show: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["dst"].as_str()?.parse::<Ipv4Addr>().ok())
-        .collect())
+/// The kernel's local routes of VIPs, over rtnetlink: `local VIP/32 dev lo
+/// table local`, as `ip route add local ...` would write them.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    handle: rtnetlink::Handle,
+    lo: u32,
 }
 
-fn route(op: &str, vip: Ipv4Addr) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args([
-            "route",
-            op,
-            "local",
-            &format!("{vip}/32"),
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ])
-        .output()
-        .map_err(|e| format!("ip route {op} {vip}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip route {op} local {vip}/32: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+/// The kernel's local routing table.
+const TABLE_LOCAL: u32 = 255;
 
-/// Makes the kernel's local routes match `held` among the addresses this
-/// cluster manages (`managed`); routes of other addresses are never touched.
-/// Returns the VIPs newly taken.
-pub fn reconcile_routes(
-    held: &BTreeSet<Ipv4Addr>,
-    managed: impl Fn(&Ipv4Addr) -> bool,
-) -> Result<Vec<Ipv4Addr>, String> {
-    let present = local_routes()?;
-    let mut taken = Vec::new();
-    for vip in held {
-        if !present.contains(vip) {
-            route("replace", *vip)?;
-            taken.push(*vip);
-        }
+impl Routes {
+    /// Opens an rtnetlink connection (its task runs on the current runtime).
+    pub fn open() -> Result<Routes, String> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| format!("rtnetlink: {e}"))?;
+        tokio::spawn(conn);
+        let lo = std::fs::read_to_string("/sys/class/net/lo/ifindex")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        Ok(Routes { handle, lo })
     }
-    for vip in &present {
-        if managed(vip) && !held.contains(vip) {
-            route("del", *vip)?;
-        }
+
+    fn message(&self, vip: Ipv4Addr) -> rtnetlink::packet_route::route::RouteMessage {
+        use rtnetlink::packet_route::route::{RouteScope, RouteType};
+        rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(vip, 32)
+            .output_interface(self.lo)
+            .table_id(TABLE_LOCAL)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .build()
     }
-    Ok(taken)
+
+    /// The VIP-shaped local routes present now: /32 local routes on `lo` in
+    /// the local table.
+    pub async fn present(&self) -> Result<BTreeSet<Ipv4Addr>, String> {
+        use futures_util::TryStreamExt;
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+        let query = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(TABLE_LOCAL)
+            .build();
+        let mut dump = self.handle.route().get(query).execute();
+        let mut out = BTreeSet::new();
+        while let Some(r) = dump
+            .try_next()
+            .await
+            .map_err(|e| format!("listing local routes: {e}"))?
+        {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            let on_lo = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == self.lo));
+            if table != TABLE_LOCAL
+                || r.header.kind != RouteType::Local
+                || r.header.destination_prefix_length != 32
+                || !on_lo
+            {
+                continue;
+            }
+            if let Some(dst) = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                _ => None,
+            }) {
+                out.insert(dst);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces) the local route of `vip`.
+    pub async fn add(&self, vip: Ipv4Addr) -> Result<(), String> {
+        self.handle
+            .route()
+            .add(self.message(vip))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| format!("adding local route {vip}/32: {e}"))
+    }
+
+    /// Removes the local route of `vip`.
+    pub async fn del(&self, vip: Ipv4Addr) -> Result<(), String> {
+        self.handle
+            .route()
+            .del(self.message(vip))
+            .execute()
+            .await
+            .map_err(|e| format!("removing local route {vip}/32: {e}"))
+    }
+
+    /// Makes the kernel's local routes match `held` among the addresses this
+    /// cluster manages (`managed`); routes of other addresses are never
+    /// touched. Returns the VIPs newly taken.
+    pub async fn reconcile(
+        &self,
+        held: &BTreeSet<Ipv4Addr>,
+        managed: impl Fn(&Ipv4Addr) -> bool,
+    ) -> Result<Vec<Ipv4Addr>, String> {
+        let present = self.present().await?;
+        // Give up first, then take: never more held than the state says.
+        for vip in &present {
+            if managed(vip) && !held.contains(vip) {
+                self.del(*vip).await?;
+            }
+        }
+        let mut taken = Vec::new();
+        for vip in held {
+            if !present.contains(vip) {
+                self.add(*vip).await?;
+                taken.push(*vip);
+            }
+        }
+        Ok(taken)
+    }
 }
 
 /// The source NAT that brings replies back through this director in `nat`
