@@ -12,6 +12,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::vm::VIRTME_NG_VERSION;
 
+/// matplotlib, for the benchmarks' charts.
+const MATPLOTLIB_VERSION: &str = "3.9.2";
+
 /// Everything a VM run needs, found or installed.
 #[derive(Debug)]
 pub struct VmPrerequisites {
@@ -154,19 +157,40 @@ fn last_line(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// virtme-ng in a venv of its own, at the pinned version. A marker written
-/// after pip succeeded tells a finished venv from an interrupted one.
+/// virtme-ng in a venv of its own, at the pinned version.
 fn virtme_ng(cache: &Path) -> Result<PathBuf> {
-    let venv = cache.join(format!("venv-virtme-ng-{VIRTME_NG_VERSION}"));
+    let requirement = format!("virtme-ng=={VIRTME_NG_VERSION}");
+    pip_venv(
+        cache,
+        &format!("venv-virtme-ng-{VIRTME_NG_VERSION}"),
+        &requirement,
+        "vng",
+    )
+}
+
+/// The Python of a venv with matplotlib, for the benchmarks' charts.
+pub fn bench_python() -> Result<PathBuf> {
+    let requirement = format!("matplotlib=={MATPLOTLIB_VERSION}");
+    let bin = pip_venv(
+        &cache_dir(),
+        &format!("venv-bench-{MATPLOTLIB_VERSION}"),
+        &requirement,
+        "python3",
+    )?;
+    Ok(bin.join("python3"))
+}
+
+/// A venv `name` under `cache` with `requirement` installed from PyPI; its
+/// bin folder. A marker written after pip succeeded tells a finished venv
+/// from an interrupted one; `probe` is a file its bin folder must hold.
+fn pip_venv(cache: &Path, name: &str, requirement: &str, probe: &str) -> Result<PathBuf> {
+    let venv = cache.join(name);
     let bin = venv.join("bin");
     let done = venv.join(".complete");
-    if done.exists() && bin.join("vng").is_file() {
+    if done.exists() && bin.join(probe).is_file() {
         return Ok(bin);
     }
-    eprintln!(
-        "xtask: installing virtme-ng {VIRTME_NG_VERSION} into {}",
-        venv.display()
-    );
+    eprintln!("xtask: installing {requirement} into {}", venv.display());
     let _ = fs::remove_dir_all(&venv);
     let out = Command::new("python3")
         .args(["-m", "venv"])
@@ -179,18 +203,18 @@ fn virtme_ng(cache: &Path) -> Result<PathBuf> {
     }
     let out = Command::new(bin.join("pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
-        .arg(format!("virtme-ng=={VIRTME_NG_VERSION}"))
+        .arg(requirement)
         .stdin(Stdio::null())
         .output()
         .context("running pip")?;
-    if !out.status.success() || !bin.join("vng").is_file() {
+    if !out.status.success() || !bin.join(probe).is_file() {
         let _ = fs::remove_dir_all(&venv);
         bail!(
-            "could not install virtme-ng {VIRTME_NG_VERSION} from PyPI: {}",
+            "could not install {requirement} from PyPI: {}",
             last_line(&out.stderr)
         );
     }
-    fs::write(&done, VIRTME_NG_VERSION).with_context(|| format!("writing {}", done.display()))?;
+    fs::write(&done, requirement).with_context(|| format!("writing {}", done.display()))?;
     Ok(bin)
 }
 

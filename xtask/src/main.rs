@@ -93,6 +93,24 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
+    /// Failover: director (default and tuned timing) vs keepalived (VRRP,
+    /// default and tuned) side by side in one VM run: client-visible outage on
+    /// owner host death, and two-owner time under a one-way partition. Writes
+    /// target/bench-failover.json and docs/benchmarks-failover.png.
+    Failover {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Owner host deaths per system.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Length of the one-way partition, seconds.
+        #[arg(long, default_value_t = 10)]
+        partition_s: u32,
+        /// Only these systems (keepalived-default, keepalived-tuned,
+        /// director-default, director-tuned), comma-separated.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -252,6 +270,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             ];
             Ok(vm::run(&root, &vm.options(), &argv)?.code)
         }
+        Cmd::Bench {
+            bench:
+                BenchCmd::Failover {
+                    vm,
+                    runs,
+                    partition_s,
+                    only,
+                },
+        } => bench_failover(&root, &vm, runs, partition_s, only),
         Cmd::Demo { vm, inside } => {
             if inside {
                 demo_inside(&root)
@@ -260,6 +287,65 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
     }
+}
+
+fn bench_failover(
+    root: &Path,
+    vm: &VmArgs,
+    runs: u32,
+    partition_s: u32,
+    only: Option<String>,
+) -> Result<i32> {
+    install::apt_install(&["keepalived"])?;
+    test::cargo(
+        root,
+        &[
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "director",
+            "-p",
+            "director-tests",
+            "--bins",
+        ],
+    )?;
+    let bench = test::build_tests(root, &[("director-tests", "failover_bench")], true)?;
+    let exe = bench
+        .first()
+        .context("cargo built no failover benchmark")?
+        .to_string_lossy()
+        .into_owned();
+    let out = vm::target_dir(root).join("bench-failover.json");
+    let _ = std::fs::remove_file(&out);
+    let mut argv: Vec<String> = vec![
+        "env".into(),
+        format!("FAILOVER_RUNS={runs}"),
+        format!("FAILOVER_PARTITION_S={partition_s}"),
+        format!("FAILOVER_OUT={}", out.display()),
+    ];
+    if let Some(only) = only {
+        argv.push(format!("FAILOVER_ONLY={only}"));
+    }
+    argv.extend([
+        exe,
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]);
+    let code = vm::run(root, &vm.options(), &argv)?.code;
+    if code != 0 || !out.is_file() {
+        return Ok(if code == 0 { 1 } else { code });
+    }
+    let python = install::bench_python()?;
+    let chart = root.join("docs").join("benchmarks-failover.png");
+    let status = std::process::Command::new(python)
+        .arg(root.join("tests/bench/failover_chart.py"))
+        .arg(&out)
+        .arg(&chart)
+        .status()
+        .context("drawing the failover chart")?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// The checkout: the parent of this crate's folder.

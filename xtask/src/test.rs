@@ -40,7 +40,7 @@ pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// Builds test targets without running them; their executables.
-fn build_tests(root: &Path, targets: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
+pub fn build_tests(root: &Path, targets: &[(&str, &str)], release: bool) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.args([
@@ -48,6 +48,9 @@ fn build_tests(root: &Path, targets: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
+    if release {
+        cmd.arg("--release");
+    }
     for (package, test) in targets {
         cmd.args(["-p", package, "--test", test]);
     }
@@ -137,7 +140,7 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the host-namespace tests need root (network namespaces): run as root");
         }
-        for bin in build_tests(root, NETNS_TESTS)? {
+        for bin in build_tests(root, NETNS_TESTS, false)? {
             let status = Command::new(&bin)
                 .args(["--ignored", "--test-threads=1"])
                 .current_dir(root)
@@ -167,7 +170,7 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
                 "--bins",
             ],
         )?;
-        kernel_bins = build_tests(root, KERNEL_TESTS)?;
+        kernel_bins = build_tests(root, KERNEL_TESTS, false)?;
         Ok(())
     })?;
     stages.run("kernel tests (one VM boot)", || {
