@@ -32,9 +32,9 @@ pub struct LeaseTiming {
 impl Default for LeaseTiming {
     fn default() -> Self {
         LeaseTiming {
-            lease_ms: 500,
+            lease_ms: 400,
             margin_ms: 50,
-            renew_ms: 100,
+            renew_ms: 50,
         }
     }
 }

@@ -42,6 +42,9 @@ enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A lease renewal from the director named in the envelope.
     Lease,
+    /// The director named in the envelope asks the leader to commit its own
+    /// draining flag (a director drains only itself: docs/fencing.md).
+    Drain(bool),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +53,7 @@ enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Lease(Result<Grant, Refusal>),
+    Drain(Result<(), String>),
 }
 
 /// Message loss between nodes, for partition tests: a blocked pair (A, B)
@@ -190,6 +194,15 @@ async fn connection(
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
             Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
             Request::Lease => Reply::Lease(server.leases.renew(from)),
+            Request::Drain(draining) => Reply::Drain(
+                raft.client_write(crate::state::Command::SetDraining {
+                    director: from,
+                    draining,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            ),
         };
         if server.faults.blocks(server.id, from) {
             // Lost on the way back.
@@ -271,6 +284,18 @@ impl Peer {
     ) -> Result<Result<Grant, Refusal>, std::io::Error> {
         match self.call(Request::Lease, timeout).await? {
             Reply::Lease(r) => Ok(r),
+            _ => Err(std::io::Error::other("mismatched reply")),
+        }
+    }
+
+    /// Asks the target (the leader) to commit `from`'s draining flag.
+    pub async fn set_draining(
+        &mut self,
+        draining: bool,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, std::io::Error> {
+        match self.call(Request::Drain(draining), timeout).await? {
+            Reply::Drain(r) => Ok(r),
             _ => Err(std::io::Error::other("mismatched reply")),
         }
     }

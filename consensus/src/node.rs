@@ -142,6 +142,8 @@ pub struct Node {
     raft: Raft<TypeConfig>,
     machine: StateMachineStore,
     leases: Arc<Leases>,
+    faults: Arc<Faults>,
+    tls: Tls,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -226,7 +228,7 @@ impl Node {
                 leases.clone(),
                 config.lease,
                 config.faults.clone(),
-                tls,
+                tls.clone(),
                 stopped,
             )),
         ];
@@ -254,6 +256,8 @@ impl Node {
             raft,
             machine,
             leases,
+            faults: config.faults.clone(),
+            tls: tls.clone(),
             stop,
             tasks,
         })
@@ -326,6 +330,37 @@ impl Node {
             .await
             .map(|r| r.data)
             .map_err(write_error)
+    }
+
+    /// Commits this director's own draining flag through the leader (here if
+    /// it leads, else over the transport). Only a director itself sets it:
+    /// the leader moves a draining owner's VIPs without waiting for its lease,
+    /// so the director must have stopped holding them before it asks.
+    pub async fn set_draining(&self, draining: bool) -> Result<(), ConsensusError> {
+        let cmd = Command::SetDraining {
+            director: self.id,
+            draining,
+        };
+        let leader = self.leader();
+        match leader {
+            Some(l) if l == self.id => self.propose(cmd).await.map(|_| ()),
+            Some(l) => {
+                let addr = self
+                    .metrics()
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+                    .ok_or(ConsensusError::NotLeader { leader })?;
+                let mut peer = Peer::new(self.id, l, addr, self.faults.clone(), self.tls.clone());
+                match peer.set_draining(draining, Duration::from_secs(5)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ConsensusError::Raft(e)),
+                    Err(e) => Err(ConsensusError::Transport(e)),
+                }
+            }
+            None => Err(ConsensusError::NotLeader { leader: None }),
+        }
     }
 
     /// The committed state as applied on this node.

@@ -135,6 +135,32 @@ pub struct Config {
     pub services: Vec<StaticService>,
 }
 
+impl Config {
+    /// The fields that differ between `self` (running) and `new` and that
+    /// only a restart can change (identity, transport, timing, sockets); the
+    /// rest (services, pools, defaults, announcements) a SIGHUP reloads.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        check("id", self.id == new.id);
+        check("peers", self.peers == new.peers);
+        check("data_dir", self.data_dir == new.data_dir);
+        check("interface", self.interface == new.interface);
+        check("tls", self.tls == new.tls);
+        check(
+            "timing",
+            self.timing == new.timing && self.lease == new.lease,
+        );
+        check("admin_socket", self.admin_socket == new.admin_socket);
+        check("metrics", self.metrics == new.metrics);
+        changed
+    }
+}
+
 // ---- the file as written -----------------------------------------------------
 
 #[derive(Debug, Deserialize)]

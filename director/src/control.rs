@@ -164,9 +164,15 @@ pub fn assign(state: &ClusterState, live: &Liveness) -> Vec<Command> {
             None => (live.may_assign, 0),
             Some(o) => {
                 let keep = eligible(&o.director) && !live.fenced.contains(&o.director);
-                // A draining or removed owner is moved once it is fenced too:
-                // its lease must have ended before another takes the VIP.
-                (!keep && live.fenced.contains(&o.director), o.epoch)
+                // A removed owner (or a witness) is moved once it is fenced:
+                // its lease must have ended before another takes the VIP. A
+                // draining owner committed its own flag after it stopped
+                // holding (Node::set_draining), so its VIPs move at once.
+                let released = state.draining.contains_key(&o.director);
+                (
+                    !keep && (released || live.fenced.contains(&o.director)),
+                    o.epoch,
+                )
             }
         };
         if !needs {
@@ -347,6 +353,56 @@ mod tests {
                 expected_epoch: 1
             }]
         );
+    }
+
+    /// A director commits its own draining flag only after it stopped
+    /// holding (docs/fencing.md, drain), so its VIPs move at once, to a live
+    /// director that is not draining, without waiting for its lease.
+    #[test]
+    fn a_draining_owner_hands_over_at_once() {
+        let mut s = seeded();
+        let vip: IpAddr = "10.10.0.200".parse().unwrap();
+        apply(
+            &mut s,
+            Command::SetOwner {
+                vip,
+                director: 3,
+                expected_epoch: 0,
+            },
+        );
+        apply(
+            &mut s,
+            Command::SetDraining {
+                director: 3,
+                draining: true,
+            },
+        );
+        assert_eq!(
+            assign(&s, &live(1, &[1, 2, 3], &[])),
+            vec![Command::SetOwner {
+                vip,
+                director: 2,
+                expected_epoch: 1
+            }]
+        );
+        // Two draining: the leader is the only candidate left.
+        apply(
+            &mut s,
+            Command::SetDraining {
+                director: 2,
+                draining: true,
+            },
+        );
+        assert_eq!(
+            assign(&s, &live(1, &[1, 2, 3], &[])),
+            vec![Command::SetOwner {
+                vip,
+                director: 1,
+                expected_epoch: 1
+            }]
+        );
+        // Nobody else is live: the VIP stays (unheld) with the drained owner.
+        assert!(assign(&s, &live(1, &[3], &[])).is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! It serves its view on the admin socket (`director status`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use ipvs_sys::{IpvsHandle, DEFAULT_WINDOW};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
 use crate::control;
@@ -27,8 +28,96 @@ use crate::vip;
 /// How often the daemon reconciles even without state changes.
 const RECONCILE: Duration = Duration::from_millis(250);
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<()> {
+/// The running configuration; SIGHUP replaces it.
+#[derive(Debug)]
+pub struct ConfigCell(std::sync::RwLock<Arc<Config>>);
+
+impl ConfigCell {
+    fn new(config: Config) -> Self {
+        ConfigCell(std::sync::RwLock::new(Arc::new(config)))
+    }
+
+    /// The configuration now.
+    pub fn get(&self) -> Arc<Config> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, config: Config) {
+        match self.0.write() {
+            Ok(mut c) => *c = Arc::new(config),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(config),
+        }
+    }
+}
+
+/// Since when (as this director saw it) each VIP has had its current owner.
+#[derive(Debug, Default)]
+struct OwnerClock(std::sync::Mutex<BTreeMap<std::net::IpAddr, (u64, std::time::SystemTime)>>);
+
+impl OwnerClock {
+    /// Notes the epochs of `state`; a new epoch starts now.
+    fn observe(&self, state: &consensus::state::ClusterState) {
+        let Ok(mut seen) = self.0.lock() else { return };
+        seen.retain(|vip, _| state.owners.contains_key(vip));
+        for (vip, o) in &state.owners {
+            if seen.get(vip).map(|(e, _)| *e) != Some(o.epoch) {
+                seen.insert(*vip, (o.epoch, std::time::SystemTime::now()));
+            }
+        }
+    }
+
+    fn since(&self, vip: &std::net::IpAddr) -> Option<std::time::SystemTime> {
+        self.0.lock().ok()?.get(vip).map(|(_, t)| *t)
+    }
+}
+
+/// Milliseconds since the Unix epoch, and milliseconds ago, of `t`.
+fn when(t: Option<std::time::SystemTime>) -> (Option<u64>, Option<u64>) {
+    let Some(t) = t else { return (None, None) };
+    let unix = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64);
+    let ago = std::time::SystemTime::now()
+        .duration_since(t)
+        .ok()
+        .map(|d| d.as_millis() as u64);
+    (unix, ago)
+}
+
+/// SIGHUP: reads `path` again. A file that does not load, or that changes
+/// what only a restart can, is refused and the running configuration stays.
+fn reload(cell: &ConfigCell, path: &std::path::Path) {
+    let new = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("director: reload refused, the running configuration stays:\n{msg}");
+            return;
+        }
+    };
+    let fixed = cell.get().restart_only_changes(&new);
+    if !fixed.is_empty() {
+        eprintln!(
+            "director: reload refused, the running configuration stays: {}: {} changed (these take a restart)",
+            path.display(),
+            fixed.join(", ")
+        );
+        return;
+    }
+    eprintln!(
+        "director: reloaded {}: {} static service(s), {} pool(s)",
+        path.display(),
+        new.services.len(),
+        new.pools.len()
+    );
+    cell.set(new);
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`.
+pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
     let me = config
         .peers
         .iter()
@@ -71,12 +160,14 @@ pub async fn run(config: Config) -> Result<()> {
             None
         }
     };
+    // Set while draining: this director holds no VIP, whatever the state says.
+    let releasing = Arc::new(AtomicBool::new(false));
     // The data path: VIPs held without kernel ARP, answered from here.
     let announcer = if me.role == crate::config::PeerRole::Data {
         for problem in vip::prepare_kernel(&config.interface) {
             eprintln!("director: sysctl {problem}");
         }
-        match vip::Announcer::start(&config.interface, node.clone()) {
+        match vip::Announcer::start(&config.interface, node.clone(), releasing.clone()) {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => {
                 eprintln!(
@@ -89,28 +180,53 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let config = Arc::new(config);
+    let admin_path = config.admin_socket.clone();
+    let config = Arc::new(ConfigCell::new(config));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (reconciled_tx, reconciled_rx) = watch::channel(0u64);
+    let drainer = Arc::new(Drainer {
+        node: node.clone(),
+        releasing: releasing.clone(),
+        kick: Arc::new(Notify::new()),
+        reconciled: reconciled_rx,
+        holds_vips: announcer.is_some(),
+    });
+    let clock = Arc::new(OwnerClock::default());
     let admin = tokio::spawn(admin_server(
-        node.clone(),
-        config.clone(),
-        ipvs.clone(),
+        Admin {
+            clock: clock.clone(),
+            node: node.clone(),
+            config: config.clone(),
+            ipvs: ipvs.clone(),
+            drainer: drainer.clone(),
+            announcer: announcer.clone(),
+        },
         stop_rx.clone(),
     ));
-    let leader = tokio::spawn(leader_loop(node.clone(), config.clone(), stop_rx.clone()));
+    let leader = tokio::spawn(leader_loop(
+        node.clone(),
+        config.clone(),
+        clock.clone(),
+        stop_rx.clone(),
+    ));
     let ipvs_task = tokio::spawn(ipvs_loop(
         node.clone(),
         config.clone(),
         ipvs,
         stop_rx.clone(),
     ));
-    let vips = match announcer {
+    let vips = match announcer.clone() {
         Some(a) => match vip::Routes::open() {
             Ok(routes) => Some(tokio::spawn(vip_loop(
-                node.clone(),
-                config.clone(),
-                a,
-                routes,
+                VipLoop {
+                    node: node.clone(),
+                    config: config.clone(),
+                    announcer: a,
+                    routes,
+                    releasing,
+                    kick: drainer.kick.clone(),
+                    reconciled: reconciled_tx,
+                },
                 stop_rx,
             ))),
             Err(e) => {
@@ -123,9 +239,22 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload(&config, path),
+        }
+    }
+    // Hand the VIPs over before leaving, so that stopping a director (a
+    // package upgrade, a reboot) costs no failed request.
+    if drainer.holds_vips {
+        match drainer.drain(DRAIN_ON_STOP).await {
+            Ok(v) => eprintln!("director: drained before stopping: {v}"),
+            Err(e) => eprintln!("director: stopping without a handover: {e}"),
+        }
     }
     let _ = stop_tx.send(true);
     let _ = leader.await;
@@ -134,19 +263,33 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = v.await;
     }
     let _ = admin.await;
-    let _ = std::fs::remove_file(&config.admin_socket);
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await?,
-        Err(_) => eprintln!("director: shutting down with tasks still holding the node"),
+    let _ = std::fs::remove_file(&admin_path);
+    // The ARP thread and the drainer hold the node too; a request still in
+    // flight on the admin socket may hold it a moment longer.
+    drop(drainer);
+    drop(announcer);
+    let mut node = node;
+    for _ in 0..40 {
+        match Arc::try_unwrap(node) {
+            Ok(n) => return Ok(n.shutdown().await?),
+            Err(still) => node = still,
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    eprintln!("director: shutting down with tasks still holding the node");
     Ok(())
 }
 
 /// The leader's loop: seed the state and commit owner moves. It ticks
 /// faster than the data-path loops so that a fenced director's VIPs move
 /// within a few milliseconds of its fence expiring.
-async fn leader_loop(node: Arc<Node>, config: Arc<Config>, mut stop: watch::Receiver<bool>) {
-    let tick = Duration::from_millis((config.lease.margin_ms / 2).clamp(5, 50));
+async fn leader_loop(
+    node: Arc<Node>,
+    config: Arc<ConfigCell>,
+    clock: Arc<OwnerClock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tick = Duration::from_millis((config.get().lease.margin_ms / 2).clamp(5, 50));
     let mut changes = node.watch();
     loop {
         tokio::select! {
@@ -154,8 +297,9 @@ async fn leader_loop(node: Arc<Node>, config: Arc<Config>, mut stop: watch::Rece
             _ = changes.changed() => {}
             _ = stop.changed() => return,
         }
+        clock.observe(&node.state());
         if node.leader() == Some(node.id()) {
-            lead(&node, &config).await;
+            lead(&node, &config.get()).await;
         }
     }
 }
@@ -164,7 +308,7 @@ async fn leader_loop(node: Arc<Node>, config: Arc<Config>, mut stop: watch::Rece
 /// change and every reconcile interval (drift repair).
 async fn ipvs_loop(
     node: Arc<Node>,
-    config: Arc<Config>,
+    config: Arc<ConfigCell>,
     ipvs: Option<IpvsHandle>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -177,7 +321,7 @@ async fn ipvs_loop(
             _ = changes.changed() => {}
             _ = stop.changed() => return,
         }
-        match reconcile_ipvs(&node, &config, &h).await {
+        match reconcile_ipvs(&node, &config.get(), &h).await {
             Err(e) => {
                 let msg = format!("{e:#}");
                 if msg != last_error {
@@ -190,19 +334,29 @@ async fn ipvs_loop(
     }
 }
 
-/// Holds the VIPs this director owns under its lease: local routes, GARP
-/// when taken, the SNAT table. Wakes on state changes, every reconcile
-/// interval, and when the lease would lapse (routes go with the lease).
-async fn vip_loop(
+/// What the VIP loop works with.
+struct VipLoop {
     node: Arc<Node>,
-    config: Arc<Config>,
+    config: Arc<ConfigCell>,
     announcer: Arc<vip::Announcer>,
     routes: vip::Routes,
-    mut stop: watch::Receiver<bool>,
-) {
+    releasing: Arc<AtomicBool>,
+    /// Wakes the loop at once (a drain started).
+    kick: Arc<Notify>,
+    /// Counts the reconciles done, for a drain to wait on.
+    reconciled: watch::Sender<u64>,
+}
+
+/// Holds the VIPs this director owns under its lease: local routes, GARP
+/// when taken, the SNAT table. Wakes on state changes, every reconcile
+/// interval, when the lease would lapse (routes go with the lease), and
+/// when a drain starts.
+async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
+    let node = &l.node;
     let mut changes = node.watch();
     let mut last_error = String::new();
     let mut snat_applied = String::new();
+    let mut undrain_asked: Option<std::time::Instant> = None;
     loop {
         let wait = match node.lease_remaining() {
             Some(left) => RECONCILE.min(left + Duration::from_millis(1)),
@@ -211,9 +365,22 @@ async fn vip_loop(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = changes.changed() => {}
+            _ = l.kick.notified() => {}
             _ = stop.changed() => break,
         }
-        match reconcile_vips(&node, &config, &announcer, &routes, &mut snat_applied).await {
+        let releasing = l.releasing.load(Ordering::SeqCst);
+        let may_hold = node.holds_lease() && !releasing;
+        let config = l.config.get();
+        match reconcile_vips(
+            node,
+            &config,
+            &l.announcer,
+            &l.routes,
+            may_hold,
+            &mut snat_applied,
+        )
+        .await
+        {
             Ok(()) => last_error.clear(),
             Err(e) if e != last_error => {
                 eprintln!("director: VIP reconcile: {e}");
@@ -221,14 +388,150 @@ async fn vip_loop(
             }
             Err(_) => {}
         }
+        l.reconciled.send_modify(|n| *n += 1);
+        // Drained earlier (by a stop or `director drain`) and running again
+        // without a drain in progress: back in service.
+        let draining = node.state().draining.contains_key(&node.id());
+        if draining
+            && !releasing
+            && undrain_asked.is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
+            undrain_asked = Some(std::time::Instant::now());
+            let n = node.clone();
+            let r = l.releasing.clone();
+            tokio::spawn(async move {
+                if !r.load(Ordering::SeqCst) {
+                    let _ = n.set_draining(false).await;
+                }
+            });
+        }
     }
     // Stopping: give up every VIP at once (the next owner announces).
     let state = node.state();
-    let _ = routes
+    let config = l.config.get();
+    let _ = l
+        .routes
         .reconcile(&Default::default(), |ip| {
             control::managed_addr(&(*ip).into(), &state, &config)
         })
         .await;
+}
+
+/// How long a stopping director waits for its VIPs to move.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(10);
+
+/// Drains this director: it stops holding its VIPs, commits its draining
+/// flag, and waits until the leader has moved every VIP it owned.
+struct Drainer {
+    node: Arc<Node>,
+    releasing: Arc<AtomicBool>,
+    kick: Arc<Notify>,
+    reconciled: watch::Receiver<u64>,
+    /// False on a witness or without the ARP socket: nothing to drain.
+    holds_vips: bool,
+}
+
+impl Drainer {
+    /// The drain; on success, where each VIP went.
+    async fn drain(&self, timeout: Duration) -> Result<Value, String> {
+        if !self.holds_vips {
+            return Err("this director holds no VIPs (a witness, or no ARP socket)".into());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let me = self.node.id();
+        let before: Vec<std::net::IpAddr> = self
+            .node
+            .state()
+            .owners
+            .iter()
+            .filter(|(_, o)| o.director == me)
+            .map(|(v, _)| *v)
+            .collect();
+        // 1. Stop holding: ARP answers stop at once, the routes go with the
+        //    next reconcile, which this waits for.
+        self.releasing.store(true, Ordering::SeqCst);
+        let mut reconciled = self.reconciled.clone();
+        let seen = *reconciled.borrow_and_update();
+        self.kick.notify_one();
+        loop {
+            if *reconciled.borrow_and_update() > seen + 1 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, reconciled.changed())
+                .await
+                .is_err()
+            {
+                return Err(self.undo("the VIP reconciler did not run").await);
+            }
+            self.kick.notify_one();
+        }
+        // 2. Commit the draining flag; the leader then moves the VIPs.
+        loop {
+            match self.node.set_draining(true).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(self.undo(&format!("committing the drain: {e}")).await),
+            }
+        }
+        // 3. Wait until no VIP is owned here any more.
+        let mut changes = self.node.watch();
+        loop {
+            let state = self.node.state();
+            if state.owners.values().all(|o| o.director != me) {
+                let moved: Vec<Value> = before
+                    .iter()
+                    .map(|v| {
+                        let to = state
+                            .owners
+                            .get(v)
+                            .and_then(|o| state.directors.get(&o.director));
+                        json!({"vip": v.to_string(), "owner": to.map(|d| d.name.clone())})
+                    })
+                    .collect();
+                return Ok(json!({"drained": true, "moved": moved}));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                let stuck: Vec<String> = state
+                    .owners
+                    .iter()
+                    .filter(|(_, o)| o.director == me)
+                    .map(|(v, _)| v.to_string())
+                    .collect();
+                return Err(self
+                    .undo(&format!(
+                        "no other director took {} within {timeout:?}",
+                        stuck.join(", ")
+                    ))
+                    .await);
+            }
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(100)), changes.changed()).await;
+        }
+    }
+
+    /// Back in service after a failed drain; the reason, for the caller.
+    async fn undo(&self, why: &str) -> String {
+        let _ = self.node.set_draining(false).await;
+        self.releasing.store(false, Ordering::SeqCst);
+        self.kick.notify_one();
+        format!("{why}; back in service, holding its VIPs")
+    }
+
+    /// Ends a drain: back in service.
+    async fn undrain(&self) -> Result<Value, String> {
+        self.node
+            .set_draining(false)
+            .await
+            .map_err(|e| format!("clearing the drain: {e}"))?;
+        self.releasing.store(false, Ordering::SeqCst);
+        self.kick.notify_one();
+        Ok(json!({"drained": false}))
+    }
 }
 
 /// Local routes for held VIPs (GARP when newly taken), and the SNAT table.
@@ -237,10 +540,11 @@ async fn reconcile_vips(
     config: &Config,
     announcer: &vip::Announcer,
     routes: &vip::Routes,
+    may_hold: bool,
     snat_applied: &mut String,
 ) -> Result<(), String> {
     let state = node.state();
-    let held = vip::held(&state, node.id(), node.holds_lease());
+    let held = vip::held(&state, node.id(), may_hold);
     let managed = |ip: &std::net::Ipv4Addr| control::managed_addr(&(*ip).into(), &state, config);
     for taken in routes.reconcile(&held, managed).await? {
         announcer.announce(
@@ -316,19 +620,47 @@ async fn reconcile_ipvs(node: &Node, config: &Config, ipvs: &IpvsHandle) -> Resu
     }
 }
 
-/// The admin socket: one JSON request per line (`{"op":"status"}`).
-async fn admin_server(
+/// What the admin socket serves from.
+#[derive(Clone)]
+struct Admin {
     node: Arc<Node>,
-    config: Arc<Config>,
+    config: Arc<ConfigCell>,
     ipvs: Option<IpvsHandle>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let path = &config.admin_socket;
+    drainer: Arc<Drainer>,
+    announcer: Option<Arc<vip::Announcer>>,
+    clock: Arc<OwnerClock>,
+}
+
+impl Admin {
+    async fn answer(&self, line: &str) -> Value {
+        let req: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        match req["op"].as_str() {
+            Some("status") => status(self).await,
+            Some("drain") => {
+                let ms = req["timeout_ms"].as_u64().unwrap_or(30_000);
+                match self.drainer.drain(Duration::from_millis(ms)).await {
+                    Ok(v) => v,
+                    Err(e) => json!({"error": e}),
+                }
+            }
+            Some("undrain") => match self.drainer.undrain().await {
+                Ok(v) => v,
+                Err(e) => json!({"error": e}),
+            },
+            _ => json!({"error": format!("unknown request {line:?}")}),
+        }
+    }
+}
+
+/// The admin socket: one JSON request per line (`{"op":"status"}`,
+/// `{"op":"drain","timeout_ms":N}`, `{"op":"undrain"}`).
+async fn admin_server(admin: Admin, mut stop: watch::Receiver<bool>) {
+    let path = admin.config.get().admin_socket.clone();
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = std::fs::remove_file(path);
-    let listener = match UnixListener::bind(path) {
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("director: admin socket {}: {e}", path.display());
@@ -338,7 +670,7 @@ async fn admin_server(
     // Root-only by default.
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     }
     loop {
         let stream = tokio::select! {
@@ -348,19 +680,12 @@ async fn admin_server(
             },
             _ = stop.changed() => return,
         };
-        let node = node.clone();
-        let config = config.clone();
-        let ipvs = ipvs.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                let reply = match req["op"].as_str() {
-                    Some("status") => status(&node, &config, ipvs.as_ref()).await,
-                    _ => json!({"error": format!("unknown request {line:?}")}),
-                };
-                let mut text = reply.to_string();
+                let mut text = admin.answer(&line).await.to_string();
                 text.push('\n');
                 if write.write_all(text.as_bytes()).await.is_err() {
                     return;
@@ -371,7 +696,10 @@ async fn admin_server(
 }
 
 /// This director's view, as `director status` prints it.
-async fn status(node: &Node, config: &Config, ipvs: Option<&IpvsHandle>) -> Value {
+async fn status(admin: &Admin) -> Value {
+    let node = &admin.node;
+    let config = &admin.config.get();
+    let ipvs = admin.ipvs.as_ref();
     let m = node.metrics();
     let state = node.state();
     let contact = node.last_contact();
@@ -385,6 +713,7 @@ async fn status(node: &Node, config: &Config, ipvs: Option<&IpvsHandle>) -> Valu
                 "address": p.address.to_string(),
                 "role": match p.role { crate::config::PeerRole::Data => "data", crate::config::PeerRole::Witness => "witness" },
                 "leader": m.current_leader == Some(p.id),
+                "draining": state.draining.contains_key(&p.id),
                 "last_contact_ms": contact.get(&p.id).map(|d| d.as_millis() as u64),
             })
         })
@@ -399,13 +728,26 @@ async fn status(node: &Node, config: &Config, ipvs: Option<&IpvsHandle>) -> Valu
         .iter()
         .map(|(vip, service)| {
             let owner = state.owners.get(vip);
+            let (since_unix_ms, since_ms_ago) = when(admin.clock.since(vip));
+            let announced = match (vip, &admin.announcer) {
+                (std::net::IpAddr::V4(v4), Some(a)) => a.last_announced(*v4),
+                _ => None,
+            };
+            let (announced_unix_ms, announced_ms_ago) = when(announced);
             json!({
+                "since_unix_ms": since_unix_ms,
+                "since_ms_ago": since_ms_ago,
+                "last_announced_unix_ms": announced_unix_ms,
+                "last_announced_ms_ago": announced_ms_ago,
                 "vip": vip.to_string(),
                 "service": service,
                 "owner": owner.map(|o| o.director),
                 "owner_name": owner.and_then(|o| names.get(&o.director)),
                 "epoch": owner.map(|o| o.epoch),
-                "held_here": owner.is_some_and(|o| o.director == node.id()) && node.holds_lease(),
+                "held_here": owner.is_some_and(|o| o.director == node.id())
+                    && node.holds_lease()
+                    && !admin.drainer.releasing.load(Ordering::SeqCst)
+                    && !state.draining.contains_key(&node.id()),
             })
         })
         .collect();

@@ -26,7 +26,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the daemon: join the Raft group, program IPVS, serve the admin
-    /// socket. SIGTERM stops it.
+    /// socket. SIGHUP reloads the configuration (a bad file is refused and
+    /// the running one stays); SIGTERM hands the VIPs over and stops it.
     Run {
         /// The configuration file.
         #[arg(long, default_value = "/etc/director/director.yaml")]
@@ -39,6 +40,29 @@ enum Cmd {
         format: status::Format,
         /// The admin socket (default: the one in /etc/director/director.yaml,
         /// else /run/director/admin.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The configuration file naming the admin socket.
+        #[arg(long, default_value = "/etc/director/director.yaml")]
+        config: PathBuf,
+    },
+    /// Move this director's VIPs to the others and wait until they own them;
+    /// the director then holds no VIP until `director undrain` or a restart.
+    /// Exit 0 when drained, 1 when it could not (it keeps its VIPs then).
+    Drain {
+        /// Seconds to wait for the VIPs to move.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// The admin socket (default: the one in the configuration file).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The configuration file naming the admin socket.
+        #[arg(long, default_value = "/etc/director/director.yaml")]
+        config: PathBuf,
+    },
+    /// Put a drained director back in service (it may own VIPs again).
+    Undrain {
+        /// The admin socket (default: the one in the configuration file).
         #[arg(long)]
         socket: Option<PathBuf>,
         /// The configuration file naming the admin socket.
@@ -147,6 +171,35 @@ fn out(text: &str) -> i32 {
     }
 }
 
+/// The admin socket: as given, else the configuration's, else the default.
+fn admin_socket(socket: Option<PathBuf>, config: &std::path::Path) -> PathBuf {
+    socket.unwrap_or_else(|| {
+        config::load(config)
+            .map(|c| c.admin_socket)
+            .unwrap_or_else(|_| PathBuf::from("/run/director/admin.sock"))
+    })
+}
+
+/// Sends `req` to the daemon; prints `show(reply)` and exits 0, or prints
+/// the daemon's error and exits 1.
+async fn admin_request(
+    socket: &std::path::Path,
+    req: &serde_json::Value,
+    show: impl Fn(&serde_json::Value) -> String,
+) -> i32 {
+    match status::request(socket, req).await {
+        Ok(v) if v.get("error").is_some() => {
+            eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown"));
+            1
+        }
+        Ok(v) => out(&show(&v)),
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -154,14 +207,15 @@ fn exit(code: i32) -> ExitCode {
 async fn run(cli: Cli) -> i32 {
     match cli.command {
         Cmd::Run { config } => {
-            let config = match config::load(&config) {
+            let path = config;
+            let config = match config::load(&path) {
                 Ok(c) => c,
                 Err(msg) => {
                     eprintln!("{msg}");
                     return ipvs::EXIT_BAD_INPUT;
                 }
             };
-            match daemon::run(config).await {
+            match daemon::run(config, &path).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -174,11 +228,7 @@ async fn run(cli: Cli) -> i32 {
             socket,
             config,
         } => {
-            let socket = socket.unwrap_or_else(|| {
-                config::load(&config)
-                    .map(|c| c.admin_socket)
-                    .unwrap_or_else(|_| PathBuf::from("/run/director/admin.sock"))
-            });
+            let socket = admin_socket(socket, &config);
             match status::fetch(&socket).await {
                 Ok(v) => out(&status::render(&v, format)),
                 Err(e) => {
@@ -186,6 +236,40 @@ async fn run(cli: Cli) -> i32 {
                     1
                 }
             }
+        }
+        Cmd::Drain {
+            timeout,
+            socket,
+            config,
+        } => {
+            let req = serde_json::json!({"op": "drain", "timeout_ms": timeout.saturating_mul(1000)});
+            admin_request(&admin_socket(socket, &config), &req, |v| {
+                let moved: Vec<String> = v["moved"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        format!(
+                            "{} -> {}",
+                            m["vip"].as_str().unwrap_or("?"),
+                            m["owner"].as_str().unwrap_or("nobody")
+                        )
+                    })
+                    .collect();
+                if moved.is_empty() {
+                    "drained (it owned no VIP)\n".to_string()
+                } else {
+                    format!("drained: {}\n", moved.join(", "))
+                }
+            })
+            .await
+        }
+        Cmd::Undrain { socket, config } => {
+            let req = serde_json::json!({"op": "undrain"});
+            admin_request(&admin_socket(socket, &config), &req, |_| {
+                "back in service\n".to_string()
+            })
+            .await
         }
         Cmd::Config {
             command: ConfigCmd::Check { file },

@@ -20,6 +20,11 @@ pub enum Format {
 
 /// The daemon's status document.
 pub async fn fetch(socket: &Path) -> Result<Value, String> {
+    request(socket, &serde_json::json!({"op": "status"})).await
+}
+
+/// Sends one request to the daemon's admin socket; its reply.
+pub async fn request(socket: &Path, req: &Value) -> Result<Value, String> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         format!(
             "director is not running here (no answer on the admin socket {}: {e})",
@@ -27,8 +32,10 @@ pub async fn fetch(socket: &Path) -> Result<Value, String> {
         )
     })?;
     let (read, mut write) = stream.into_split();
+    let mut text = req.to_string();
+    text.push('\n');
     write
-        .write_all(b"{\"op\":\"status\"}\n")
+        .write_all(text.as_bytes())
         .await
         .map_err(|e| format!("admin socket {}: {e}", socket.display()))?;
     let mut line = String::new();
@@ -38,6 +45,21 @@ pub async fn fetch(socket: &Path) -> Result<Value, String> {
         .map_err(|e| format!("admin socket {}: {e}", socket.display()))?;
     serde_json::from_str(&line)
         .map_err(|e| format!("admin socket {}: bad reply: {e}", socket.display()))
+}
+
+/// "12.3s ago", "4m10s ago", "2h05m ago", or "-".
+fn ago(v: &Value) -> String {
+    let Some(ms) = v.as_u64() else {
+        return "-".into();
+    };
+    let secs = ms / 1000;
+    if secs < 60 {
+        format!("{:.1}s ago", ms as f64 / 1000.0)
+    } else if secs < 3600 {
+        format!("{}m{:02}s ago", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m ago", secs / 3600, (secs % 3600) / 60)
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -78,22 +100,20 @@ fn table(v: &Value) -> String {
     let _ = writeln!(o, "\nMEMBERS");
     let _ = writeln!(
         o,
-        "  {:<6} {:<4} {:<8} {:<22} {:<7} LAST CONTACT",
-        "NAME", "ID", "ROLE", "ADDRESS", "LEADER"
+        "  {:<6} {:<4} {:<8} {:<22} {:<7} {:<9} LAST CONTACT",
+        "NAME", "ID", "ROLE", "ADDRESS", "LEADER", "DRAINING"
     );
     for m in c["members"].as_array().into_iter().flatten() {
+        let yes = |f: &Value| if *f == Value::Bool(true) { "yes" } else { "" };
         let _ = writeln!(
             o,
-            "  {:<6} {:<4} {:<8} {:<22} {:<7} {}",
+            "  {:<6} {:<4} {:<8} {:<22} {:<7} {:<9} {}",
             s(&m["name"]),
             s(&m["id"]),
             s(&m["role"]),
             s(&m["address"]),
-            if m["leader"] == Value::Bool(true) {
-                "yes"
-            } else {
-                ""
-            },
+            yes(&m["leader"]),
+            yes(&m["draining"]),
             m["last_contact_ms"]
                 .as_u64()
                 .map(|ms| format!("{ms} ms ago"))
@@ -103,17 +123,19 @@ fn table(v: &Value) -> String {
     let _ = writeln!(o, "\nVIPS");
     let _ = writeln!(
         o,
-        "  {:<26} {:<18} {:<8} {:<6} HELD HERE",
-        "VIP", "SERVICE", "OWNER", "EPOCH"
+        "  {:<26} {:<18} {:<8} {:<6} {:<12} {:<12} HELD HERE",
+        "VIP", "SERVICE", "OWNER", "EPOCH", "SINCE", "ANNOUNCED"
     );
     for x in v["vips"].as_array().into_iter().flatten() {
         let _ = writeln!(
             o,
-            "  {:<26} {:<18} {:<8} {:<6} {}",
+            "  {:<26} {:<18} {:<8} {:<6} {:<12} {:<12} {}",
             s(&x["vip"]),
             s(&x["service"]),
             s(&x["owner_name"]),
             s(&x["epoch"]),
+            ago(&x["since_ms_ago"]),
+            ago(&x["last_announced_ms_ago"]),
             if x["held_here"] == Value::Bool(true) {
                 "yes"
             } else {

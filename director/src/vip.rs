@@ -14,12 +14,12 @@
 //! IPv4 only for now: IPv6 VIPs are programmed into IPVS but not announced
 //! (unsolicited neighbour advertisements are not implemented yet).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use consensus::state::ClusterState;
 use consensus::{Node, NodeId};
@@ -27,9 +27,10 @@ use consensus::{Node, NodeId};
 use crate::arp::{self, ArpSocket};
 
 /// The VIPs `me` may answer for now, in `state`: owned in the committed state
-/// and covered by a valid lease.
-pub fn held(state: &ClusterState, me: NodeId, holds_lease: bool) -> BTreeSet<Ipv4Addr> {
-    if !holds_lease {
+/// and covered by a valid lease (`may_hold`: the lease is held and this
+/// director is not releasing its VIPs), and `me` is not draining.
+pub fn held(state: &ClusterState, me: NodeId, may_hold: bool) -> BTreeSet<Ipv4Addr> {
+    if !may_hold || state.draining.contains_key(&me) {
         return BTreeSet::new();
     }
     state
@@ -71,6 +72,8 @@ pub fn prepare_kernel(interface: &str) -> Vec<String> {
 pub struct Announcer {
     tx: Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>,
     mac: [u8; 6],
+    /// When each VIP's last gratuitous ARP burst started.
+    announced: Mutex<BTreeMap<Ipv4Addr, SystemTime>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -83,7 +86,11 @@ impl std::fmt::Debug for Announcer {
 
 impl Announcer {
     /// Opens the ARP socket on `interface` and starts answering.
-    pub fn start(interface: &str, node: Arc<Node>) -> std::io::Result<Announcer> {
+    pub fn start(
+        interface: &str,
+        node: Arc<Node>,
+        releasing: Arc<AtomicBool>,
+    ) -> std::io::Result<Announcer> {
         let ArpSocket { tx, mut rx, mac } = ArpSocket::open(interface)?;
         let tx = Arc::new(Mutex::new(tx));
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +106,8 @@ impl Announcer {
                         continue; // someone's gratuitous ARP
                     }
                     // Ownership and lease, checked at the moment of answering.
-                    let mine = held(&node.state(), node.id(), node.holds_lease());
+                    let may = node.holds_lease() && !releasing.load(Ordering::SeqCst);
+                    let mine = held(&node.state(), node.id(), may);
                     if mine.contains(&req.target_ip) {
                         let frame = arp::reply(mac, req.target_ip, &req);
                         if let Ok(mut tx) = t.lock() {
@@ -111,6 +119,7 @@ impl Announcer {
         Ok(Announcer {
             tx,
             mac,
+            announced: Mutex::new(BTreeMap::new()),
             stop,
             thread: Some(thread),
         })
@@ -118,6 +127,9 @@ impl Announcer {
 
     /// Sends a gratuitous ARP burst for `vip` (in the background).
     pub fn announce(&self, vip: Ipv4Addr, count: u32, interval: Duration) {
+        if let Ok(mut a) = self.announced.lock() {
+            a.insert(vip, SystemTime::now());
+        }
         let tx = self.tx.clone();
         let frame = arp::gratuitous(self.mac, vip);
         std::thread::spawn(move || {
@@ -130,6 +142,13 @@ impl Announcer {
                 }
             }
         });
+    }
+}
+
+impl Announcer {
+    /// When the last gratuitous ARP burst for `vip` started, if any.
+    pub fn last_announced(&self, vip: Ipv4Addr) -> Option<SystemTime> {
+        self.announced.lock().ok()?.get(&vip).copied()
     }
 }
 

@@ -515,7 +515,16 @@ impl Lab {
         // logs and data.
         for h in spec.hosts() {
             let base = format!("{}{}", spec.prefix, h.name());
-            for suffix in ["-labnet.log", "-labnet.ready", "-director.log", ".yaml"] {
+            for suffix in [
+                "-labnet.log",
+                "-labnet.ready",
+                "-director.log",
+                ".yaml",
+                "-keepalived.conf",
+                "-keepalived.log",
+                "-keepalived.pid",
+                "-keepalived.vrrp.pid",
+            ] {
                 let _ = fs::remove_file(self.env.state_dir.join(format!("{base}{suffix}")));
             }
             let _ = fs::remove_dir_all(self.env.state_dir.join(&base));
@@ -747,6 +756,43 @@ impl Lab {
                     thread::sleep(Duration::from_millis(5));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the host's director process (SIGHUP: reload).
+    pub fn signal_director(&self, name: &str, signal: Signal) -> Result<(), LabError> {
+        self.host(name)?;
+        let procs = self.state.processes.get(name).cloned().unwrap_or_default();
+        for p in procs.iter().filter(|p| p.what == "director") {
+            if process_matches(p) {
+                kill(Pid::from_raw(p.pid), signal).map_err(|e| {
+                    LabError::Teardown(format!(
+                        "signalling the director of {name} (pid {}): {e}",
+                        p.pid
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The log file of the host's director.
+    pub fn director_log(&self, host: &Host) -> PathBuf {
+        self.env.state_dir.join(format!(
+            "{}{}-director.log",
+            self.state.spec.prefix,
+            host.name()
+        ))
+    }
+
+    /// Stops the host's director the way an operator does: SIGTERM (it
+    /// drains first), SIGKILL only if it is still running after `grace`.
+    pub fn terminate(&mut self, name: &str, grace: Duration) -> Result<(), LabError> {
+        self.host(name)?;
+        let procs = self.state.processes.get(name).cloned().unwrap_or_default();
+        for p in procs.iter().filter(|p| p.what == "director") {
+            stop_process_within(p, grace).map_err(LabError::Teardown)?;
         }
         Ok(())
     }
@@ -1069,6 +1115,11 @@ fn process_matches(p: &Process) -> bool {
 /// SIGTERM, then SIGKILL after two seconds; only if the PID is still ours.
 /// When the process is this process's child it is also reaped.
 fn stop_process(p: &Process) -> Result<(), String> {
+    stop_process_within(p, Duration::from_secs(2))
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+fn stop_process_within(p: &Process, grace: Duration) -> Result<(), String> {
     use nix::errno::Errno;
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     if !process_matches(p) {
@@ -1094,12 +1145,12 @@ fn stop_process(p: &Process) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for {} (pid {}): {e}", p.what, p.pid)),
         }
         let waited = start.elapsed();
-        if waited > Duration::from_secs(2) && !killed {
+        if waited > grace && !killed {
             kill(pid, Signal::SIGKILL)
                 .map_err(|e| format!("killing {} (pid {}): {e}", p.what, p.pid))?;
             killed = true;
         }
-        if waited > Duration::from_secs(5) {
+        if waited > grace + Duration::from_secs(3) {
             return Err(format!("{} (pid {}) survived SIGKILL", p.what, p.pid));
         }
         thread::sleep(Duration::from_millis(10));

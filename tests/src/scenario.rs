@@ -148,6 +148,57 @@ pub fn http_tally(lab: &Lab, host: &str, target: &str, count: u32) -> Result<Htt
     })
 }
 
+/// A client loop in the background: HTTP GETs, each on a new connection,
+/// one after another for a fixed time (`labnet http-get --for-ms`).
+#[derive(Debug)]
+pub struct ClientLoop {
+    child: std::process::Child,
+    what: String,
+}
+
+impl ClientLoop {
+    /// Starts it in `host` against `target` for `span`.
+    pub fn start(lab: &Lab, host: &str, target: &str, span: Duration) -> Result<Self, LabError> {
+        let labnet = lab.env().labnet.clone();
+        let mut cmd = lab.command(host, &labnet.to_string_lossy())?;
+        cmd.args([
+            "http-get",
+            target,
+            "--for-ms",
+            &span.as_millis().to_string(),
+            "--timeout-ms",
+            "5000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+        let child = cmd.spawn().map_err(|source| LabError::Io {
+            op: "starting",
+            path: labnet,
+            source,
+        })?;
+        Ok(ClientLoop {
+            child,
+            what: format!("[{host}] labnet http-get {target}"),
+        })
+    }
+
+    /// Waits until it ends; its tally.
+    pub fn finish(self) -> Result<HttpTally, LabError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| LabError::Io {
+                op: "waiting for",
+                path: self.what.clone().into(),
+                source,
+            })?;
+        serde_json::from_slice(&out.stdout).map_err(|source| LabError::BadOutput {
+            command: self.what,
+            source,
+        })
+    }
+}
+
 /// `director status -o json` of a lab director (the lab's director binary),
 /// or None when it does not answer.
 pub fn director_status(lab: &Lab, host: &Host) -> Option<serde_json::Value> {

@@ -148,3 +148,60 @@ fn down_stops_the_node_servers_it_started() {
         assert_ne!(comm.trim(), "labnet", "labnet pid {pid} still runs");
     }
 }
+
+/// The owner watch (lab::watch) can see two owners: keepalived, a real VRRP
+/// peer, holds the VIP on both routers once the master's adverts stop
+/// reaching the backup (a one-way partition). The watch must report it, from
+/// the routes and from the ARP answers the client gets; otherwise its "no two
+/// owners" verdict on director would mean nothing.
+#[test]
+#[ignore = "needs root, network namespaces and keepalived: run by `cargo xtask test`"]
+fn the_owner_watch_sees_keepalived_split_brain() {
+    use lab::configs::keepalived_config;
+    use lab::scenario::wait_until;
+    use lab::watch::OwnerWatch;
+    use std::time::Duration;
+    let mut lab = LabGuard::up(LabSpec::new(2, 1).with_prefix("t-split-"), env()).expect("lab up");
+    let vip = lab::topology::vip_v4(0).unwrap();
+    let holds = |lab: &Lab, host: &str| {
+        lab.exec(host, &["ip", "-o", "addr", "show", "dev", "eth0"])
+            .map(|s| s.contains(&format!(" {vip}/32 ")))
+            .unwrap_or(false)
+    };
+    for i in 1..=2 {
+        let h = Host::director(i);
+        lab.start_keepalived(&h, &keepalived_config(&h, true))
+            .expect("starting keepalived");
+    }
+    wait_until("d1 to be the VRRP master", Duration::from_secs(30), || {
+        (holds(&lab, "d1") && !holds(&lab, "d2")).then_some(())
+    })
+    .unwrap();
+    let names = vec!["d1".to_string(), "d2".to_string()];
+    let watch = OwnerWatch::start(&lab, vip.into(), &names, 10).expect("watch");
+    std::thread::sleep(Duration::from_millis(500));
+    lab.partition("d1", "d2", true).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    lab.heal().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = watch.stop();
+    let summary = seen.summary();
+    assert!(
+        seen.two_holders_ms() > 1000.0,
+        "the route samplers missed two holders: {summary}"
+    );
+    assert!(
+        !seen.double_answers().is_empty(),
+        "the ARP prober missed two answering MACs: {summary}"
+    );
+    assert_eq!(
+        seen.answering_macs(),
+        [
+            Host::director(1).mac_string(),
+            Host::director(2).mac_string()
+        ]
+        .into(),
+        "{summary}"
+    );
+    lab.down().expect("lab down");
+}

@@ -10,7 +10,7 @@
 //!   `lab::watch` (client-visible outage, ARP answers, local routes).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::thread;
@@ -58,6 +58,22 @@ enum Cmd {
         /// Per-request timeout in milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Keep sending for this many milliseconds instead of `--count`.
+        #[arg(long)]
+        for_ms: Option<u64>,
+    },
+    /// Open COUNT TCP connections to the plain TCP responder one after
+    /// another, read each banner (the node's name), and print a JSON tally;
+    /// with `--hold-ms` every connection stays open that long before closing.
+    TcpTally {
+        /// Target, e.g. 10.10.0.203:81.
+        target: String,
+        /// Number of connections.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Keep every connection open this long before closing them all.
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
     },
     /// ICMP echo to ADDR every interval; prints `reply T_NS SEQ` per reply.
     Ping {
@@ -104,7 +120,18 @@ fn main() -> Result<()> {
             target,
             count,
             timeout_ms,
-        } => http_get(&target, count, Duration::from_millis(timeout_ms)),
+            for_ms,
+        } => http_get(
+            &target,
+            count,
+            for_ms.map(Duration::from_millis),
+            Duration::from_millis(timeout_ms),
+        ),
+        Cmd::TcpTally {
+            target,
+            count,
+            hold_ms,
+        } => tcp_tally(&target, count, Duration::from_millis(hold_ms)),
         Cmd::Ping { addr, interval_ms } => ping(addr, Duration::from_millis(interval_ms)),
         Cmd::ArpWatch {
             vip,
@@ -350,7 +377,7 @@ fn udp_echo(sock: UdpSocket, name: &str) -> Result<()> {
     }
 }
 
-fn http_get(target: &str, count: u32, timeout: Duration) -> Result<()> {
+fn http_get(target: &str, count: u32, span: Option<Duration>, timeout: Duration) -> Result<()> {
     let addr: SocketAddr = target
         .to_socket_addrs()
         .with_context(|| format!("target {target:?} is not ADDR:PORT"))?
@@ -359,7 +386,16 @@ fn http_get(target: &str, count: u32, timeout: Duration) -> Result<()> {
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
     let mut errors: BTreeMap<String, u32> = BTreeMap::new();
     let start = Instant::now();
-    for _ in 0..count {
+    let mut sent = 0u32;
+    loop {
+        let more = match span {
+            Some(d) => start.elapsed() < d,
+            None => sent < count,
+        };
+        if !more {
+            break;
+        }
+        sent += 1;
         match one_get(addr, timeout) {
             Ok(node) => *served.entry(node).or_default() += 1,
             Err(e) => *errors.entry(format!("{e:#}")).or_default() += 1,
@@ -367,13 +403,54 @@ fn http_get(target: &str, count: u32, timeout: Duration) -> Result<()> {
     }
     let report = serde_json::json!({
         "target": addr.to_string(),
-        "requests": count,
+        "requests": sent,
         "served": served,
         "failed": errors.values().sum::<u32>(),
         "errors": errors,
         "elapsed_ms": start.elapsed().as_millis() as u64,
     });
     println!("{report}");
+    Ok(())
+}
+
+fn tcp_tally(target: &str, count: u32, hold: Duration) -> Result<()> {
+    let addr: SocketAddr = target
+        .parse()
+        .with_context(|| format!("target {target:?} is not ADDR:PORT"))?;
+    let mut served: BTreeMap<String, u32> = BTreeMap::new();
+    let mut failed = 0u32;
+    let mut open = Vec::new();
+    for _ in 0..count {
+        let banner = (|| -> Result<(String, TcpStream)> {
+            let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut line = String::new();
+            std::io::BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+            Ok((line.trim().to_string(), stream))
+        })();
+        match banner {
+            Ok((name, stream)) => {
+                *served.entry(name).or_default() += 1;
+                open.push(stream);
+            }
+            Err(_) => failed += 1,
+        }
+        if hold.is_zero() {
+            open.clear();
+        }
+    }
+    thread::sleep(hold);
+    drop(open);
+    println!(
+        "{}",
+        serde_json::json!({
+            "target": addr.to_string(),
+            "requests": count,
+            "served": served,
+            "failed": failed,
+            "errors": {},
+        })
+    );
     Ok(())
 }
 
