@@ -203,6 +203,20 @@ pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
         },
         stop_rx.clone(),
     ));
+    let metrics = config.get().metrics.map(|addr| {
+        tokio::spawn(metrics_server(
+            addr,
+            Admin {
+                node: node.clone(),
+                config: config.clone(),
+                ipvs: ipvs.clone(),
+                drainer: drainer.clone(),
+                announcer: announcer.clone(),
+                clock: clock.clone(),
+            },
+            stop_rx.clone(),
+        ))
+    });
     let leader = tokio::spawn(leader_loop(
         node.clone(),
         config.clone(),
@@ -263,6 +277,9 @@ pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
         let _ = v.await;
     }
     let _ = admin.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     let _ = std::fs::remove_file(&admin_path);
     // The ARP thread and the drainer hold the node too; a request still in
     // flight on the admin socket may hold it a moment longer.
@@ -649,6 +666,57 @@ impl Admin {
             },
             _ => json!({"error": format!("unknown request {line:?}")}),
         }
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (Prometheus text format) until stopped.
+async fn metrics_server(addr: std::net::SocketAddr, admin: Admin, mut stop: watch::Receiver<bool>) {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("director: metrics on {addr}: {e}; metrics are off");
+            return;
+        }
+    };
+    loop {
+        let mut stream = tokio::select! {
+            s = listener.accept() => match s {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            // The request head; bodies are not read.
+            while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") && got < buf.len() {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::io::AsyncReadExt::read(&mut stream, &mut buf[got..]),
+                )
+                .await
+                {
+                    Ok(Ok(n)) if n > 0 => got += n,
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..got]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = if head.starts_with("GET ")
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                ("200 OK", crate::metrics::render(&status(&admin).await))
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
     }
 }
 

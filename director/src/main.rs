@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod daemon;
 mod ipvs;
+mod metrics;
 mod problems;
 mod status;
 mod vip;

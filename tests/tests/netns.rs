@@ -205,3 +205,78 @@ fn the_owner_watch_sees_keepalived_split_brain() {
     );
     lab.down().expect("lab down");
 }
+
+/// The daemon on the host kernel (no IPVS needed for this part): three
+/// `director run` elect an owner who answers ARP for the VIP; its metrics
+/// endpoint says so; `director drain` moves the VIP and the metrics follow.
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn the_daemon_serves_metrics_and_drains_on_the_host_kernel() {
+    use lab::scenario::{agreed_owner, wait_until};
+    use std::time::Duration;
+    let mut env = env();
+    let director = lab::lab::workspace_binary("director").expect("the director binary");
+    env.director = Some(director.clone());
+    let lab = LabGuard::up(LabSpec::new(3, 1).with_prefix("t-met-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let vip: std::net::IpAddr = "10.10.0.200".parse().unwrap();
+    let (owner, _) = wait_until("an agreed owner", Duration::from_secs(60), || {
+        agreed_owner(&lab, &all, vip)
+    })
+    .unwrap();
+    let owner_host = Host::parse(&owner).unwrap();
+    let labnet = env!("CARGO_BIN_EXE_labnet");
+    let metrics = |h: &Host| {
+        lab.exec(
+            "client",
+            &[labnet, "fetch", &format!("{}:9469", h.ipv4()), "/metrics"],
+        )
+        .unwrap_or_default()
+    };
+    let held_line = "director_vip_held{vip=\"10.10.0.200\",service=\"static/web\"";
+    wait_until("the owner's metrics", Duration::from_secs(30), || {
+        let m = metrics(&owner_host);
+        m.lines()
+            .any(|l| l.starts_with(held_line) && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .unwrap();
+    let m = metrics(&owner_host);
+    assert!(m.contains("director_lease_held 1"), "{m}");
+    assert!(m.contains("# TYPE director_leader gauge"), "{m}");
+
+    let out = std::process::Command::new(&director)
+        .args(["drain", "--timeout", "20", "--socket"])
+        .arg(lab.admin_socket(&owner_host))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (next, _) = wait_until("a new owner", Duration::from_secs(30), || {
+        agreed_owner(&lab, &all, vip).filter(|(o, _)| *o != owner)
+    })
+    .unwrap();
+    let m = metrics(&owner_host);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with(held_line) && l.ends_with(" 0")),
+        "the drained director still holds: {m}"
+    );
+    assert!(
+        m.contains(&format!("director_member_draining{{member=\"{owner}\"}} 1")),
+        "{m}"
+    );
+    let next_host = Host::parse(&next).unwrap();
+    wait_until("the new owner's metrics", Duration::from_secs(30), || {
+        metrics(&next_host)
+            .lines()
+            .any(|l| l.starts_with(held_line) && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .unwrap();
+    // `lab down` below sends SIGTERM: each director drains, then stops.
+    lab.down().expect("lab down");
+}

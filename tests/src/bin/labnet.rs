@@ -75,6 +75,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
     },
+    /// One HTTP GET of PATH from ADDR:PORT; prints the body (exit 1 unless 200).
+    Fetch {
+        /// Target, e.g. 10.10.0.11:9469.
+        target: SocketAddr,
+        /// The path.
+        #[arg(default_value = "/")]
+        path: String,
+    },
     /// ICMP echo to ADDR every interval; prints `reply T_NS SEQ` per reply.
     Ping {
         /// The IPv4 address to probe.
@@ -132,6 +140,7 @@ fn main() -> Result<()> {
             count,
             hold_ms,
         } => tcp_tally(&target, count, Duration::from_millis(hold_ms)),
+        Cmd::Fetch { target, path } => fetch(target, &path),
         Cmd::Ping { addr, interval_ms } => ping(addr, Duration::from_millis(interval_ms)),
         Cmd::ArpWatch {
             vip,
@@ -451,6 +460,26 @@ fn tcp_tally(target: &str, count: u32, hold: Duration) -> Result<()> {
             "errors": {},
         })
     );
+    Ok(())
+}
+
+fn fetch(addr: SocketAddr, path: &str) -> Result<()> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("connect")?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).context("receive")?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("reply without a header end")?;
+    print!("{body}");
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("status line {:?}", head.lines().next().unwrap_or_default());
+    }
     Ok(())
 }
 
