@@ -258,8 +258,43 @@ mod tests {
     use super::*;
     use consensus::apply;
 
+    /// The lab's d1 config with its IPv4 service only.
     fn config() -> Config {
+        let mut c = lab_config();
+        c.services.retain(|s| s.name == "web");
+        c
+    }
+
+    fn lab_config() -> Config {
         crate::config::parse(include_str!("../../tests/lab/d1.yaml")).unwrap()
+    }
+
+    /// The lab's two services (IPv4 and IPv6) go to the two non-leaders, one
+    /// each, and both families are programmed.
+    #[test]
+    fn vips_spread_over_the_non_leaders_in_both_families() {
+        let mut s = ClusterState::default();
+        for c in seed(&lab_config(), &s) {
+            assert_eq!(apply(&mut s, c), consensus::Response::Ok);
+        }
+        let cmds = assign(&s, &live(1, &[1, 2, 3], &[]));
+        let owners: BTreeMap<IpAddr, NodeId> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::SetOwner { vip, director, .. } => Some((*vip, *director)),
+                _ => None,
+            })
+            .collect();
+        let v4: IpAddr = "10.10.0.200".parse().unwrap();
+        let v6: IpAddr = "fd10:10::200".parse().unwrap();
+        assert_eq!(owners.len(), 2, "{cmds:?}");
+        assert_ne!(owners[&v4], owners[&v6], "{cmds:?}");
+        assert!(!owners.values().any(|d| *d == 1), "the leader is spared: {cmds:?}");
+        let t = desired_ipvs(&s);
+        assert!(
+            t.iter().any(|(svc, d)| svc.key == ServiceKey::tcp(v6, 80) && d.len() == 2),
+            "{t:?}"
+        );
     }
 
     fn seeded() -> ClusterState {

@@ -429,7 +429,7 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
     let _ = l
         .routes
         .reconcile(&Default::default(), |ip| {
-            control::managed_addr(&(*ip).into(), &state, &config)
+            control::managed_addr(ip, &state, &config)
         })
         .await;
 }
@@ -562,7 +562,9 @@ async fn reconcile_vips(
 ) -> Result<(), String> {
     let state = node.state();
     let held = vip::held(&state, node.id(), may_hold);
-    let managed = |ip: &std::net::Ipv4Addr| control::managed_addr(&(*ip).into(), &state, config);
+    // Listen for neighbour solicitations before the routes appear.
+    announcer.listen_for(&held)?;
+    let managed = |ip: &std::net::IpAddr| control::managed_addr(ip, &state, config);
     for taken in routes.reconcile(&held, managed).await? {
         announcer.announce(
             taken,
@@ -797,10 +799,10 @@ async fn status(admin: &Admin) -> Value {
         .map(|(vip, service)| {
             let owner = state.owners.get(vip);
             let (since_unix_ms, since_ms_ago) = when(admin.clock.since(vip));
-            let announced = match (vip, &admin.announcer) {
-                (std::net::IpAddr::V4(v4), Some(a)) => a.last_announced(*v4),
-                _ => None,
-            };
+            let announced = admin
+                .announcer
+                .as_ref()
+                .and_then(|a| a.last_announced(*vip));
             let (announced_unix_ms, announced_ms_ago) = when(announced);
             json!({
                 "since_unix_ms": since_unix_ms,

@@ -6,6 +6,7 @@ mod control;
 mod daemon;
 mod ipvs;
 mod metrics;
+mod ndp;
 mod problems;
 mod status;
 mod vip;

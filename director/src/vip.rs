@@ -2,20 +2,22 @@
 //! owner AND holds its lease (docs/fencing.md).
 //!
 //! - The VIP is made local without being announced by the kernel: a `local`
-//!   route for VIP/32 in the local table on `lo`, with `arp_ignore=1` on the
-//!   LAN interface. The kernel then accepts (and IPVS forwards) traffic for
-//!   it but never answers ARP for it.
-//! - This process answers ARP requests for held VIPs from an AF_PACKET socket,
-//!   checking ownership and lease on every request, and sends a gratuitous
-//!   ARP burst when it takes a VIP. When the process dies the answers stop.
+//!   route for VIP/32 (IPv6: VIP/128) in the local table on `lo`, with
+//!   `arp_ignore=1` on the LAN interface. The kernel then accepts (and IPVS
+//!   forwards) traffic for it but never answers ARP or neighbour
+//!   solicitations for it (it answers those only for interface addresses).
+//! - This process answers ARP requests (AF_PACKET socket) and neighbour
+//!   solicitations (raw ICMPv6 socket, joined to the VIP's solicited-node
+//!   group while it holds it) for held VIPs, checking ownership and lease on
+//!   every request, and sends a gratuitous ARP or unsolicited neighbour
+//!   advertisement burst when it takes a VIP. When the process dies the
+//!   answers stop.
 //! - Operators see held VIPs in `director status` and in
-//!   `ip route show table local`, not in `ip addr`.
-//!
-//! IPv4 only for now: IPv6 VIPs are programmed into IPVS but not announced
-//! (unsolicited neighbour advertisements are not implemented yet).
+//!   `ip route show table local` / `ip -6 route show table local`, not in
+//!   `ip addr`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,11 +27,12 @@ use consensus::state::ClusterState;
 use consensus::{Node, NodeId};
 
 use crate::arp::{self, ArpSocket};
+use crate::ndp::NdpSocket;
 
 /// The VIPs `me` may answer for now, in `state`: owned in the committed state
 /// and covered by a valid lease (`may_hold`: the lease is held and this
 /// director is not releasing its VIPs), and `me` is not draining.
-pub fn held(state: &ClusterState, me: NodeId, may_hold: bool) -> BTreeSet<Ipv4Addr> {
+pub fn held(state: &ClusterState, me: NodeId, may_hold: bool) -> BTreeSet<IpAddr> {
     if !may_hold || state.draining.contains_key(&me) {
         return BTreeSet::new();
     }
@@ -37,10 +40,7 @@ pub fn held(state: &ClusterState, me: NodeId, may_hold: bool) -> BTreeSet<Ipv4Ad
         .owners
         .iter()
         .filter(|(_, o)| o.director == me)
-        .filter_map(|(vip, _)| match vip {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        })
+        .map(|(vip, _)| *vip)
         .collect()
 }
 
@@ -60,6 +60,7 @@ pub fn prepare_kernel(interface: &str) -> Vec<String> {
         (format!("net/ipv4/conf/{interface}/arp_announce"), "2"),
         ("net/ipv4/ip_forward".to_string(), "1"),
         ("net/ipv4/vs/conntrack".to_string(), "1"),
+        ("net/ipv6/conf/all/forwarding".to_string(), "1"),
     ] {
         if let Err(e) = sysctl(&path, value) {
             problems.push(e);
@@ -68,14 +69,17 @@ pub fn prepare_kernel(interface: &str) -> Vec<String> {
     problems
 }
 
-/// The answering side: a thread that replies to ARP requests for held VIPs.
+/// The answering side: threads that reply to ARP requests (IPv4) and
+/// neighbour solicitations (IPv6) for held VIPs, and the announcements sent
+/// when a VIP is taken.
 pub struct Announcer {
     tx: Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>,
+    ndp: Option<Arc<NdpSocket>>,
     mac: [u8; 6],
-    /// When each VIP's last gratuitous ARP burst started.
-    announced: Mutex<BTreeMap<Ipv4Addr, SystemTime>>,
+    /// When each VIP's last announcement burst started.
+    announced: Mutex<BTreeMap<IpAddr, SystemTime>>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Announcer {
@@ -85,7 +89,8 @@ impl std::fmt::Debug for Announcer {
 }
 
 impl Announcer {
-    /// Opens the ARP socket on `interface` and starts answering.
+    /// Opens the ARP socket (and, when IPv6 is up on it, the ICMPv6 socket)
+    /// on `interface` and starts answering.
     pub fn start(
         interface: &str,
         node: Arc<Node>,
@@ -94,60 +99,125 @@ impl Announcer {
         let ArpSocket { tx, mut rx, mac } = ArpSocket::open(interface)?;
         let tx = Arc::new(Mutex::new(tx));
         let stop = Arc::new(AtomicBool::new(false));
-        let (t, s) = (tx.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("arp".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    let Some(req) = arp::next_request(rx.as_mut()) else {
-                        continue;
-                    };
-                    if req.sender_ip == req.target_ip {
-                        continue; // someone's gratuitous ARP
-                    }
-                    // Ownership and lease, checked at the moment of answering.
-                    let may = node.holds_lease() && !releasing.load(Ordering::SeqCst);
-                    let mine = held(&node.state(), node.id(), may);
-                    if mine.contains(&req.target_ip) {
-                        let frame = arp::reply(mac, req.target_ip, &req);
-                        if let Ok(mut tx) = t.lock() {
-                            let _ = arp::send(tx.as_mut(), &frame);
+        // Ownership and lease, checked at the moment of answering.
+        let mine = {
+            let node = node.clone();
+            let releasing = releasing.clone();
+            move |vip: IpAddr| {
+                let may = node.holds_lease() && !releasing.load(Ordering::SeqCst);
+                held(&node.state(), node.id(), may).contains(&vip)
+            }
+        };
+        let mut threads = Vec::new();
+        let (t, s, m) = (tx.clone(), stop.clone(), mine.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("arp".into())
+                .spawn(move || {
+                    while !s.load(Ordering::Relaxed) {
+                        let Some(req) = arp::next_request(rx.as_mut()) else {
+                            continue;
+                        };
+                        if req.sender_ip == req.target_ip {
+                            continue; // someone's gratuitous ARP
+                        }
+                        if m(IpAddr::V4(req.target_ip)) {
+                            let frame = arp::reply(mac, req.target_ip, &req);
+                            if let Ok(mut tx) = t.lock() {
+                                let _ = arp::send(tx.as_mut(), &frame);
+                            }
                         }
                     }
-                }
-            })?;
+                })?,
+        );
+        let ndp = match NdpSocket::open(interface) {
+            Ok(n) => Some(Arc::new(n)),
+            Err(e) => {
+                eprintln!("director: no IPv6 neighbour discovery on {interface}: {e}; IPv6 VIPs are not answered");
+                None
+            }
+        };
+        if let Some(n) = ndp.clone() {
+            let s = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("ndp".into())
+                    .spawn(move || {
+                        while !s.load(Ordering::Relaxed) {
+                            let Some((from, target)) = n.next_solicitation() else {
+                                continue;
+                            };
+                            if mine(IpAddr::V6(target)) {
+                                let _ = n.answer(mac, from, target);
+                            }
+                        }
+                    })?,
+            );
+        }
         Ok(Announcer {
             tx,
+            ndp,
             mac,
             announced: Mutex::new(BTreeMap::new()),
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
-    /// Sends a gratuitous ARP burst for `vip` (in the background).
-    pub fn announce(&self, vip: Ipv4Addr, count: u32, interval: Duration) {
+    /// Sends an announcement burst for `vip` in the background: gratuitous
+    /// ARP for IPv4, unsolicited neighbour advertisements for IPv6.
+    pub fn announce(&self, vip: IpAddr, count: u32, interval: Duration) {
         if let Ok(mut a) = self.announced.lock() {
             a.insert(vip, SystemTime::now());
         }
-        let tx = self.tx.clone();
-        let frame = arp::gratuitous(self.mac, vip);
+        let send: Box<dyn Fn() + Send> = match vip {
+            IpAddr::V4(v4) => {
+                let tx = self.tx.clone();
+                let frame = arp::gratuitous(self.mac, v4);
+                Box::new(move || {
+                    if let Ok(mut tx) = tx.lock() {
+                        let _ = arp::send(tx.as_mut(), &frame);
+                    }
+                })
+            }
+            IpAddr::V6(v6) => match self.ndp.clone() {
+                Some(n) => {
+                    let mac = self.mac;
+                    Box::new(move || {
+                        let _ = n.announce(mac, v6);
+                    })
+                }
+                None => return,
+            },
+        };
         std::thread::spawn(move || {
             for i in 0..count {
-                if let Ok(mut tx) = tx.lock() {
-                    let _ = arp::send(tx.as_mut(), &frame);
-                }
+                send();
                 if i + 1 < count {
                     std::thread::sleep(interval);
                 }
             }
         });
     }
-}
 
-impl Announcer {
-    /// When the last gratuitous ARP burst for `vip` started, if any.
-    pub fn last_announced(&self, vip: Ipv4Addr) -> Option<SystemTime> {
+    /// Listens for neighbour solicitations of the IPv6 VIPs in `held`.
+    pub fn listen_for(&self, held: &BTreeSet<IpAddr>) -> Result<(), String> {
+        let v6: BTreeSet<Ipv6Addr> = held
+            .iter()
+            .filter_map(|v| match v {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        match &self.ndp {
+            Some(n) => n.set_groups(&v6),
+            None if v6.is_empty() => Ok(()),
+            None => Err("IPv6 VIPs are held but neighbour discovery is unavailable".into()),
+        }
+    }
+
+    /// When the last announcement burst for `vip` started, if any.
+    pub fn last_announced(&self, vip: IpAddr) -> Option<SystemTime> {
         self.announced.lock().ok()?.get(&vip).copied()
     }
 }
@@ -155,7 +225,7 @@ impl Announcer {
 impl Drop for Announcer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -185,80 +255,100 @@ impl Routes {
         Ok(Routes { handle, lo })
     }
 
-    fn message(&self, vip: Ipv4Addr) -> rtnetlink::packet_route::route::RouteMessage {
+    fn message(&self, vip: IpAddr) -> rtnetlink::packet_route::route::RouteMessage {
         use rtnetlink::packet_route::route::{RouteScope, RouteType};
-        rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(vip, 32)
-            .output_interface(self.lo)
-            .table_id(TABLE_LOCAL)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .build()
+        match vip {
+            IpAddr::V4(v4) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .output_interface(self.lo)
+                .table_id(TABLE_LOCAL)
+                .kind(RouteType::Local)
+                .scope(RouteScope::Host)
+                .build(),
+            IpAddr::V6(v6) => rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .output_interface(self.lo)
+                .table_id(TABLE_LOCAL)
+                .kind(RouteType::Local)
+                .scope(RouteScope::Host)
+                .build(),
+        }
     }
 
-    /// The VIP-shaped local routes present now: /32 local routes on `lo` in
-    /// the local table.
-    pub async fn present(&self) -> Result<BTreeSet<Ipv4Addr>, String> {
+    /// The VIP-shaped local routes present now: host (/32, /128) local
+    /// routes on `lo` in the local table.
+    pub async fn present(&self) -> Result<BTreeSet<IpAddr>, String> {
         use futures_util::TryStreamExt;
         use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
-        let query = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(TABLE_LOCAL)
-            .build();
-        let mut dump = self.handle.route().get(query).execute();
         let mut out = BTreeSet::new();
-        while let Some(r) = dump
-            .try_next()
-            .await
-            .map_err(|e| format!("listing local routes: {e}"))?
-        {
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(r.header.table));
-            let on_lo = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == self.lo));
-            if table != TABLE_LOCAL
-                || r.header.kind != RouteType::Local
-                || r.header.destination_prefix_length != 32
-                || !on_lo
+        let queries = [
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(TABLE_LOCAL)
+                .build(),
+            rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(TABLE_LOCAL)
+                .build(),
+        ];
+        for query in queries {
+            let mut dump = self.handle.route().get(query).execute();
+            while let Some(r) = dump
+                .try_next()
+                .await
+                .map_err(|e| format!("listing local routes: {e}"))?
             {
-                continue;
-            }
-            if let Some(dst) = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-                _ => None,
-            }) {
-                out.insert(dst);
+                let table = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(r.header.table));
+                let on_lo = r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == self.lo));
+                if table != TABLE_LOCAL || r.header.kind != RouteType::Local || !on_lo {
+                    continue;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
+                    _ => None,
+                });
+                let host_len = match dst {
+                    Some(IpAddr::V4(_)) => 32,
+                    _ => 128,
+                };
+                if let Some(dst) = dst {
+                    if r.header.destination_prefix_length == host_len {
+                        out.insert(dst);
+                    }
+                }
             }
         }
         Ok(out)
     }
 
     /// Adds (or replaces) the local route of `vip`.
-    pub async fn add(&self, vip: Ipv4Addr) -> Result<(), String> {
+    pub async fn add(&self, vip: IpAddr) -> Result<(), String> {
         self.handle
             .route()
             .add(self.message(vip))
             .replace()
             .execute()
             .await
-            .map_err(|e| format!("adding local route {vip}/32: {e}"))
+            .map_err(|e| format!("adding local route {vip}: {e}"))
     }
 
     /// Removes the local route of `vip`.
-    pub async fn del(&self, vip: Ipv4Addr) -> Result<(), String> {
+    pub async fn del(&self, vip: IpAddr) -> Result<(), String> {
         self.handle
             .route()
             .del(self.message(vip))
             .execute()
             .await
-            .map_err(|e| format!("removing local route {vip}/32: {e}"))
+            .map_err(|e| format!("removing local route {vip}: {e}"))
     }
 
     /// Makes the kernel's local routes match `held` among the addresses this
@@ -266,9 +356,9 @@ impl Routes {
     /// touched. Returns the VIPs newly taken.
     pub async fn reconcile(
         &self,
-        held: &BTreeSet<Ipv4Addr>,
-        managed: impl Fn(&Ipv4Addr) -> bool,
-    ) -> Result<Vec<Ipv4Addr>, String> {
+        held: &BTreeSet<IpAddr>,
+        managed: impl Fn(&IpAddr) -> bool,
+    ) -> Result<Vec<IpAddr>, String> {
         let present = self.present().await?;
         // Give up first, then take: never more held than the state says.
         for vip in &present {
@@ -298,17 +388,19 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
         }
         for p in &vs.ports {
             for b in &p.backends {
-                if let IpAddr::V4(a) = b.address {
-                    rules.insert(format!(
-                        "    ip daddr {a} {} dport {} masquerade\n",
-                        p.protocol, b.port
-                    ));
-                }
+                let family = match b.address {
+                    IpAddr::V4(_) => "ip",
+                    IpAddr::V6(_) => "ip6",
+                };
+                rules.insert(format!(
+                    "    {family} daddr {} {} dport {} masquerade\n",
+                    b.address, p.protocol, b.port
+                ));
             }
         }
     }
     let mut s = String::from(
-        "table ip director_snat {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+        "table inet director_snat {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
     );
     for r in rules {
         s.push_str(&r);
@@ -320,7 +412,11 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
 /// Replaces the SNAT table with `ruleset`.
 pub fn apply_snat(ruleset: &str) -> Result<(), String> {
     use std::io::Write;
-    let script = format!("add table ip director_snat\ndelete table ip director_snat\n{ruleset}");
+    // Replaces the table whole (and removes the IPv4-only table of older
+    // versions).
+    let script = format!(
+        "add table ip director_snat\ndelete table ip director_snat\nadd table inet director_snat\ndelete table inet director_snat\n{ruleset}"
+    );
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -382,7 +478,7 @@ mod tests {
     #[test]
     fn only_the_owner_with_a_lease_holds() {
         let s = state();
-        let vip = Ipv4Addr::new(10, 10, 0, 200);
+        let vip = IpAddr::V4(Ipv4Addr::new(10, 10, 0, 200));
         assert_eq!(held(&s, 2, true), [vip].into());
         assert!(held(&s, 2, false).is_empty(), "no lease, no VIP");
         assert!(held(&s, 1, true).is_empty(), "not the owner");
@@ -395,6 +491,6 @@ mod tests {
             r.contains("ip daddr 10.10.0.21 tcp dport 30080 masquerade"),
             "{r}"
         );
-        assert!(r.starts_with("table ip director_snat {"));
+        assert!(r.starts_with("table inet director_snat {"));
     }
 }

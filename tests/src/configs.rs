@@ -116,6 +116,12 @@ pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
         .map(|i| format!("\"{}:{}\"", Host::node(i).ipv4(), topology::NODEPORT_HTTP))
         .collect();
     let _ = writeln!(s, "    backends: [{}]", backends.join(", "));
+    s.push_str("  # The same over IPv6: the first address of the IPv6 VIP range.\n");
+    let _ = writeln!(s, "  - name: web6\n    vip: {first6}\n    scheduler: rr\n    ports:\n      - {{port: 80, protocol: tcp}}");
+    let backends6: Vec<String> = (1..=spec.nodes)
+        .map(|i| format!("\"[{}]:{}\"", Host::node(i).ipv6(), topology::NODEPORT_HTTP))
+        .collect();
+    let _ = writeln!(s, "    backends: [{}]", backends6.join(", "));
     s
 }
 

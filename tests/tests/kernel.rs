@@ -514,3 +514,51 @@ fn schedulers_rr_sh_and_lc_balance_as_chosen() {
     );
     lab.down().expect("lab down");
 }
+
+/// IPv6 end to end: the lab's `web6` service at fd10:10::200 is answered
+/// through IPVS (the owner answers neighbour solicitations for it, nothing
+/// else does); when its owner's host dies a survivor takes it, announces it
+/// with unsolicited neighbour advertisements, and the client's neighbour
+/// entry follows to the survivor's MAC.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn ipv6_traffic_through_the_vip_follows_the_owner() {
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let mut lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-v6-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let vip: std::net::IpAddr = "fd10:10::200".parse().unwrap();
+    let target = "[fd10:10::200]:80";
+    let owner_of = |lab: &LabGuard, hosts: &[Host]| lab::scenario::agreed_owner(lab, hosts, vip);
+    wait_for("an agreed owner of the IPv6 VIP", 120, || {
+        owner_of(&lab, &all)
+    });
+    let tally = wait_for("the IPv6 VIP to answer", 120, || {
+        let t = http_tally(&lab, "client", target, 20).ok()?;
+        (t.failed == 0).then_some(t)
+    });
+    assert_eq!(tally.from("n1") + tally.from("n2"), 20, "{tally:?}");
+    assert!(tally.from("n1") >= 5 && tally.from("n2") >= 5, "{tally:?}");
+    let (owner, _) = wait_for("an agreed owner", 120, || owner_of(&lab, &all));
+    let owner_host = Host::parse(&owner).unwrap();
+    let neigh = lab
+        .exec("client", &["ip", "-6", "neigh", "show", "fd10:10::200"])
+        .unwrap();
+    assert!(neigh.contains(&owner_host.mac_string()), "{neigh}");
+
+    lab.kill_host(&owner).unwrap();
+    let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+    let (next, _) = wait_for("a new owner of the IPv6 VIP", 120, || {
+        owner_of(&lab, &survivors).filter(|(o, _)| *o != owner)
+    });
+    let next_host = Host::parse(&next).unwrap();
+    wait_for("IPv6 traffic through the new owner", 120, || {
+        let t = http_tally(&lab, "client", target, 10).ok()?;
+        (t.failed == 0).then_some(())
+    });
+    let neigh = lab
+        .exec("client", &["ip", "-6", "neigh", "show", "fd10:10::200"])
+        .unwrap();
+    assert!(neigh.contains(&next_host.mac_string()), "{neigh}");
+    lab.down().expect("lab down");
+}
