@@ -289,10 +289,14 @@ mod tests {
         let v6: IpAddr = "fd10:10::200".parse().unwrap();
         assert_eq!(owners.len(), 2, "{cmds:?}");
         assert_ne!(owners[&v4], owners[&v6], "{cmds:?}");
-        assert!(!owners.values().any(|d| *d == 1), "the leader is spared: {cmds:?}");
+        assert!(
+            !owners.values().any(|d| *d == 1),
+            "the leader is spared: {cmds:?}"
+        );
         let t = desired_ipvs(&s);
         assert!(
-            t.iter().any(|(svc, d)| svc.key == ServiceKey::tcp(v6, 80) && d.len() == 2),
+            t.iter()
+                .any(|(svc, d)| svc.key == ServiceKey::tcp(v6, 80) && d.len() == 2),
             "{t:?}"
         );
     }

@@ -306,11 +306,23 @@ async fn leader_loop(
     clock: Arc<OwnerClock>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let tick = Duration::from_millis((config.get().lease.margin_ms / 2).clamp(5, 50));
+    let lease = config.get().lease;
+    let tick = Duration::from_millis((lease.margin_ms / 2).clamp(5, 50));
+    // While a director has been silent for two renewals its fence may expire
+    // any moment: check every 5 ms until well after it did.
+    let suspicious = Duration::from_millis(lease.renew_ms * 2)
+        ..Duration::from_millis(lease.lease_ms + lease.margin_ms + 500);
     let mut changes = node.watch();
     loop {
+        let silent = node.leader() == Some(node.id())
+            && node.last_contact().values().any(|d| suspicious.contains(d));
+        let wait = if silent {
+            tick.min(Duration::from_millis(5))
+        } else {
+            tick
+        };
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = changes.changed() => {}
             _ = stop.changed() => return,
         }
@@ -373,6 +385,7 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
     let mut changes = node.watch();
     let mut last_error = String::new();
     let mut snat_applied = String::new();
+    let mut link_was_up = None;
     let mut undrain_asked: Option<std::time::Instant> = None;
     loop {
         let wait = match node.lease_remaining() {
@@ -395,6 +408,7 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
             &l.routes,
             may_hold,
             &mut snat_applied,
+            &mut link_was_up,
         )
         .await
         {
@@ -559,18 +573,42 @@ async fn reconcile_vips(
     routes: &vip::Routes,
     may_hold: bool,
     snat_applied: &mut String,
+    link_was_up: &mut Option<bool>,
 ) -> Result<(), String> {
     let state = node.state();
     let held = vip::held(&state, node.id(), may_hold);
     // Listen for neighbour solicitations before the routes appear.
     announcer.listen_for(&held)?;
     let managed = |ip: &std::net::IpAddr| control::managed_addr(ip, &state, config);
-    for taken in routes.reconcile(&held, managed).await? {
+    let burst = |vip| {
         announcer.announce(
-            taken,
+            vip,
             config.announce.count,
             Duration::from_millis(config.announce.interval_ms),
-        );
+        )
+    };
+    for taken in routes.reconcile(&held, managed).await? {
+        burst(taken);
+    }
+    // The link came back (a cable, a switch port, a VM migration): switches
+    // and neighbours may have forgotten us; announce everything again.
+    let up = vip::link_up(&config.interface);
+    if up && *link_was_up == Some(false) {
+        held.iter().copied().for_each(burst);
+    }
+    *link_was_up = Some(up);
+    // The optional periodic refresh: one announcement per VIP.
+    if config.announce.refresh_s > 0 {
+        let every = Duration::from_secs(config.announce.refresh_s);
+        for vip in &held {
+            let due = announcer
+                .last_announced(*vip)
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age >= every);
+            if due {
+                announcer.announce(*vip, 1, Duration::ZERO);
+            }
+        }
     }
     let ruleset = vip::snat_ruleset(&state);
     if *snat_applied != ruleset {

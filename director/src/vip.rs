@@ -44,6 +44,15 @@ pub fn held(state: &ClusterState, me: NodeId, may_hold: bool) -> BTreeSet<IpAddr
         .collect()
 }
 
+/// Whether `interface` has carrier (the kernel's `carrier` is 1; it reads
+/// 0 without carrier and fails while the interface is administratively
+/// down). Carrier follows the link at once; `operstate` lags behind it.
+pub fn link_up(interface: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/carrier"))
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false)
+}
+
 /// Writes a sysctl of this network namespace.
 fn sysctl(path: &str, value: &str) -> Result<(), String> {
     std::fs::write(format!("/proc/sys/{path}"), value).map_err(|e| format!("{path}: {e}"))

@@ -280,3 +280,59 @@ fn the_daemon_serves_metrics_and_drains_on_the_host_kernel() {
     // `lab down` below sends SIGTERM: each director drains, then stops.
     lab.down().expect("lab down");
 }
+
+/// When the owner's link comes back, it announces its VIPs again: the client's
+/// neighbour entry, pointed elsewhere while the link was down, is corrected
+/// by the owner's gratuitous ARP (the link is down for less than a lease, so
+/// the VIP does not move).
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn the_owner_announces_again_when_its_link_comes_back() {
+    use lab::scenario::{agreed_owner, wait_until};
+    use std::time::Duration;
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let lab = LabGuard::up(LabSpec::new(3, 1).with_prefix("t-link-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let vip: std::net::IpAddr = "10.10.0.200".parse().unwrap();
+    let (owner, epoch) = wait_until("an agreed owner", Duration::from_secs(60), || {
+        agreed_owner(&lab, &all, vip)
+    })
+    .unwrap();
+    let owner_mac = Host::parse(&owner).unwrap().mac_string();
+    let neigh = || {
+        lab.exec("client", &["ip", "neigh", "show", "10.10.0.200"])
+            .unwrap_or_default()
+    };
+    lab.set_link(&owner, false).unwrap();
+    // Somebody else's MAC, as a stale entry the client would keep using.
+    lab.exec(
+        "client",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.10.0.200",
+            "lladdr",
+            "02:10:00:00:00:99",
+            "dev",
+            "eth0",
+            "nud",
+            "stale",
+        ],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.set_link(&owner, true).unwrap();
+    wait_until("the owner's announcement", Duration::from_secs(10), || {
+        neigh().contains(&owner_mac).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", neigh()));
+    let (still, epoch2) = agreed_owner(&lab, &all, vip).unwrap();
+    assert_eq!(
+        (still, epoch2),
+        (owner, epoch),
+        "a short link flap moved the VIP"
+    );
+    lab.down().expect("lab down");
+}

@@ -296,7 +296,9 @@ fn bench_failover(
     partition_s: u32,
     only: Option<String>,
 ) -> Result<i32> {
-    install::apt_install(&["keepalived"])?;
+    if lab::lab::which("keepalived").is_none() {
+        install::apt_install(&["keepalived"])?;
+    }
     test::cargo(
         root,
         &[
