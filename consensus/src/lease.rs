@@ -285,16 +285,16 @@ mod tests {
         validate(&t, &l).unwrap();
         // The failover benchmark's tuned setting (docs/fencing.md).
         let tight = Timing {
-            heartbeat_ms: 15,
-            election_min_ms: 50,
-            election_max_ms: 100,
+            heartbeat_ms: 20,
+            election_min_ms: 60,
+            election_max_ms: 120,
         };
         validate(
             &tight,
             &LeaseTiming {
-                lease_ms: 140,
-                margin_ms: 15,
-                renew_ms: 20,
+                lease_ms: 180,
+                margin_ms: 20,
+                renew_ms: 30,
             },
         )
         .unwrap();
