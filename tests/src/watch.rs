@@ -119,8 +119,9 @@ pub struct Observed {
     pub span: (u64, u64),
     /// Per director host: intervals (first sample held, last sample held).
     pub held: BTreeMap<String, Vec<(u64, u64)>>,
-    /// ARP probes: (time sent, the MACs that replied before the next probe).
-    pub probes: Vec<(u64, BTreeSet<String>)>,
+    /// ARP probes: (time sent, the MACs of the replies that arrived before
+    /// the next probe, in the order they arrived).
+    pub probes: Vec<(u64, Vec<String>)>,
 }
 
 impl OwnerWatch {
@@ -231,21 +232,45 @@ impl Observed {
         total as f64 / 1e6
     }
 
-    /// The ARP probes answered by two or more MACs.
-    pub fn double_answers(&self) -> Vec<(u64, BTreeSet<String>)> {
-        self.probes
-            .iter()
-            .filter(|(_, m)| m.len() >= 2)
-            .cloned()
-            .collect()
+    /// The ARP probe windows in which the client saw two owners answer. A
+    /// client follows the latest reply, so one change of MAC inside a window,
+    /// away from the MAC that answered before it, is a handover (the old
+    /// owner's last reply and the new owner's first may arrive together when
+    /// a process is scheduled late). Two owners show as the answers going
+    /// back: a window whose replies change MAC more than once, or change back
+    /// to the MAC that answered before the window.
+    pub fn double_answers(&self) -> Vec<(u64, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut prev: Option<&String> = None;
+        for (t, macs) in &self.probes {
+            let mut seq: Vec<&String> = Vec::new();
+            for m in macs {
+                if seq.last() != Some(&m) {
+                    seq.push(m);
+                }
+            }
+            let double = match seq.as_slice() {
+                [] | [_] => false,
+                [first, second] => Some(*first) != prev && Some(*second) == prev,
+                _ => true,
+            };
+            if double {
+                out.push((*t, macs.clone()));
+            }
+            if let Some(last) = seq.last() {
+                prev = Some(*last);
+            }
+        }
+        out
     }
 
-    /// Milliseconds covered by ARP probes that two or more MACs answered (each
-    /// such probe counts until the next probe).
+    /// Milliseconds covered by the probe windows of [`Self::double_answers`]
+    /// (each until the next probe).
     pub fn double_answer_ms(&self) -> f64 {
+        let doubles: BTreeSet<u64> = self.double_answers().iter().map(|(t, _)| *t).collect();
         let mut total = 0u64;
-        for (i, (t, macs)) in self.probes.iter().enumerate() {
-            if macs.len() >= 2 {
+        for (i, (t, _)) in self.probes.iter().enumerate() {
+            if doubles.contains(t) {
                 let next = self
                     .probes
                     .get(i + 1)
@@ -255,6 +280,17 @@ impl Observed {
             }
         }
         total as f64 / 1e6
+    }
+
+    /// How many probe windows were answered by exactly one MAC.
+    pub fn answered_by_one(&self) -> usize {
+        self.probes
+            .iter()
+            .filter(|(_, m)| {
+                let distinct: BTreeSet<&String> = m.iter().collect();
+                distinct.len() == 1
+            })
+            .count()
     }
 
     /// Every MAC that answered any probe.
@@ -272,7 +308,7 @@ impl Observed {
     pub fn summary(&self) -> String {
         let answered = self.probes.iter().filter(|(_, m)| !m.is_empty()).count();
         format!(
-            "{:.0} ms watched; route holders: {:?}; ARP probes {} ({} answered, {} by two or more MACs: {:?}); two owners {:.1} ms",
+            "{:.0} ms watched; route holders: {:?}; ARP probes {} ({} answered, {} with two owners answering: {:?}); two owners {:.1} ms",
             (self.span.1.saturating_sub(self.span.0)) as f64 / 1e6,
             self.held
                 .iter()
@@ -390,6 +426,40 @@ Local:
         o.held
             .insert("d2".into(), held_intervals(&events(&d, "sample"), 9 * ms));
         assert_eq!(o.two_holders_ms(), 2.0);
+    }
+
+    #[test]
+    fn a_handover_is_not_two_owners_but_answers_going_back_are() {
+        let w = |macs: &[&str]| macs.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let ms = 1_000_000;
+        let mut o = Observed {
+            span: (0, 30 * ms),
+            ..Default::default()
+        };
+        // A answers, then A's last and B's first reply share a window, then B.
+        o.probes = vec![
+            (0, w(&["a"])),
+            (10 * ms, w(&["a", "b"])),
+            (20 * ms, w(&["b"])),
+        ];
+        assert!(o.double_answers().is_empty());
+        assert_eq!(o.double_answer_ms(), 0.0);
+        // B then A again inside one window, after A: two owners.
+        o.probes = vec![
+            (0, w(&["a"])),
+            (10 * ms, w(&["b", "a"])),
+            (20 * ms, w(&["a"])),
+        ];
+        assert_eq!(o.double_answers().len(), 1);
+        assert_eq!(o.double_answer_ms(), 10.0);
+        // Split brain: both answer every probe, in any order.
+        o.probes = vec![
+            (0, w(&["a", "b"])),
+            (10 * ms, w(&["a", "b"])),
+            (20 * ms, w(&["b", "a", "b"])),
+        ];
+        assert_eq!(o.double_answers().len(), 2, "{:?}", o.double_answers());
+        assert_eq!(o.answered_by_one(), 0);
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn partitions_of_owner_and_leader_never_give_two_owners() {
         "two MACs answered ARP for the VIP: {report}"
     );
     // The watch saw something: the VIP was answered, and held, most of the time.
-    let answered = seen.probes.iter().filter(|(_, m)| m.len() == 1).count();
+    let answered = seen.answered_by_one();
     assert!(
         answered * 2 > seen.probes.len(),
         "the VIP went unanswered most of the time: {report}"
