@@ -160,6 +160,8 @@ pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
             None
         }
     };
+    // VIPs are given up this long before the lease ends (vip::lease_ok).
+    let guard = hold_guard(&config);
     // Set while draining: this director holds no VIP, whatever the state says.
     let releasing = Arc::new(AtomicBool::new(false));
     // The data path: VIPs held without kernel ARP, answered from here.
@@ -167,7 +169,7 @@ pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
         for problem in vip::prepare_kernel(&config.interface) {
             eprintln!("director: sysctl {problem}");
         }
-        match vip::Announcer::start(&config.interface, node.clone(), releasing.clone()) {
+        match vip::Announcer::start(&config.interface, node.clone(), releasing.clone(), guard) {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => {
                 eprintln!(
@@ -388,9 +390,11 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
     let mut link_was_up = None;
     let mut undrain_asked: Option<std::time::Instant> = None;
     loop {
+        // Wake when the lease would leave the guard: the routes go then.
+        let guard = hold_guard(&l.config.get());
         let wait = match node.lease_remaining() {
-            Some(left) => RECONCILE.min(left + Duration::from_millis(1)),
-            None => RECONCILE,
+            Some(left) if left > guard => RECONCILE.min(left - guard + Duration::from_millis(1)),
+            _ => RECONCILE,
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -399,7 +403,7 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
         let releasing = l.releasing.load(Ordering::SeqCst);
-        let may_hold = node.holds_lease() && !releasing;
+        let may_hold = vip::lease_ok(node, guard) && !releasing;
         let config = l.config.get();
         match reconcile_vips(
             node,
@@ -446,6 +450,11 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
             control::managed_addr(ip, &state, &config)
         })
         .await;
+}
+
+/// How long before its lease ends a director stops holding: half the margin.
+fn hold_guard(config: &Config) -> Duration {
+    Duration::from_millis(config.lease.margin_ms / 2)
 }
 
 /// How long a stopping director waits for its VIPs to move.
@@ -853,7 +862,7 @@ async fn status(admin: &Admin) -> Value {
                 "owner_name": owner.and_then(|o| names.get(&o.director)),
                 "epoch": owner.map(|o| o.epoch),
                 "held_here": owner.is_some_and(|o| o.director == node.id())
-                    && node.holds_lease()
+                    && vip::lease_ok(node, hold_guard(config))
                     && !admin.drainer.releasing.load(Ordering::SeqCst)
                     && !state.draining.contains_key(&node.id()),
             })

@@ -53,6 +53,14 @@ pub fn link_up(interface: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `node` may hold VIPs now: it holds its lease with more than
+/// `guard` of it left. Stopping `guard` before the lease ends covers the time
+/// between deciding to answer and the answer leaving (a thread scheduled out
+/// in between), so that no answer leaves after the lease has ended.
+pub fn lease_ok(node: &Node, guard: Duration) -> bool {
+    node.lease_remaining().is_some_and(|left| left > guard)
+}
+
 /// Writes a sysctl of this network namespace.
 fn sysctl(path: &str, value: &str) -> Result<(), String> {
     std::fs::write(format!("/proc/sys/{path}"), value).map_err(|e| format!("{path}: {e}"))
@@ -104,6 +112,7 @@ impl Announcer {
         interface: &str,
         node: Arc<Node>,
         releasing: Arc<AtomicBool>,
+        guard: Duration,
     ) -> std::io::Result<Announcer> {
         let ArpSocket { tx, mut rx, mac } = ArpSocket::open(interface)?;
         let tx = Arc::new(Mutex::new(tx));
@@ -113,7 +122,7 @@ impl Announcer {
             let node = node.clone();
             let releasing = releasing.clone();
             move |vip: IpAddr| {
-                let may = node.holds_lease() && !releasing.load(Ordering::SeqCst);
+                let may = lease_ok(&node, guard) && !releasing.load(Ordering::SeqCst);
                 held(&node.state(), node.id(), may).contains(&vip)
             }
         };
