@@ -299,19 +299,7 @@ fn bench_failover(
     if lab::lab::which("keepalived").is_none() {
         install::apt_install(&["keepalived"])?;
     }
-    test::cargo(
-        root,
-        &[
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "director",
-            "-p",
-            "director-tests",
-            "--bins",
-        ],
-    )?;
+    test::build_lab_binaries(root, true)?;
     let bench = test::build_tests(root, &[("director-tests", "failover_bench")], true)?;
     let exe = bench
         .first()

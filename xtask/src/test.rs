@@ -39,6 +39,16 @@ pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Builds the binaries the lab runs: `director`, `labnet`, `labraft`.
+pub fn build_lab_binaries(root: &Path, release: bool) -> Result<()> {
+    let mut args = vec!["build", "--quiet"];
+    if release {
+        args.push("--release");
+    }
+    args.extend(["-p", "director", "-p", "director-tests", "--bins"]);
+    cargo(root, &args)
+}
+
 /// Builds test targets without running them; their executables.
 pub fn build_tests(root: &Path, targets: &[(&str, &str)], release: bool) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -140,6 +150,8 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the host-namespace tests need root (network namespaces): run as root");
         }
+        // The tests start `director` and `labnet` processes.
+        build_lab_binaries(root, false)?;
         for bin in build_tests(root, NETNS_TESTS, false)? {
             let status = Command::new(&bin)
                 .args(["--ignored", "--test-threads=1"])
@@ -158,18 +170,7 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
     }
     let mut kernel_bins = Vec::new();
     stages.run("build kernel tests", || {
-        cargo(
-            root,
-            &[
-                "build",
-                "--quiet",
-                "-p",
-                "director",
-                "-p",
-                "director-tests",
-                "--bins",
-            ],
-        )?;
+        build_lab_binaries(root, false)?;
         kernel_bins = build_tests(root, KERNEL_TESTS, false)?;
         Ok(())
     })?;
