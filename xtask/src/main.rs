@@ -185,6 +185,17 @@ enum LabCmd {
     },
     /// Remove every partition.
     Heal,
+    /// Watch who holds a VIP for a while (every director's local routes and
+    /// the ARP answers the client gets, every 10 ms) and report; exit 1 if
+    /// two directors held it or answered for it at once.
+    Watch {
+        /// The VIP.
+        #[arg(long, default_value = "10.10.0.200")]
+        vip: std::net::IpAddr,
+        /// How long to watch, seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Stop the lab's processes and delete its namespaces.
     Down,
     /// Run a command inside a lab host.
@@ -438,6 +449,32 @@ fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
             lab.heal()?;
             println!("partitions removed");
             Ok(0)
+        }
+        LabCmd::Watch { vip, seconds } => {
+            let lab = Lab::open("", lab_env(root, true)?)?;
+            let directors: Vec<String> = lab
+                .spec()
+                .hosts()
+                .iter()
+                .filter(|h| h.role == lab::Role::Director)
+                .map(lab::Host::name)
+                .collect();
+            println!(
+                "watching {vip} from {} and the client for {seconds} s",
+                directors.join(", ")
+            );
+            let watch = lab::watch::OwnerWatch::start(&lab, vip, &directors, 10)?;
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            let seen = watch.stop();
+            println!("{}", seen.summary());
+            let two = seen.two_owner_ms();
+            if two > 0.0 {
+                println!("TWO OWNERS for {two:.1} ms");
+                Ok(1)
+            } else {
+                println!("never two owners");
+                Ok(0)
+            }
         }
     }
 }
