@@ -97,7 +97,8 @@ impl Checker {
         let most = Arc::new(AtomicUsize::new(0));
         let (s, m) = (stop.clone(), most.clone());
         let handle = thread::spawn(move || {
-            let mut violations = Vec::new();
+            // Per node: (its own clock when it answered, whether it held).
+            let mut samples: std::collections::BTreeMap<u64, Vec<(u64, bool)>> = Default::default();
             while !s.load(Ordering::Relaxed) {
                 let mut holders = Vec::new();
                 for (id, path) in &controls {
@@ -115,17 +116,52 @@ impl Checker {
                     let Ok(v) = serde_json::from_str::<Value>(&line) else {
                         continue;
                     };
-                    if v["owners"][VIP]["director"].as_u64() == Some(*id)
-                        && v["holds_lease"] == json!(true)
-                    {
+                    let held = v["owners"][VIP]["director"].as_u64() == Some(*id)
+                        && v["holds_lease"] == json!(true);
+                    if held {
                         holders.push(*id);
+                    }
+                    if let Some(t) = v["now_ns"].as_u64() {
+                        samples.entry(*id).or_default().push((t, held));
                     }
                 }
                 m.fetch_max(holders.len(), Ordering::Relaxed);
-                if holders.len() > 1 {
-                    violations.push(format!("two holders: {holders:?}"));
-                }
                 thread::sleep(Duration::from_millis(5));
+            }
+            // One round asks the nodes one after another, so two holders in
+            // one round may be a handover between two answers. Two holders
+            // at once means: node B was seen holding between two samples in
+            // which node A was seen holding (by the nodes' own clocks).
+            let runs: Vec<(u64, u64, u64)> = samples
+                .iter()
+                .flat_map(|(id, ss)| {
+                    let mut out = Vec::new();
+                    let mut run: Option<(u64, u64)> = None;
+                    for (t, held) in ss {
+                        match (&mut run, held) {
+                            (Some((_, last)), true) => *last = *t,
+                            (None, true) => run = Some((*t, *t)),
+                            (Some(r), false) => {
+                                out.push((*id, r.0, r.1));
+                                run = None;
+                            }
+                            (None, false) => {}
+                        }
+                    }
+                    out.extend(run.map(|r| (*id, r.0, r.1)));
+                    out
+                })
+                .collect();
+            let mut violations = Vec::new();
+            for a in &runs {
+                for b in &runs {
+                    if a.0 < b.0 && a.1 < b.2 && b.1 < a.2 {
+                        violations.push(format!(
+                            "two holders: {} held {}..{} ns and {} held {}..{} ns",
+                            a.0, a.1, a.2, b.0, b.1, b.2
+                        ));
+                    }
+                }
             }
             violations
         });

@@ -151,6 +151,9 @@ async fn answer(node: &Node, line: &str) -> Value {
                 "term": m.current_term,
                 "last_applied": m.last_applied.map(|l| l.index),
                 "holds_lease": node.holds_lease(),
+                // When this answer was decided (CLOCK_MONOTONIC, shared by
+                // every process of the host): the checker orders samples by it.
+                "now_ns": lab::watch::monotonic_ns(),
                 "lease_remaining_ms": node.lease_remaining().map(|d| d.as_millis() as u64),
                 "owners": owners,
                 "directors": state.directors.keys().collect::<Vec<_>>(),
