@@ -112,6 +112,9 @@ enum Cmd {
         /// Milliseconds between samples.
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
+        /// The LAN interface: without carrier the host holds nothing.
+        #[arg(long, default_value = "eth0")]
+        interface: String,
     },
 }
 
@@ -147,9 +150,11 @@ fn main() -> Result<()> {
             interval_ms,
             interface,
         } => arp_watch(vip, &interface, Duration::from_millis(interval_ms)),
-        Cmd::RouteWatch { vip, interval_ms } => {
-            route_watch(vip, Duration::from_millis(interval_ms))
-        }
+        Cmd::RouteWatch {
+            vip,
+            interval_ms,
+            interface,
+        } => route_watch(vip, &interface, Duration::from_millis(interval_ms)),
     }
 }
 
@@ -277,13 +282,18 @@ fn arp_watch(vip: Ipv4Addr, interface: &str, interval: Duration) -> Result<()> {
     }
 }
 
-fn route_watch(vip: IpAddr, interval: Duration) -> Result<()> {
+fn route_watch(vip: IpAddr, interface: &str, interval: Duration) -> Result<()> {
     let mut last: Option<bool> = None;
     let mut prev = monotonic_ns();
     loop {
         let text = std::fs::read_to_string("/proc/net/fib_trie").context("reading fib_trie")?;
+        // A host whose link is cut holds nothing on the LAN, whatever its
+        // routes say (`lab kill` leaves them, as a dead host would).
+        let carrier = std::fs::read_to_string(format!("/sys/class/net/{interface}/carrier"))
+            .map(|c| c.trim() == "1")
+            .unwrap_or(false);
         let t = monotonic_ns();
-        let now = lab::watch::fib_trie_has_local(&text, vip);
+        let now = carrier && lab::watch::fib_trie_has_local(&text, vip);
         if last != Some(now) {
             // The previous sample still saw the old state.
             emit(format_args!("sample {t} {} {prev}", u8::from(now)))?;
