@@ -295,7 +295,9 @@ fn partitions_of_owner_and_leader_never_give_two_owners() {
 /// again (it rejoins, the VIP stays); `director drain` on the owner moves the
 /// VIP away (and the drained director
 /// stays out of service), then SIGTERM of the new owner hands it over again
-/// before that process exits. Every request of the loop is answered.
+/// before that process exits. Every request of the loop is answered except,
+/// at most, the one in flight at each handover (connection state is not
+/// handed over yet).
 #[test]
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
 fn drain_and_sigterm_hand_over_without_a_failed_request() {
