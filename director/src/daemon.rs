@@ -510,8 +510,7 @@ impl Drainer {
         loop {
             match self.node.set_draining(true).await {
                 Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(self.undo(&format!("committing the drain: {e}")).await),
@@ -840,6 +839,10 @@ async fn status(admin: &Admin) -> Value {
         .iter()
         .map(|p| (p.id, p.name.clone()))
         .collect();
+    // The same rule the VIP loop and the ARP/NDP threads apply.
+    let may_hold =
+        vip::lease_ok(node, hold_guard(config)) && !admin.drainer.releasing.load(Ordering::SeqCst);
+    let held_here = vip::held(&state, node.id(), may_hold);
     let vips: Vec<Value> = state
         .allocations
         .iter()
@@ -861,10 +864,7 @@ async fn status(admin: &Admin) -> Value {
                 "owner": owner.map(|o| o.director),
                 "owner_name": owner.and_then(|o| names.get(&o.director)),
                 "epoch": owner.map(|o| o.epoch),
-                "held_here": owner.is_some_and(|o| o.director == node.id())
-                    && vip::lease_ok(node, hold_guard(config))
-                    && !admin.drainer.releasing.load(Ordering::SeqCst)
-                    && !state.draining.contains_key(&node.id()),
+                "held_here": held_here.contains(vip),
             })
         })
         .collect();

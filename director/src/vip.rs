@@ -33,15 +33,20 @@ use crate::ndp::NdpSocket;
 /// and covered by a valid lease (`may_hold`: the lease is held and this
 /// director is not releasing its VIPs), and `me` is not draining.
 pub fn held(state: &ClusterState, me: NodeId, may_hold: bool) -> BTreeSet<IpAddr> {
-    if !may_hold || state.draining.contains_key(&me) {
-        return BTreeSet::new();
-    }
     state
         .owners
-        .iter()
-        .filter(|(_, o)| o.director == me)
-        .map(|(vip, _)| *vip)
+        .keys()
+        .filter(|vip| holds(state, me, may_hold, vip))
+        .copied()
         .collect()
+}
+
+/// Whether `me` may answer for `vip` now: the rule of [`held`] for one VIP
+/// (what the ARP and NDP threads ask on every request).
+pub fn holds(state: &ClusterState, me: NodeId, may_hold: bool, vip: &IpAddr) -> bool {
+    may_hold
+        && !state.draining.contains_key(&me)
+        && state.owners.get(vip).is_some_and(|o| o.director == me)
 }
 
 /// Whether `interface` has carrier (the kernel's `carrier` is 1; it reads
@@ -123,7 +128,7 @@ impl Announcer {
             let releasing = releasing.clone();
             move |vip: IpAddr| {
                 let may = lease_ok(&node, guard) && !releasing.load(Ordering::SeqCst);
-                held(&node.state(), node.id(), may).contains(&vip)
+                holds(&node.state(), node.id(), may, &vip)
             }
         };
         let mut threads = Vec::new();
