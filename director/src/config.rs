@@ -6,12 +6,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use consensus::{LeaseTiming, NodeId, Timing};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::ipvs::file::SCHEDULERS;
+
+/// The default of `drain.connection_wait_ms`: short requests finish well
+/// within it, and a client whose SYN the drain dropped retries (after 1 s)
+/// when the VIP already answers elsewhere.
+pub const DRAIN_CONNECTION_WAIT_MS: u64 = 2000;
 
 /// One problem in the file.
 pub type ConfigError = crate::problems::Problem;
@@ -129,6 +135,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Announcement settings.
     pub announce: Announce,
+    /// How long a drain lets open connections finish before the handover.
+    pub drain_connection_wait: Duration,
     /// VIP pools.
     pub pools: Vec<Pool>,
     /// Static services.
@@ -177,6 +185,7 @@ struct FileIn {
     admin_socket: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
     announce: Option<Spanned<AnnounceIn>>,
+    drain: Option<Spanned<DrainIn>>,
     #[serde(default)]
     pools: Vec<Spanned<PoolIn>>,
     defaults: Option<Spanned<DefaultsIn>>,
@@ -218,6 +227,12 @@ struct AnnounceIn {
     count: Option<Spanned<i64>>,
     interval_ms: Option<Spanned<i64>>,
     refresh_s: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainIn {
+    connection_wait_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -564,6 +579,23 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
+    let mut drain_connection_wait = Duration::from_millis(DRAIN_CONNECTION_WAIT_MS);
+    if let Some(w) = doc
+        .drain
+        .as_ref()
+        .and_then(|d| d.value.connection_wait_ms.as_ref())
+    {
+        match int::<u64>(w, "drain.connection_wait_ms", "0..=600000", &mut errs) {
+            Some(n) if n <= 600_000 => drain_connection_wait = Duration::from_millis(n),
+            Some(_) => errs.at(
+                w,
+                "drain.connection_wait_ms",
+                format!("{} is out of range 0..=600000", w.value),
+            ),
+            None => {}
+        }
+    }
+
     let mut pools = Vec::new();
     let mut pool_names = BTreeSet::new();
     for (i, p) in doc.pools.iter().enumerate() {
@@ -814,6 +846,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         admin_socket,
         metrics,
         announce,
+        drain_connection_wait,
         pools,
         services,
     })
@@ -929,6 +962,27 @@ mod tests {
         for m in &e {
             assert!(!m.starts_with("0:0"), "{m}");
         }
+    }
+
+    #[test]
+    fn the_drain_wait_defaults_and_is_bounded() {
+        let c = parse(LAB_D1).unwrap();
+        assert_eq!(
+            c.drain_connection_wait,
+            Duration::from_millis(DRAIN_CONNECTION_WAIT_MS)
+        );
+        let short = LAB_D1.replace("announce: {", "drain: {connection_wait_ms: 0}\nannounce: {");
+        assert_eq!(parse(&short).unwrap().drain_connection_wait, Duration::ZERO);
+        let bad = LAB_D1.replace(
+            "announce: {",
+            "drain: {connection_wait_ms: 700000}\nannounce: {",
+        );
+        let e = errors(&bad);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("drain.connection_wait_ms: 700000 is out of range 0..=600000")),
+            "{e:?}"
+        );
     }
 
     #[test]

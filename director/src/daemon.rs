@@ -22,6 +22,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
 use crate::control;
+use crate::drain::{Drainer, DRAIN_ON_STOP};
 use crate::ipvs::plan;
 use crate::vip;
 
@@ -169,6 +170,10 @@ pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
         for problem in vip::prepare_kernel(&config.interface) {
             eprintln!("director: sysctl {problem}");
         }
+        // A drain cut short (SIGKILL) may have left new connections shut out.
+        if let Err(e) = crate::drain::open_gate() {
+            eprintln!("director: {e}");
+        }
         match vip::Announcer::start(&config.interface, node.clone(), releasing.clone(), guard) {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => {
@@ -188,6 +193,7 @@ pub async fn run(config: Config, path: &std::path::Path) -> Result<()> {
     let (reconciled_tx, reconciled_rx) = watch::channel(0u64);
     let drainer = Arc::new(Drainer {
         node: node.clone(),
+        config: config.clone(),
         releasing: releasing.clone(),
         kick: Arc::new(Notify::new()),
         reconciled: reconciled_rx,
@@ -455,122 +461,6 @@ async fn vip_loop(l: VipLoop, mut stop: watch::Receiver<bool>) {
 /// How long before its lease ends a director stops holding: half the margin.
 fn hold_guard(config: &Config) -> Duration {
     Duration::from_millis(config.lease.margin_ms / 2)
-}
-
-/// How long a stopping director waits for its VIPs to move.
-const DRAIN_ON_STOP: Duration = Duration::from_secs(10);
-
-/// Drains this director: it stops holding its VIPs, commits its draining
-/// flag, and waits until the leader has moved every VIP it owned.
-struct Drainer {
-    node: Arc<Node>,
-    releasing: Arc<AtomicBool>,
-    kick: Arc<Notify>,
-    reconciled: watch::Receiver<u64>,
-    /// False on a witness or without the ARP socket: nothing to drain.
-    holds_vips: bool,
-}
-
-impl Drainer {
-    /// The drain; on success, where each VIP went.
-    async fn drain(&self, timeout: Duration) -> Result<Value, String> {
-        if !self.holds_vips {
-            return Err("this director holds no VIPs (a witness, or no ARP socket)".into());
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let me = self.node.id();
-        let before: Vec<std::net::IpAddr> = self
-            .node
-            .state()
-            .owners
-            .iter()
-            .filter(|(_, o)| o.director == me)
-            .map(|(v, _)| *v)
-            .collect();
-        // 1. Stop holding: ARP answers stop at once, the routes go with the
-        //    next reconcile, which this waits for.
-        self.releasing.store(true, Ordering::SeqCst);
-        let mut reconciled = self.reconciled.clone();
-        let seen = *reconciled.borrow_and_update();
-        self.kick.notify_one();
-        loop {
-            if *reconciled.borrow_and_update() > seen + 1 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if tokio::time::timeout(left, reconciled.changed())
-                .await
-                .is_err()
-            {
-                return Err(self.undo("the VIP reconciler did not run").await);
-            }
-            self.kick.notify_one();
-        }
-        // 2. Commit the draining flag; the leader then moves the VIPs.
-        loop {
-            match self.node.set_draining(true).await {
-                Ok(()) => break,
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(self.undo(&format!("committing the drain: {e}")).await),
-            }
-        }
-        // 3. Wait until no VIP is owned here any more.
-        let mut changes = self.node.watch();
-        loop {
-            let state = self.node.state();
-            if state.owners.values().all(|o| o.director != me) {
-                let moved: Vec<Value> = before
-                    .iter()
-                    .map(|v| {
-                        let to = state
-                            .owners
-                            .get(v)
-                            .and_then(|o| state.directors.get(&o.director));
-                        json!({"vip": v.to_string(), "owner": to.map(|d| d.name.clone())})
-                    })
-                    .collect();
-                return Ok(json!({"drained": true, "moved": moved}));
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                let stuck: Vec<String> = state
-                    .owners
-                    .iter()
-                    .filter(|(_, o)| o.director == me)
-                    .map(|(v, _)| v.to_string())
-                    .collect();
-                return Err(self
-                    .undo(&format!(
-                        "no other director took {} within {timeout:?}",
-                        stuck.join(", ")
-                    ))
-                    .await);
-            }
-            let _ =
-                tokio::time::timeout(left.min(Duration::from_millis(100)), changes.changed()).await;
-        }
-    }
-
-    /// Back in service after a failed drain; the reason, for the caller.
-    async fn undo(&self, why: &str) -> String {
-        let _ = self.node.set_draining(false).await;
-        self.releasing.store(false, Ordering::SeqCst);
-        self.kick.notify_one();
-        format!("{why}; back in service, holding its VIPs")
-    }
-
-    /// Ends a drain: back in service.
-    async fn undrain(&self) -> Result<Value, String> {
-        self.node
-            .set_draining(false)
-            .await
-            .map_err(|e| format!("clearing the drain: {e}"))?;
-        self.releasing.store(false, Ordering::SeqCst);
-        self.kick.notify_one();
-        Ok(json!({"drained": false}))
-    }
 }
 
 /// Local routes for held VIPs (GARP when newly taken), and the SNAT table.

@@ -4,6 +4,7 @@ mod arp;
 mod config;
 mod control;
 mod daemon;
+mod drain;
 mod ipvs;
 mod metrics;
 mod ndp;
@@ -48,8 +49,10 @@ enum Cmd {
         #[arg(long, default_value = "/etc/director/director.yaml")]
         config: PathBuf,
     },
-    /// Move this director's VIPs to the others and wait until they own them;
-    /// the director then holds no VIP until `director undrain` or a restart.
+    /// Move this director's VIPs to the others and wait until they own them:
+    /// new TCP connections are turned away first and the open ones may
+    /// finish (`drain.connection_wait_ms`); the director then holds no VIP
+    /// until `director undrain` or a restart.
     /// Exit 0 when drained, 1 when it could not (it keeps its VIPs then).
     Drain {
         /// Seconds to wait for the VIPs to move.
@@ -261,7 +264,13 @@ async fn run(cli: Cli) -> i32 {
                 if moved.is_empty() {
                     "drained (it owned no VIP)\n".to_string()
                 } else {
-                    format!("drained: {}\n", moved.join(", "))
+                    let c = &v["connections"];
+                    format!(
+                        "drained: {} (open connections: {} cut after waiting {} ms)\n",
+                        moved.join(", "),
+                        c["left"].as_u64().unwrap_or(0),
+                        c["waited_ms"].as_u64().unwrap_or(0)
+                    )
                 }
             })
             .await

@@ -434,12 +434,16 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
 
 /// Replaces the SNAT table with `ruleset`.
 pub fn apply_snat(ruleset: &str) -> Result<(), String> {
-    use std::io::Write;
     // Replaces the table whole (and removes the IPv4-only table of older
     // versions).
-    let script = format!(
+    nft(&format!(
         "add table ip director_snat\ndelete table ip director_snat\nadd table inet director_snat\ndelete table inet director_snat\n{ruleset}"
-    );
+    ))
+}
+
+/// Runs an nftables script (`nft -f -`), all of it or nothing.
+pub fn nft(script: &str) -> Result<(), String> {
+    use std::io::Write;
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())

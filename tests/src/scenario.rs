@@ -125,6 +125,12 @@ pub struct HttpTally {
     pub failed: u32,
     /// Failures by reason.
     pub errors: BTreeMap<String, u32>,
+    /// [ms after the start, ms taken] of the first failures (loops only).
+    #[serde(default)]
+    pub failed_at_ms: Vec<(u64, u64)>,
+    /// [ms after the start, ms taken] of answers that took over 900 ms.
+    #[serde(default)]
+    pub slow_at_ms: Vec<(u64, u64)>,
 }
 
 impl HttpTally {

@@ -404,6 +404,8 @@ fn http_get(target: &str, count: u32, span: Option<Duration>, timeout: Duration)
         .with_context(|| format!("target {target:?} resolves to nothing"))?;
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
     let mut errors: BTreeMap<String, u32> = BTreeMap::new();
+    let mut failed_at = Vec::new();
+    let mut slow = Vec::new();
     let start = Instant::now();
     let mut sent = 0u32;
     loop {
@@ -415,9 +417,25 @@ fn http_get(target: &str, count: u32, span: Option<Duration>, timeout: Duration)
             break;
         }
         sent += 1;
-        match one_get(addr, timeout) {
-            Ok(node) => *served.entry(node).or_default() += 1,
-            Err(e) => *errors.entry(format!("{e:#}")).or_default() += 1,
+        let began = start.elapsed();
+        let result = one_get(addr, timeout);
+        let took = start.elapsed() - began;
+        // When (ms after the start) and for how long: failures, and
+        // requests that took a retransmitted SYN (over 900 ms).
+        let at = serde_json::json!([began.as_millis() as u64, took.as_millis() as u64]);
+        match result {
+            Ok(node) => {
+                *served.entry(node).or_default() += 1;
+                if took > Duration::from_millis(900) && slow.len() < 100 {
+                    slow.push(at);
+                }
+            }
+            Err(e) => {
+                *errors.entry(format!("{e:#}")).or_default() += 1;
+                if failed_at.len() < 100 {
+                    failed_at.push(at);
+                }
+            }
         }
     }
     let report = serde_json::json!({
@@ -426,6 +444,8 @@ fn http_get(target: &str, count: u32, span: Option<Duration>, timeout: Duration)
         "served": served,
         "failed": errors.values().sum::<u32>(),
         "errors": errors,
+        "failed_at_ms": failed_at,
+        "slow_at_ms": slow,
         "elapsed_ms": start.elapsed().as_millis() as u64,
     });
     println!("{report}");
