@@ -105,6 +105,12 @@ pub struct Grant {
     pub lease_ms: u64,
     /// The leader's term.
     pub term: u64,
+    /// The leader's last log index when it granted. The lease counts only
+    /// once the holder has applied its log this far: it then knows every
+    /// move the leader decided before granting (docs/fencing.md, "A holder
+    /// that comes back").
+    #[serde(default)]
+    pub log_index: u64,
 }
 
 /// Why a renewal was refused.
@@ -122,6 +128,10 @@ pub enum Refusal {
         /// Milliseconds since the last quorum ack, if any.
         millis: Option<u64>,
     },
+    /// The leader is taking this director's VIPs away (its fence passed);
+    /// it grants again once the moves are in its log.
+    #[error("the leader is moving this director's VIPs away")]
+    Revoking,
 }
 
 /// The leader's view of the leases it granted.
@@ -133,6 +143,9 @@ pub struct LeaseTable {
     leader_since: Option<(u64, Instant)>,
     /// Last grant per director, in the current term.
     grants: BTreeMap<NodeId, Instant>,
+    /// Directors whose fence passed and whose VIPs may be being moved:
+    /// no grants until [`LeaseTable::moves_done`].
+    revoking: std::collections::BTreeSet<NodeId>,
 }
 
 impl LeaseTable {
@@ -143,6 +156,7 @@ impl LeaseTable {
             freshness: Duration::from_millis(quorum_freshness_ms(raft)),
             leader_since: None,
             grants: BTreeMap::new(),
+            revoking: Default::default(),
         }
     }
 
@@ -154,10 +168,12 @@ impl LeaseTable {
             (true, _) => {
                 self.leader_since = Some((term, now));
                 self.grants.clear();
+                self.revoking.clear();
             }
             (false, _) => {
                 self.leader_since = None;
                 self.grants.clear();
+                self.revoking.clear();
             }
         }
     }
@@ -175,6 +191,9 @@ impl LeaseTable {
         let Some((term, _)) = self.leader_since else {
             return Err(Refusal::NotLeader { leader });
         };
+        if self.revoking.contains(&director) {
+            return Err(Refusal::Revoking);
+        }
         let age = quorum_at.map(|q| now.saturating_duration_since(q));
         // (the same rule as `fresh`, with the age reported on refusal)
         match age {
@@ -189,6 +208,8 @@ impl LeaseTable {
         Ok(Grant {
             lease_ms: self.timing.lease_ms,
             term,
+            // The caller fills in its last log index.
+            log_index: 0,
         })
     }
 
@@ -202,9 +223,11 @@ impl LeaseTable {
     /// grant (or, if later, this leader's start) plus lease plus margin has
     /// passed, and a quorum confirmed this leader recently. False when this
     /// node is not the leader (a deposed leader that has not noticed yet
-    /// fails the quorum check).
+    /// fails the quorum check). When true, `director` gets no grant until
+    /// [`LeaseTable::moves_done`]: a grant between this decision and the
+    /// move reaching the log would not make the holder wait for the move.
     pub fn may_take_from(
-        &self,
+        &mut self,
         director: NodeId,
         now: Instant,
         quorum_at: Option<Instant>,
@@ -220,7 +243,17 @@ impl LeaseTable {
             .get(&director)
             .copied()
             .map_or(since, |g| g.max(since));
-        now >= last + self.fence()
+        let may = now >= last + self.fence();
+        if may {
+            self.revoking.insert(director);
+        }
+        may
+    }
+
+    /// The moves decided after [`LeaseTable::may_take_from`] are in the log
+    /// (committed, or given up): grant to those directors again.
+    pub fn moves_done(&mut self) {
+        self.revoking.clear();
     }
 
     /// Whether this leader may assign VIPs that have no live owner yet: after
@@ -248,14 +281,46 @@ impl LeaseTable {
 }
 
 /// A holder's view of its own lease.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HeldLease {
     valid_until: Option<Instant>,
+    /// Grants whose log index this holder has not applied yet, with the
+    /// instant their renewal was sent.
+    pending: Vec<(Instant, Grant)>,
 }
+
+/// Grants a holder keeps waiting for its log; older ones are dropped.
+const MAX_PENDING: usize = 16;
 
 impl HeldLease {
     /// Records a grant for a renewal SENT at `sent`.
-    pub fn granted(&mut self, sent: Instant, grant: &Grant) {
+    /// Records a grant for a renewal SENT at `sent`, with this holder's
+    /// applied log index; it counts once `applied` reaches the grant's.
+    pub fn granted(&mut self, sent: Instant, grant: &Grant, applied: u64) {
+        if grant.log_index <= applied {
+            self.extend(sent, grant);
+        } else {
+            if self.pending.len() == MAX_PENDING {
+                self.pending.remove(0);
+            }
+            self.pending.push((sent, *grant));
+        }
+    }
+
+    /// The holder has applied its log up to `applied`: the grants waiting
+    /// for it count now.
+    pub fn catch_up(&mut self, applied: u64) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .pending
+            .drain(..)
+            .partition(|(_, g)| g.log_index <= applied);
+        self.pending = waiting;
+        for (sent, g) in ready {
+            self.extend(sent, &g);
+        }
+    }
+
+    fn extend(&mut self, sent: Instant, grant: &Grant) {
         let until = sent + Duration::from_millis(grant.lease_ms);
         self.valid_until = Some(self.valid_until.map_or(until, |u| u.max(until)));
     }
@@ -333,15 +398,84 @@ mod tests {
         let grant = Grant {
             lease_ms: 600,
             term: 3,
+            log_index: 7,
         };
         // Sent at t0, the grant arrived 50 ms later: still ends at t0 + 600.
-        held.granted(t0, &grant);
+        held.granted(t0, &grant, 7);
         assert!(held.holds(t0 + Duration::from_millis(599)));
         assert!(!held.holds(t0 + Duration::from_millis(600)));
         // An older reply never shortens a newer lease.
-        held.granted(t0 + Duration::from_millis(100), &grant);
-        held.granted(t0, &grant);
+        held.granted(t0 + Duration::from_millis(100), &grant, 9);
+        held.granted(t0, &grant, 9);
         assert_eq!(held.valid_until(), Some(t0 + Duration::from_millis(700)));
+    }
+
+    /// A holder that comes back (docs/fencing.md): a grant counts only once
+    /// the holder has applied the leader's log as far as it was at the grant,
+    /// so a move decided before the grant is known before the lease holds.
+    #[test]
+    fn a_grant_counts_only_once_the_holder_has_applied_that_far() {
+        let t0 = Instant::now();
+        let mut held = HeldLease::default();
+        let grant = Grant {
+            lease_ms: 600,
+            term: 3,
+            log_index: 12,
+        };
+        held.granted(t0, &grant, 10);
+        assert!(!held.holds(t0));
+        held.catch_up(11);
+        assert!(!held.holds(t0 + Duration::from_millis(1)));
+        held.catch_up(12);
+        // Counted from when it was sent, as ever.
+        assert!(held.holds(t0 + Duration::from_millis(599)));
+        assert_eq!(held.valid_until(), Some(t0 + Duration::from_millis(600)));
+        // A waiting grant does not shorten a lease that holds already.
+        let later = Grant {
+            log_index: 20,
+            ..grant
+        };
+        held.granted(t0 + Duration::from_millis(100), &later, 12);
+        assert_eq!(held.valid_until(), Some(t0 + Duration::from_millis(600)));
+        held.catch_up(25);
+        assert_eq!(held.valid_until(), Some(t0 + Duration::from_millis(700)));
+        // Only the newest few grants wait; the oldest go.
+        for i in 0..(MAX_PENDING as u64 + 4) {
+            let g = Grant {
+                log_index: 100 + i,
+                ..grant
+            };
+            held.granted(t0 + Duration::from_millis(200 + i), &g, 25);
+        }
+        assert_eq!(held.pending.len(), MAX_PENDING);
+    }
+
+    #[test]
+    fn a_director_whose_vips_are_being_moved_is_not_granted_until_the_moves_are_done() {
+        let (t, l) = timing();
+        let start = Instant::now();
+        let mut table = LeaseTable::new(&t, l);
+        table.observe(true, 1, start);
+        let fence = start + Duration::from_millis(l.lease_ms + l.margin_ms);
+        table.grant(2, start, Some(start), Some(1)).unwrap();
+        assert!(table.may_take_from(2, fence, Some(fence)));
+        // Director 2 comes back before the move reaches the log: refused.
+        assert_eq!(
+            table.grant(2, fence, Some(fence), Some(1)),
+            Err(Refusal::Revoking)
+        );
+        // Others are granted as ever.
+        assert!(table.grant(3, fence, Some(fence), Some(1)).is_ok());
+        table.moves_done();
+        assert!(table.grant(2, fence, Some(fence), Some(1)).is_ok());
+        // A new term starts without the mark.
+        assert!(table.may_take_from(
+            3,
+            fence + Duration::from_secs(1),
+            Some(fence + Duration::from_secs(1))
+        ));
+        table.observe(true, 2, fence + Duration::from_secs(2));
+        assert!(table.grant(3, fence, Some(fence), Some(1)).is_ok());
     }
 
     #[test]
@@ -389,7 +523,7 @@ mod tests {
         let granted_at = sent + Duration::from_millis(5);
         let grant = table.grant(2, granted_at, Some(sent), Some(1)).unwrap();
         let mut held = HeldLease::default();
-        held.granted(sent, &grant);
+        held.granted(sent, &grant, 0);
         for ms in (0..2000).step_by(1) {
             let now = granted_at + Duration::from_millis(ms);
             // Never: the holder still holds while the leader may take.

@@ -62,6 +62,9 @@ enum Reply {
 #[derive(Debug, Default)]
 pub struct Faults {
     blocked: std::sync::RwLock<std::collections::BTreeSet<(NodeId, NodeId)>>,
+    /// Links on which Raft log entries are lost (heartbeats, votes and
+    /// lease renewals pass).
+    entries_blocked: std::sync::RwLock<std::collections::BTreeSet<(NodeId, NodeId)>>,
 }
 
 impl Faults {
@@ -72,11 +75,36 @@ impl Faults {
         }
     }
 
+    /// Restores the link from `from` to `to` (not its log entries).
+    pub fn unblock(&self, from: NodeId, to: NodeId) {
+        if let Ok(mut b) = self.blocked.write() {
+            b.remove(&(from, to));
+        }
+    }
+
+    /// Drops the log entries `from` replicates to `to`; the rest passes.
+    pub fn block_entries(&self, from: NodeId, to: NodeId) {
+        if let Ok(mut b) = self.entries_blocked.write() {
+            b.insert((from, to));
+        }
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         if let Ok(mut b) = self.blocked.write() {
             b.clear();
         }
+        if let Ok(mut b) = self.entries_blocked.write() {
+            b.clear();
+        }
+    }
+
+    /// Whether log entries `from` sends to `to` are dropped.
+    pub fn blocks_entries(&self, from: NodeId, to: NodeId) -> bool {
+        self.entries_blocked
+            .read()
+            .map(|b| b.contains(&(from, to)))
+            .unwrap_or(false)
     }
 
     /// Whether what `from` sends to `to` is dropped.
@@ -359,6 +387,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if !rpc.entries.is_empty() && self.faults.blocks_entries(self.from, self.target) {
+            return Err(self.unreachable(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "log entries lost (injected)",
+            )));
+        }
         match self.call(Request::Append(rpc), option.hard_ttl()).await {
             Ok(Reply::Append(Ok(r))) => Ok(r),
             Ok(Reply::Append(Err(e))) => {

@@ -124,10 +124,36 @@ impl Leases {
         let now = std::time::Instant::now();
         let (leader, _) = self.observe(now);
         let quorum_at = self.quorum_at.lock().ok().and_then(|q| *q);
-        match self.table.lock() {
-            Ok(mut t) => t.grant(director, now, quorum_at, leader),
-            Err(_) => Err(Refusal::NotLeader { leader }),
-        }
+        let mut grant = match self.table.lock() {
+            Ok(mut t) => t.grant(director, now, quorum_at, leader)?,
+            Err(_) => return Err(Refusal::NotLeader { leader }),
+        };
+        // Read after deciding: every move decided before this grant is in
+        // the log by now (LeaseTable::may_take_from holds grants back until
+        // then), so the holder learns it before the lease counts.
+        grant.log_index = self.last_log_index();
+        Ok(grant)
+    }
+
+    fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    /// This node's lease, with the grants its applied log now allows.
+    fn held(&self) -> Option<std::sync::MutexGuard<'_, HeldLease>> {
+        let applied = self.applied_index();
+        let mut h = self.held.lock().ok()?;
+        h.catch_up(applied);
+        Some(h)
     }
 }
 
@@ -268,21 +294,28 @@ impl Node {
     /// the VIPs it owns only while this is true.
     pub fn holds_lease(&self) -> bool {
         self.leases
-            .held
-            .lock()
-            .map(|h| h.holds(std::time::Instant::now()))
-            .unwrap_or(false)
+            .held()
+            .is_some_and(|h| h.holds(std::time::Instant::now()))
     }
 
     /// How long the current lease still runs, if it holds.
     pub fn lease_remaining(&self) -> Option<Duration> {
-        let now = std::time::Instant::now();
-        let until = self.leases.held.lock().ok()?.valid_until()?;
-        until.checked_duration_since(now)
+        let until = self.leases.held()?.valid_until()?;
+        until.checked_duration_since(std::time::Instant::now())
+    }
+
+    /// On the leader: the moves decided after [`Node::may_take_from`] have
+    /// been proposed (committed or given up); those directors may be granted
+    /// leases again. The leader's control loop calls it after every round.
+    pub fn moves_done(&self) {
+        if let Ok(mut t) = self.leases.table.lock() {
+            t.moves_done();
+        }
     }
 
     /// On the leader: whether VIPs may now be taken from `director` (its last
     /// grant plus lease plus margin has passed). Always false elsewhere.
+    /// When true, `director` is granted no lease until [`Node::moves_done`].
     pub fn may_take_from(&self, director: NodeId) -> bool {
         let now = std::time::Instant::now();
         self.leases.observe(now);
@@ -290,7 +323,7 @@ impl Node {
         self.leases
             .table
             .lock()
-            .map(|t| t.may_take_from(director, now, quorum_at))
+            .map(|mut t| t.may_take_from(director, now, quorum_at))
             .unwrap_or(false)
     }
 
@@ -563,8 +596,9 @@ async fn renewals(
             }
         };
         if let Ok(g) = grant {
+            let applied = leases.applied_index();
             if let Ok(mut h) = leases.held.lock() {
-                h.granted(sent, &g);
+                h.granted(sent, &g, applied);
             }
         }
     }

@@ -85,7 +85,10 @@ impl Cluster {
     async fn propose(&self, on: NodeId, cmd: Command) -> Response {
         let deadline = Instant::now() + WAIT;
         loop {
-            match self.node(on).propose(cmd.clone()).await {
+            let r = self.node(on).propose(cmd.clone()).await;
+            // This test plays the leader's control loop: its moves are in.
+            self.node(on).moves_done();
+            match r {
                 Ok(r) => return r,
                 Err(e) => assert!(Instant::now() < deadline, "{cmd:?}: {e}"),
             }
@@ -329,5 +332,71 @@ async fn an_owner_that_hears_the_leader_but_cannot_answer_lapses() {
     .await;
     c.faults.heal();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(checker.finish().await, 1);
+}
+
+/// A holder that comes back (docs/fencing.md): the old owner reaches the
+/// group again after its VIP moved, but the log entries to it are lost, so
+/// it learns the leader and renews before it has the move. Its lease must
+/// not count until it has applied the move: otherwise it would hold the VIP
+/// (its lease valid, its stale state naming it) beside the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_comes_back_holds_nothing_before_it_has_the_move() {
+    let c = Cluster::start().await;
+    let (leader, owner) = setup(&c).await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    c.isolate(owner);
+    until("the isolated owner to lapse", || {
+        !c.node(owner).holds_lease()
+    })
+    .await;
+    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
+    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
+    c.propose(
+        leader,
+        Command::SetOwner {
+            vip: vip(),
+            director: successor,
+            expected_epoch: 1,
+        },
+    )
+    .await;
+    until("the successor to hold", || {
+        c.node(successor).holds_lease()
+            && c.node(successor).state().owners[&vip()].director == successor
+    })
+    .await;
+    // Back on the network, except for the log entries sent to it.
+    for other in (1..=3).filter(|id| *id != owner) {
+        c.faults.block_entries(other, owner);
+        c.faults.unblock(other, owner);
+        c.faults.unblock(owner, other);
+    }
+    let rest: Vec<NodeId> = (1..=3).filter(|id| *id != owner).collect();
+    until("the owner to know the leader again", || {
+        let l = c.node(rest[0]).leader();
+        l.is_some() && c.node(owner).leader() == l
+    })
+    .await;
+    // It renews every renewal interval and is granted; for a second it
+    // still has the old state and must not hold.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert_eq!(c.node(owner).state().owners[&vip()].epoch, 1);
+        assert!(
+            !c.node(owner).holds_lease(),
+            "the owner holds a lease without the move in its log"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.faults.heal();
+    until("the old owner to learn the move", || {
+        c.node(owner).state().owners[&vip()].epoch == 2
+    })
+    .await;
+    until("the old owner to hold a lease again", || {
+        c.node(owner).holds_lease()
+    })
+    .await;
     assert_eq!(checker.finish().await, 1);
 }

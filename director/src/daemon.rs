@@ -547,6 +547,9 @@ async fn lead(node: &Node, config: &Config) {
     for cmd in control::assign(&state, &live) {
         let _ = node.propose(cmd).await;
     }
+    // The moves are in the log: a fenced director that comes back may be
+    // granted a lease again (it must apply them before the lease counts).
+    node.moves_done();
 }
 
 async fn reconcile_ipvs(node: &Node, config: &Config, ipvs: &IpvsHandle) -> Result<()> {

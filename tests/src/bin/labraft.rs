@@ -161,10 +161,15 @@ async fn answer(node: &Node, line: &str) -> Value {
             })
         }
         Some("propose") => match serde_json::from_value::<Command>(req["command"].clone()) {
-            Ok(cmd) => match node.propose(cmd).await {
-                Ok(r) => json!({"response": r}),
-                Err(e) => json!({"error": e.to_string()}),
-            },
+            Ok(cmd) => {
+                let r = node.propose(cmd).await;
+                // The test drives the leader's moves: they are in the log now.
+                node.moves_done();
+                match r {
+                    Ok(r) => json!({"response": r}),
+                    Err(e) => json!({"error": e.to_string()}),
+                }
+            }
             Err(e) => json!({"error": format!("bad command: {e}")}),
         },
         Some("may_take_from") => match req["director"].as_u64() {
