@@ -2,6 +2,7 @@
 //! of a 4-byte big-endian length and a JSON body, a request answered by one
 //! reply. The server side hands each request to the local Raft node.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,19 +255,66 @@ pub struct Network {
     pub faults: Arc<Faults>,
     /// Transport security.
     pub tls: Tls,
+    /// Idle connections, shared by the clients this factory makes.
+    pub pool: Pool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer::new(
+        let mut peer = Peer::new(
             self.id,
             target,
             node.addr.clone(),
             self.faults.clone(),
             self.tls.clone(),
-        )
+        );
+        peer.pool = Some(self.pool.clone());
+        peer
+    }
+}
+
+/// Idle connections per target and address. openraft makes a new client for
+/// every heartbeat round it is asked for (the quorum rounds of the leases,
+/// every renewal interval) and for every election; without the pool each
+/// would open a TCP connection and do a TLS handshake.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<std::sync::Mutex<BTreeMap<(NodeId, String), Idle>>>);
+
+/// The idle connections to one target.
+type Idle = Vec<Box<dyn Io>>;
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: usize = self
+            .0
+            .lock()
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0);
+        f.debug_struct("Pool").field("idle", &idle).finish()
+    }
+}
+
+/// Idle connections kept per target.
+const POOL_PER_TARGET: usize = 4;
+
+impl Pool {
+    fn take(&self, target: NodeId, addr: &str) -> Option<Box<dyn Io>> {
+        self.0
+            .lock()
+            .ok()?
+            .get_mut(&(target, addr.to_string()))?
+            .pop()
+    }
+
+    fn put(&self, target: NodeId, addr: &str, stream: Box<dyn Io>) {
+        if let Ok(mut m) = self.0.lock() {
+            let idle = m.entry((target, addr.to_string())).or_default();
+            if idle.len() < POOL_PER_TARGET {
+                idle.push(stream);
+            }
+        }
     }
 }
 
@@ -279,6 +327,23 @@ pub struct Peer {
     stream: Option<Box<dyn Io>>,
     faults: Arc<Faults>,
     tls: Tls,
+    /// Where the connection comes from and goes back to, if pooled.
+    pool: Option<Pool>,
+    /// A request was written and its reply not read yet (a call cancelled
+    /// halfway leaves it set): such a connection is never reused, or the
+    /// next caller would read this reply as its own.
+    busy: bool,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.busy {
+            return;
+        }
+        if let (Some(pool), Some(stream)) = (&self.pool, self.stream.take()) {
+            pool.put(self.target, &self.addr, stream);
+        }
+    }
 }
 
 impl std::fmt::Debug for Peer {
@@ -302,6 +367,8 @@ impl Peer {
             stream: None,
             faults,
             tls,
+            pool: None,
+            busy: false,
         }
     }
 
@@ -341,26 +408,52 @@ impl Peer {
             request,
         };
         let body = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
+        if self.busy {
+            // The last call was cancelled after writing: its reply may still
+            // come on this connection.
+            self.stream = None;
+            self.busy = false;
+        }
         let result = tokio::time::timeout(timeout, async {
+            // An idle connection from the pool may have been closed by the
+            // peer (a restart) meanwhile: on an error, once more on a new one.
             if self.stream.is_none() {
+                if let Some(idle) = self
+                    .pool
+                    .as_ref()
+                    .and_then(|p| p.take(self.target, &self.addr))
+                {
+                    let mut stream = idle;
+                    if write_frame(&mut stream, &body).await.is_ok() {
+                        if let Ok(frame) = read_frame(&mut stream).await {
+                            self.stream = Some(stream);
+                            return Ok(frame);
+                        }
+                    }
+                }
                 self.stream = Some(self.tls.connect(&self.addr).await?);
             }
             let stream = self
                 .stream
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("no connection"))?;
+            self.busy = true;
             write_frame(stream, &body).await?;
-            read_frame(stream).await
+            let frame = read_frame(stream).await?;
+            self.busy = false;
+            Ok(frame)
         })
         .await;
         let frame = match result {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 self.stream = None;
+                self.busy = false;
                 return Err(e);
             }
             Err(_) => {
                 self.stream = None;
+                self.busy = false;
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no reply from node {} within {timeout:?}", self.target),
@@ -432,5 +525,95 @@ impl RaftNetwork<TypeConfig> for Peer {
             Ok(_) => Err(self.unreachable(std::io::Error::other("mismatched reply"))),
             Err(e) => Err(self.unreachable(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A leader stand-in on loopback: counts the connections it accepts and
+    /// answers every renewal with a grant whose term is the request's number
+    /// on its connection, after `delay`.
+    async fn leader(delay: Duration) -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst) as u64;
+                tokio::spawn(async move {
+                    let mut term = n * 100;
+                    while read_frame(&mut s).await.is_ok() {
+                        term += 1;
+                        tokio::time::sleep(delay).await;
+                        let reply = Reply::Lease(Ok(Grant {
+                            lease_ms: 1,
+                            term,
+                            log_index: 0,
+                        }));
+                        let body = serde_json::to_vec(&reply).unwrap();
+                        if write_frame(&mut s, &body).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn peer(addr: &str, pool: &Pool) -> Peer {
+        let tls = Tls::load(&crate::Security::Insecure).unwrap();
+        let mut p = Peer::new(1, 2, addr.to_string(), Arc::default(), tls);
+        p.pool = Some(pool.clone());
+        p
+    }
+
+    async fn term(p: &mut Peer) -> u64 {
+        p.renew_lease(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .term
+    }
+
+    #[tokio::test]
+    async fn clients_reuse_idle_connections() {
+        let (addr, accepted) = leader(Duration::ZERO).await;
+        let pool = Pool::default();
+        for want in 1..=3 {
+            let mut p = peer(&addr, &pool);
+            assert_eq!(term(&mut p).await, want);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A call cancelled after its request was written leaves a reply on the
+    /// way: that connection is never used again, so no caller reads a reply
+    /// meant for another request.
+    #[tokio::test]
+    async fn a_connection_with_a_reply_on_the_way_is_not_reused() {
+        let (addr, accepted) = leader(Duration::from_millis(200)).await;
+        let pool = Pool::default();
+        let mut p = peer(&addr, &pool);
+        assert_eq!(term(&mut p).await, 1);
+        let cut = tokio::time::timeout(Duration::from_millis(50), term(&mut p)).await;
+        assert!(cut.is_err());
+        // The same client: a new connection, its first request.
+        assert_eq!(term(&mut p).await, 101);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A client dropped halfway does not give its connection back.
+        let mut q = peer(&addr, &pool);
+        let cut = tokio::time::timeout(Duration::from_millis(50), term(&mut q)).await;
+        assert!(cut.is_err());
+        drop(q);
+        drop(p);
+        let mut r = peer(&addr, &pool);
+        // p's connection (its second request) came back; q's did not.
+        assert_eq!(term(&mut r).await, 102);
     }
 }

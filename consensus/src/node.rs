@@ -218,6 +218,7 @@ impl Node {
             id: config.id,
             faults: config.faults.clone(),
             tls: tls.clone(),
+            pool: Default::default(),
         };
         let raft = Raft::new(
             config.id,
