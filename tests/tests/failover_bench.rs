@@ -169,7 +169,7 @@ fn names(hosts: &[Host]) -> Vec<String> {
 
 fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -> Results {
     let name = match profile {
-        TimingProfile::Tuned => "director tuned (lease 180 ms)",
+        TimingProfile::Tuned => "director tuned (lease 140 ms)",
         TimingProfile::Default => "director default (lease 300 ms)",
         TimingProfile::Lab => "director lab timing (lease 3000 ms)",
     };
