@@ -207,6 +207,30 @@ async fn setup(c: &Cluster) -> (NodeId, NodeId) {
     (leader, owner)
 }
 
+/// Once the leader may take the VIP from `owner`: moves it to the third
+/// node and waits until that one holds it; the successor.
+async fn move_after_the_fence(c: &Cluster, leader: NodeId, owner: NodeId) -> NodeId {
+    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
+    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
+    let r = c
+        .propose(
+            leader,
+            Command::SetOwner {
+                vip: vip(),
+                director: successor,
+                expected_epoch: 1,
+            },
+        )
+        .await;
+    assert_eq!(r, Response::Epoch(2));
+    until("the successor to hold", || {
+        c.node(successor).holds_lease()
+            && c.node(successor).state().owners[&vip()].director == successor
+    })
+    .await;
+    successor
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
     let c = Cluster::start().await;
@@ -231,24 +255,7 @@ async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
         "lapsed after {lapsed:?}"
     );
     // The majority goes on, and may take the VIP only after the fence.
-    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
-    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
-    let r = c
-        .propose(
-            leader,
-            Command::SetOwner {
-                vip: vip(),
-                director: successor,
-                expected_epoch: 1,
-            },
-        )
-        .await;
-    assert_eq!(r, Response::Epoch(2));
-    until("the successor to hold", || {
-        c.node(successor).holds_lease()
-            && c.node(successor).state().owners[&vip()].director == successor
-    })
-    .await;
+    let successor = move_after_the_fence(&c, leader, owner).await;
     // Healing: the old owner learns the move and stays silent.
     c.faults.heal();
     until("the old owner to learn the move", || {
@@ -308,22 +315,7 @@ async fn an_owner_that_hears_the_leader_but_cannot_answer_lapses() {
         !c.node(owner).holds_lease()
     })
     .await;
-    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
-    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
-    c.propose(
-        leader,
-        Command::SetOwner {
-            vip: vip(),
-            director: successor,
-            expected_epoch: 1,
-        },
-    )
-    .await;
-    until("the successor to hold", || {
-        c.node(successor).holds_lease()
-            && c.node(successor).state().owners[&vip()].director == successor
-    })
-    .await;
+    let successor = move_after_the_fence(&c, leader, owner).await;
     // The owner still hears the leader: it learns the move and stays silent
     // even before the partition heals.
     until("the old owner to learn the move", || {
@@ -350,22 +342,7 @@ async fn an_owner_that_comes_back_holds_nothing_before_it_has_the_move() {
         !c.node(owner).holds_lease()
     })
     .await;
-    until("the fence to pass", || c.node(leader).may_take_from(owner)).await;
-    let successor = (1..=3).find(|id| *id != leader && *id != owner).unwrap();
-    c.propose(
-        leader,
-        Command::SetOwner {
-            vip: vip(),
-            director: successor,
-            expected_epoch: 1,
-        },
-    )
-    .await;
-    until("the successor to hold", || {
-        c.node(successor).holds_lease()
-            && c.node(successor).state().owners[&vip()].director == successor
-    })
-    .await;
+    let successor = move_after_the_fence(&c, leader, owner).await;
     // Back on the network, except for the log entries sent to it.
     for other in (1..=3).filter(|id| *id != owner) {
         c.faults.block_entries(other, owner);
