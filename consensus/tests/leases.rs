@@ -255,7 +255,7 @@ async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
         "lapsed after {lapsed:?}"
     );
     // The majority goes on, and may take the VIP only after the fence.
-    let successor = move_after_the_fence(&c, leader, owner).await;
+    move_after_the_fence(&c, leader, owner).await;
     // Healing: the old owner learns the move and stays silent.
     c.faults.heal();
     until("the old owner to learn the move", || {
@@ -315,7 +315,7 @@ async fn an_owner_that_hears_the_leader_but_cannot_answer_lapses() {
         !c.node(owner).holds_lease()
     })
     .await;
-    let successor = move_after_the_fence(&c, leader, owner).await;
+    move_after_the_fence(&c, leader, owner).await;
     // The owner still hears the leader: it learns the move and stays silent
     // even before the partition heals.
     until("the old owner to learn the move", || {
