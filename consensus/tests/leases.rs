@@ -342,7 +342,7 @@ async fn an_owner_that_comes_back_holds_nothing_before_it_has_the_move() {
         !c.node(owner).holds_lease()
     })
     .await;
-    let successor = move_after_the_fence(&c, leader, owner).await;
+    move_after_the_fence(&c, leader, owner).await;
     // Back on the network, except for the log entries sent to it.
     for other in (1..=3).filter(|id| *id != owner) {
         c.faults.block_entries(other, owner);
