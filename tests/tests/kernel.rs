@@ -372,6 +372,11 @@ fn drain_and_sigterm_hand_over_without_a_failed_request() {
     assert_ne!(third, owner, "the drained director stays out of service");
 
     let tally = client.finish().unwrap();
+    // Requests that waited for a retransmitted SYN, against the phases.
+    eprintln!(
+        "slow requests [at ms, took ms]: {:?}; phases (ms): {phases:?}",
+        tally.slow_at_ms
+    );
     if tally.failed > 0 {
         for h in &all {
             let log = std::fs::read_to_string(lab.director_log(h)).unwrap_or_default();
