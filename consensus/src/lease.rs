@@ -307,6 +307,11 @@ impl HeldLease {
         }
     }
 
+    /// Whether grants wait for this holder's log.
+    pub fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The holder has applied its log up to `applied`: the grants waiting
     /// for it count now.
     pub fn catch_up(&mut self, applied: u64) {

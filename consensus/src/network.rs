@@ -395,6 +395,20 @@ impl Peer {
         }
     }
 
+    /// One request and its reply on the current connection; `busy` while
+    /// the reply is outstanding.
+    async fn exchange(&mut self, body: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no connection"))?;
+        self.busy = true;
+        write_frame(stream, body).await?;
+        let frame = read_frame(stream).await?;
+        self.busy = false;
+        Ok(frame)
+    }
+
     async fn call(&mut self, request: Request, timeout: Duration) -> Result<Reply, std::io::Error> {
         if self.faults.blocks(self.from, self.target) {
             tokio::time::sleep(timeout).await;
@@ -418,30 +432,24 @@ impl Peer {
             // An idle connection from the pool may have been closed by the
             // peer (a restart) meanwhile: on an error, once more on a new one.
             if self.stream.is_none() {
-                if let Some(idle) = self
+                self.stream = self
                     .pool
                     .as_ref()
-                    .and_then(|p| p.take(self.target, &self.addr))
-                {
-                    let mut stream = idle;
-                    if write_frame(&mut stream, &body).await.is_ok() {
-                        if let Ok(frame) = read_frame(&mut stream).await {
-                            self.stream = Some(stream);
-                            return Ok(frame);
+                    .and_then(|p| p.take(self.target, &self.addr));
+                if self.stream.is_some() {
+                    match self.exchange(&body).await {
+                        Ok(frame) => return Ok(frame),
+                        Err(_) => {
+                            self.stream = None;
+                            self.busy = false;
                         }
                     }
                 }
+            }
+            if self.stream.is_none() {
                 self.stream = Some(self.tls.connect(&self.addr).await?);
             }
-            let stream = self
-                .stream
-                .as_mut()
-                .ok_or_else(|| std::io::Error::other("no connection"))?;
-            self.busy = true;
-            write_frame(stream, &body).await?;
-            let frame = read_frame(stream).await?;
-            self.busy = false;
-            Ok(frame)
+            self.exchange(&body).await
         })
         .await;
         let frame = match result {

@@ -148,11 +148,14 @@ impl Leases {
             .unwrap_or(0)
     }
 
-    /// This node's lease, with the grants its applied log now allows.
+    /// This node's lease, with the grants its applied log now allows (the
+    /// applied index is read only while grants wait: the ARP and NDP threads
+    /// ask on every request).
     fn held(&self) -> Option<std::sync::MutexGuard<'_, HeldLease>> {
-        let applied = self.applied_index();
         let mut h = self.held.lock().ok()?;
-        h.catch_up(applied);
+        if h.waiting() {
+            h.catch_up(self.applied_index());
+        }
         Some(h)
     }
 }

@@ -59,7 +59,7 @@ impl Drainer {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let me = self.node.id();
-        let before: Vec<IpAddr> = self
+        let before: BTreeSet<IpAddr> = self
             .node
             .state()
             .owners
@@ -73,24 +73,24 @@ impl Drainer {
         let connections = if before.is_empty() || wait.is_zero() {
             json!({"waited_ms": 0, "left": 0})
         } else {
-            let vips: BTreeSet<IpAddr> = before.iter().copied().collect();
-            if let Err(e) = close_gate(&vips) {
+            if let Err(e) = close_gate(&before) {
                 return Err(format!("{e}; nothing changed, still holding its VIPs"));
             }
             let started = tokio::time::Instant::now();
             let left = loop {
                 let table = read_connections();
                 let handshakes = started.elapsed() < HANDSHAKE_GRACE;
-                let left = in_flight(&table, &vips, handshakes);
-                if left > 0 && started.elapsed() >= wait {
-                    let open: Vec<&str> = open_lines(&table, &vips, handshakes).collect();
+                let open: Vec<&str> = open_lines(&table, &before, handshakes).collect();
+                if open.is_empty() {
+                    break 0;
+                }
+                if started.elapsed() >= wait {
                     eprintln!(
-                        "director: drain: {left} connection(s) still open after {wait:?}, cut by the handover:\n{}",
+                        "director: drain: {} connection(s) still open after {wait:?}, cut by the handover:\n{}",
+                        open.len(),
                         open.join("\n")
                     );
-                }
-                if left == 0 || started.elapsed() >= wait {
-                    break left;
+                    break open.len();
                 }
                 tokio::time::sleep(POLL).await;
             };
@@ -235,18 +235,13 @@ fn read_connections() -> String {
     std::fs::read_to_string(IPVS_CONNECTIONS).unwrap_or_default()
 }
 
-/// How many TCP connections in `table` (the text of `/proc/net/ip_vs_conn`)
-/// to one of `vips` are still open: every state but TIME_WAIT and CLOSE
-/// (the handshake, ESTABLISHED, and a close under way).
-/// With `handshakes` false, connections still in the handshake do not
-/// count: once the gate has been closed for [`HANDSHAKE_GRACE`], a handshake
-/// IPVS still shows is one that will not complete (the client gave up, a
-/// SYN-ACK was lost); the kernel keeps it for a minute.
-pub fn in_flight(table: &str, vips: &BTreeSet<IpAddr>, handshakes: bool) -> usize {
-    open_lines(table, vips, handshakes).count()
-}
-
-/// The lines of `table` that `in_flight` counts.
+/// The TCP connections in `table` (the text of `/proc/net/ip_vs_conn`) to
+/// one of `vips` that are still open: every state but TIME_WAIT and CLOSE
+/// (the handshake, ESTABLISHED, and a close under way). With `handshakes`
+/// false, connections still in the handshake do not count: once the gate has
+/// been closed for [`HANDSHAKE_GRACE`], a handshake IPVS still shows is one
+/// that will not complete (the client gave up, a SYN-ACK was lost); the
+/// kernel keeps it for a minute.
 fn open_lines<'a>(
     table: &'a str,
     vips: &'a BTreeSet<IpAddr>,
@@ -316,20 +311,21 @@ TCP fd10:0010:0000:0000:0000:0000:0000:0100 C350 fd10:0010:0000:0000:0000:0000:0
     fn open_tcp_connections_to_the_drained_vips_count() {
         // ESTABLISHED, SYN_RECV and FIN_WAIT to .200; not TIME_WAIT, CLOSE,
         // UDP, nor the connection to .201.
-        assert_eq!(in_flight(TABLE, &vips(&["10.10.0.200"]), true), 3);
-        assert_eq!(in_flight(TABLE, &vips(&["fd10:10::200"]), true), 1);
+        assert_eq!(open_lines(TABLE, &vips(&["10.10.0.200"]), true).count(), 3);
+        assert_eq!(open_lines(TABLE, &vips(&["fd10:10::200"]), true).count(), 1);
         assert_eq!(
-            in_flight(
+            open_lines(
                 TABLE,
                 &vips(&["10.10.0.200", "10.10.0.201", "fd10:10::200"]),
                 true
-            ),
+            )
+            .count(),
             5
         );
-        assert_eq!(in_flight(TABLE, &vips(&["10.10.0.202"]), true), 0);
-        assert_eq!(in_flight("", &vips(&["10.10.0.200"]), true), 0);
+        assert_eq!(open_lines(TABLE, &vips(&["10.10.0.202"]), true).count(), 0);
+        assert_eq!(open_lines("", &vips(&["10.10.0.200"]), true).count(), 0);
         // After the grace, a handshake that is still one does not count.
-        assert_eq!(in_flight(TABLE, &vips(&["10.10.0.200"]), false), 2);
+        assert_eq!(open_lines(TABLE, &vips(&["10.10.0.200"]), false).count(), 2);
     }
 
     #[test]
