@@ -4,10 +4,12 @@
 //! [`ClusterState`] with [`apply`]; nothing in here does I/O or reads a clock,
 //! so the same log always yields the same state (Raft's state machine safety).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::domain::{Forwarding, Persistence, Protocol, Scheduler, SchedulerFlag};
 
 /// A director's Raft node id.
 pub type NodeId = u64;
@@ -49,8 +51,8 @@ pub struct Backend {
 /// One port of a virtual service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
     /// The port on the VIP.
     pub port: u16,
     /// The backends for this port.
@@ -63,9 +65,15 @@ pub struct VirtualService {
     /// The VIP (allocated or requested).
     pub vip: IpAddr,
     /// IPVS scheduler.
-    pub scheduler: String,
-    /// `nat` or `dr`.
-    pub forwarding: String,
+    pub scheduler: Scheduler,
+    /// Flags of the scheduler (each belongs to `scheduler`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub scheduler_flags: BTreeSet<SchedulerFlag>,
+    /// How IPVS forwards to the backends.
+    pub forwarding: Forwarding,
+    /// Client persistence, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
     /// The ports.
     pub ports: Vec<ServicePort>,
 }
@@ -139,6 +147,11 @@ pub enum Command {
         /// Draining or not.
         draining: bool,
     },
+    /// Several commands in one log entry, applied in order, each on its own
+    /// terms (a rejected one leaves the state as it was and the rest still
+    /// apply). The leader commits a large change (thousands of services at
+    /// start) in a few entries instead of one round trip per service.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command gave.
@@ -150,12 +163,17 @@ pub enum Response {
     Epoch(u64),
     /// Not applied, and why (the state is unchanged).
     Rejected(String),
+    /// A batch's responses, one per command, in order.
+    Batch(Vec<Response>),
 }
 
 /// Applies one command. Pure: the same state and command always give the same
 /// result. A rejected command leaves the state as it was.
 pub fn apply(state: &mut ClusterState, cmd: Command) -> Response {
     match cmd {
+        Command::Batch(cmds) => {
+            Response::Batch(cmds.into_iter().map(|c| apply(state, c)).collect())
+        }
         Command::PutDirector(d) => {
             state.directors.insert(d.id, d);
             Response::Ok
@@ -264,10 +282,12 @@ mod tests {
     fn web(vip: &str) -> VirtualService {
         VirtualService {
             vip: ip(vip),
-            scheduler: "rr".into(),
-            forwarding: "nat".into(),
+            scheduler: Scheduler::Rr,
+            scheduler_flags: BTreeSet::new(),
+            forwarding: Forwarding::Nat,
+            persistence: None,
             ports: vec![ServicePort {
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 port: 80,
                 backends: vec![Backend {
                     address: ip("10.10.0.21"),
@@ -428,5 +448,27 @@ mod tests {
         let json = serde_json::to_string(&run().0).unwrap();
         let back: ClusterState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, run().0);
+    }
+
+    /// Earlier releases stored protocol, scheduler and forwarding as plain
+    /// words and had no flags or persistence: such a service reads back as
+    /// the typed one, and a service without the new settings is written as
+    /// those releases wrote it.
+    #[test]
+    fn services_written_by_earlier_releases_read_back() {
+        let old = r#"{"vip":"10.10.0.200","scheduler":"rr","forwarding":"nat","ports":[{"protocol":"tcp","port":80,"backends":[{"address":"10.10.0.21","port":30080,"weight":1}]}]}"#;
+        let s: VirtualService = serde_json::from_str(old).unwrap();
+        assert_eq!(s, web("10.10.0.200"));
+        assert_eq!(serde_json::to_string(&s).unwrap(), old);
+        let mut p = s.clone();
+        p.persistence = Some(Persistence {
+            timeout_s: 300,
+            netmask: Some(24),
+        });
+        p.scheduler = Scheduler::Sh;
+        p.scheduler_flags.insert(SchedulerFlag::ShPort);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""scheduler_flags":["sh-port"]"#), "{json}");
+        assert_eq!(serde_json::from_str::<VirtualService>(&json).unwrap(), p);
     }
 }

@@ -1,22 +1,15 @@
-//! `director`: the daemon and its command-line interface.
-
-mod arp;
-mod config;
-mod control;
-mod daemon;
-mod drain;
-mod ipvs;
-mod metrics;
-mod ndp;
-mod problems;
-mod status;
-mod vip;
+//! `director`: the command line. It parses the arguments and calls the
+//! library; everything else lives in `director::*`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
+use director::ops::admin::{self, Request};
+use director::ops::drain::DrainReport;
+use director::ops::status::{self, Status};
+use director::{config, daemon, ipvs, logging};
 
 /// Highly available IPVS load balancer for bare-metal Kubernetes.
 #[derive(Debug, Parser)]
@@ -35,6 +28,13 @@ enum Cmd {
         /// The configuration file.
         #[arg(long, default_value = "/etc/director/director.yaml")]
         config: PathBuf,
+        /// Log filter in RUST_LOG syntax (`info`, `debug`,
+        /// `info,director::dataplane=debug`); default: $RUST_LOG, else info.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log lines as human text or one JSON object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: logging::LogFormat,
     },
     /// Show this director's view: the cluster, VIP owners, virtual services.
     Status {
@@ -186,18 +186,18 @@ fn admin_socket(socket: Option<PathBuf>, config: &std::path::Path) -> PathBuf {
 }
 
 /// Sends `req` to the daemon; prints `show(reply)` and exits 0, or prints
-/// the daemon's error and exits 1.
+/// the error and exits 1.
 async fn admin_request(
     socket: &std::path::Path,
-    req: &serde_json::Value,
-    show: impl Fn(&serde_json::Value) -> String,
+    req: &Request,
+    show: impl Fn(&DrainReport) -> String,
 ) -> i32 {
-    match status::request(socket, req).await {
-        Ok(v) if v.get("error").is_some() => {
-            eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown"));
+    match admin::request::<DrainReport>(socket, req).await {
+        Ok(r) => out(&show(&r)),
+        Err(e @ admin::ClientError::Daemon(_)) => {
+            eprintln!("error: {e}");
             1
         }
-        Ok(v) => out(&show(&v)),
         Err(e) => {
             eprintln!("{e}");
             1
@@ -211,19 +211,27 @@ fn exit(code: i32) -> ExitCode {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command {
-        Cmd::Run { config } => {
+        Cmd::Run {
+            config,
+            log_level,
+            log_format,
+        } => {
+            if let Err(e) = logging::init(log_level.as_deref(), log_format) {
+                eprintln!("{e}");
+                return ipvs::EXIT_BAD_INPUT;
+            }
             let path = config;
             let config = match config::load(&path) {
                 Ok(c) => c,
-                Err(msg) => {
-                    eprintln!("{msg}");
+                Err(e) => {
+                    eprintln!("{e}");
                     return ipvs::EXIT_BAD_INPUT;
                 }
             };
             match daemon::run(config, &path).await {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    tracing::error!("{e}");
                     1
                 }
             }
@@ -234,7 +242,7 @@ async fn run(cli: Cli) -> i32 {
             config,
         } => {
             let socket = admin_socket(socket, &config);
-            match status::fetch(&socket).await {
+            match admin::request::<Status>(&socket, &Request::Status).await {
                 Ok(v) => out(&status::render(&v, format)),
                 Err(e) => {
                     eprintln!("{e}");
@@ -247,37 +255,31 @@ async fn run(cli: Cli) -> i32 {
             socket,
             config,
         } => {
-            let req = serde_json::json!({"op": "drain", "timeout_ms": timeout.saturating_mul(1000)});
-            admin_request(&admin_socket(socket, &config), &req, |v| {
-                let moved: Vec<String> = v["moved"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|m| {
-                        format!(
-                            "{} -> {}",
-                            m["vip"].as_str().unwrap_or("?"),
-                            m["owner"].as_str().unwrap_or("nobody")
-                        )
-                    })
+            let req = Request::Drain {
+                timeout_ms: timeout.saturating_mul(1000),
+            };
+            admin_request(&admin_socket(socket, &config), &req, |r| {
+                let moved: Vec<String> = r
+                    .moved
+                    .iter()
+                    .map(|m| format!("{} -> {}", m.vip, m.owner.as_deref().unwrap_or("nobody")))
                     .collect();
                 if moved.is_empty() {
                     "drained (it owned no VIP)\n".to_string()
                 } else {
-                    let c = &v["connections"];
+                    let c = r.connections.unwrap_or_default();
                     format!(
                         "drained: {} (open connections: {} cut after waiting {} ms)\n",
                         moved.join(", "),
-                        c["left"].as_u64().unwrap_or(0),
-                        c["waited_ms"].as_u64().unwrap_or(0)
+                        c.left,
+                        c.waited_ms
                     )
                 }
             })
             .await
         }
         Cmd::Undrain { socket, config } => {
-            let req = serde_json::json!({"op": "undrain"});
-            admin_request(&admin_socket(socket, &config), &req, |_| {
+            admin_request(&admin_socket(socket, &config), &Request::Undrain, |_| {
                 "back in service\n".to_string()
             })
             .await
@@ -294,8 +296,8 @@ async fn run(cli: Cli) -> i32 {
                 c.services.len(),
                 if c.tls.is_some() { "mutual TLS" } else { "plaintext (insecure: true)" }
             )),
-            Err(msg) => {
-                eprintln!("{msg}");
+            Err(e) => {
+                eprintln!("{e}");
                 ipvs::EXIT_BAD_INPUT
             }
         },

@@ -6,13 +6,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use consensus::domain::{check_flags, Forwarding, Persistence, Protocol, Scheduler, SchedulerFlag};
 use consensus::{LeaseTiming, NodeId, Timing};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::ipvs::file::SCHEDULERS;
+mod live;
+
+/// The default of `reconcile.resync_s`.
+pub const RESYNC_S: u64 = 30;
+
+pub use live::ConfigCell;
 
 /// The default of `drain.connection_wait_ms`: short requests finish well
 /// within it, and a client whose SYN the drain dropped retries (after 1 s)
@@ -67,8 +74,8 @@ impl Pool {
 /// One port of a static service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
     /// The port on the VIP.
     pub port: u16,
     /// Backends as address and port.
@@ -94,11 +101,13 @@ pub struct StaticService {
     /// The ports.
     pub ports: Vec<ServicePort>,
     /// IPVS scheduler.
-    pub scheduler: String,
-    /// `nat` or `dr`.
-    pub forwarding: String,
-    /// Persistence timeout in seconds (0: none).
-    pub persistence_s: u32,
+    pub scheduler: Scheduler,
+    /// Its flags.
+    pub scheduler_flags: BTreeSet<SchedulerFlag>,
+    /// How IPVS forwards to the backends.
+    pub forwarding: Forwarding,
+    /// Client persistence (`persistence_s` above 0), with its netmask.
+    pub persistence: Option<Persistence>,
 }
 
 /// Gratuitous ARP / unsolicited NA announcements.
@@ -137,6 +146,9 @@ pub struct Config {
     pub announce: Announce,
     /// How long a drain lets open connections finish before the handover.
     pub drain_connection_wait: Duration,
+    /// How often the reconcilers compare with a full read of the kernel
+    /// (`reconcile.resync_s`).
+    pub reconcile_resync: Duration,
     /// VIP pools.
     pub pools: Vec<Pool>,
     /// Static services.
@@ -165,6 +177,7 @@ impl Config {
         );
         check("admin_socket", self.admin_socket == new.admin_socket);
         check("metrics", self.metrics == new.metrics);
+        check("reconcile", self.reconcile_resync == new.reconcile_resync);
         changed
     }
 }
@@ -186,6 +199,7 @@ struct FileIn {
     metrics: Option<Spanned<String>>,
     announce: Option<Spanned<AnnounceIn>>,
     drain: Option<Spanned<DrainIn>>,
+    reconcile: Option<Spanned<ReconcileIn>>,
     #[serde(default)]
     pools: Vec<Spanned<PoolIn>>,
     defaults: Option<Spanned<DefaultsIn>>,
@@ -237,6 +251,12 @@ struct DrainIn {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ReconcileIn {
+    resync_s: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PoolIn {
     name: Option<Spanned<String>>,
     #[serde(default)]
@@ -247,8 +267,10 @@ struct PoolIn {
 #[serde(deny_unknown_fields)]
 struct DefaultsIn {
     scheduler: Option<Spanned<String>>,
+    scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
     forwarding: Option<Spanned<String>>,
     persistence_s: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,8 +284,10 @@ struct ServiceIn {
     #[serde(default)]
     backends: Vec<Spanned<String>>,
     scheduler: Option<Spanned<String>>,
+    scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
     forwarding: Option<Spanned<String>>,
     persistence_s: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -631,31 +655,34 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         pools.push(Pool { name, ranges });
     }
 
-    let (def_sched, def_fwd, def_persist) = match &doc.defaults {
-        Some(d) => {
-            let sched =
-                check_scheduler(d.value.scheduler.as_ref(), "defaults.scheduler", &mut errs)
-                    .unwrap_or_else(|| "rr".into());
-            let fwd = check_forwarding(
-                d.value.forwarding.as_ref(),
-                "defaults.forwarding",
-                &mut errs,
-            )
-            .unwrap_or_else(|| "nat".into());
-            let persist = d
-                .value
-                .persistence_s
-                .as_ref()
-                .and_then(|p| int::<u32>(p, "defaults.persistence_s", "0..", &mut errs))
-                .unwrap_or(0);
-            (sched, fwd, persist)
-        }
-        None => ("rr".to_string(), "nat".to_string(), 0),
-    };
-
+    let defaults = Defaults::parse(doc.defaults.as_ref(), &mut errs);
+    let reconcile_resync = Duration::from_secs(
+        doc.reconcile
+            .as_ref()
+            .and_then(|r| r.value.resync_s.as_ref())
+            .and_then(|v| int::<u64>(v, "reconcile.resync_s", "1..=3600", &mut errs))
+            .filter(|n| {
+                let ok = (1..=3600).contains(n);
+                if !ok {
+                    if let Some(v) = doc
+                        .reconcile
+                        .as_ref()
+                        .and_then(|r| r.value.resync_s.as_ref())
+                    {
+                        errs.at(
+                            v,
+                            "reconcile.resync_s",
+                            format!("{n} is out of range 1..=3600"),
+                        );
+                    }
+                }
+                ok
+            })
+            .unwrap_or(RESYNC_S),
+    );
     let mut services = Vec::new();
     let mut names = BTreeSet::new();
-    let mut fixed_vips: BTreeMap<(IpAddr, String, u16), String> = BTreeMap::new();
+    let mut fixed_vips: BTreeMap<(IpAddr, Protocol, u16), String> = BTreeMap::new();
     for (i, s) in doc.services.iter().enumerate() {
         let path = format!("services[{i}]");
         let before = errs.list.len();
@@ -716,27 +743,53 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }
         };
         let scheduler = match &s.value.scheduler {
-            Some(_) => check_scheduler(
-                s.value.scheduler.as_ref(),
-                &format!("{path}.scheduler"),
-                &mut errs,
-            ),
-            None => Some(def_sched.clone()),
+            Some(v) => word::<Scheduler>(v, &format!("{path}.scheduler"), &mut errs),
+            None => Some(defaults.scheduler),
         };
+        let scheduler_flags = match &s.value.scheduler_flags {
+            Some(v) => flags(v, &format!("{path}.scheduler_flags"), &mut errs),
+            None => Some(defaults.scheduler_flags.clone()),
+        };
+        if let (Some(sched), Some(fl)) = (scheduler, &scheduler_flags) {
+            if let Err(e) = check_flags(sched, fl) {
+                match &s.value.scheduler_flags {
+                    Some(v) => errs.at(v, format!("{path}.scheduler_flags"), e.to_string()),
+                    None => errs.at(
+                        s,
+                        format!("{path}.scheduler_flags"),
+                        format!("{e} (from defaults.scheduler_flags)"),
+                    ),
+                }
+            }
+        }
         let forwarding = match &s.value.forwarding {
-            Some(_) => check_forwarding(
-                s.value.forwarding.as_ref(),
-                &format!("{path}.forwarding"),
-                &mut errs,
-            ),
-            None => Some(def_fwd.clone()),
+            Some(v) => word::<Forwarding>(v, &format!("{path}.forwarding"), &mut errs),
+            None => Some(defaults.forwarding),
         };
         let persistence_s = match &s.value.persistence_s {
             Some(p) => {
                 int::<u32>(p, format!("{path}.persistence_s"), "0..", &mut errs).unwrap_or(0)
             }
-            None => def_persist,
+            None => defaults.persistence_s,
         };
+        let netmask = match &s.value.persistence_netmask {
+            Some(m) => netmask(m, &format!("{path}.persistence_netmask"), &mut errs),
+            None => defaults.persistence_netmask,
+        };
+        // An IPv4 VIP groups clients by at most 32 bits.
+        if let (Some(len), Some(VipSource::Address(IpAddr::V4(_)))) = (netmask, &vip) {
+            if len > 32 {
+                let field = format!("{path}.persistence_netmask");
+                match &s.value.persistence_netmask {
+                    Some(m) => errs.at(m, field, format!("{len} is longer than an IPv4 address (0..=32)")),
+                    None => errs.at(s, field, format!("defaults.persistence_netmask {len} is longer than this IPv4 VIP's 32 bits")),
+                }
+            }
+        }
+        let persistence = (persistence_s > 0).then_some(Persistence {
+            timeout_s: persistence_s,
+            netmask,
+        });
         let shared: Vec<SocketAddr> = s
             .value
             .backends
@@ -762,19 +815,19 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                     None
                 }
             };
-            let protocol = match p.value.protocol.as_ref().map(|x| x.value.to_lowercase()) {
-                None => Some("tcp".to_string()),
-                Some(x) if ["tcp", "udp", "sctp"].contains(&x.as_str()) => Some(x),
-                Some(x) => {
-                    if let Some(sp) = &p.value.protocol {
+            let protocol = match &p.value.protocol {
+                None => Some(Protocol::Tcp),
+                Some(sp) => match sp.value.to_lowercase().parse::<Protocol>() {
+                    Ok(x) => Some(x),
+                    Err(_) => {
                         errs.at(
                             sp,
                             format!("{pp}.protocol"),
-                            format!("unknown protocol {x:?} (tcp, udp or sctp)"),
+                            format!("unknown protocol {:?} (tcp, udp or sctp)", sp.value),
                         );
+                        None
                     }
-                    None
-                }
+                },
             };
             let mut backends: Vec<SocketAddr> = p
                 .value
@@ -787,13 +840,11 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 backends = shared.clone();
             }
             if let (Some(port), Some(protocol)) = (port, protocol) {
-                if !seen_ports.insert((protocol.clone(), port)) {
+                if !seen_ports.insert((protocol, port)) {
                     errs.at(p, pp.clone(), format!("duplicate port {port}/{protocol}"));
                 }
                 if let Some(VipSource::Address(ip)) = &vip {
-                    if let Some(other) =
-                        fixed_vips.insert((*ip, protocol.clone(), port), name.clone())
-                    {
+                    if let Some(other) = fixed_vips.insert((*ip, protocol, port), name.clone()) {
                         if other != name {
                             errs.at(
                                 p,
@@ -820,14 +871,17 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         if errs.list.len() > before {
             continue;
         }
-        if let (Some(vip), Some(scheduler), Some(forwarding)) = (vip, scheduler, forwarding) {
+        if let (Some(vip), Some(scheduler), Some(scheduler_flags), Some(forwarding)) =
+            (vip, scheduler, scheduler_flags, forwarding)
+        {
             services.push(StaticService {
                 name,
                 vip,
                 ports,
                 scheduler,
+                scheduler_flags,
                 forwarding,
-                persistence_s,
+                persistence,
             });
         }
     }
@@ -847,42 +901,97 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         metrics,
         announce,
         drain_connection_wait,
+        reconcile_resync,
         pools,
         services,
     })
 }
 
-fn check_scheduler(s: Option<&Spanned<String>>, field: &str, errs: &mut Errors) -> Option<String> {
-    let s = s?;
-    if SCHEDULERS.contains(&s.value.as_str()) {
-        Some(s.value.clone())
-    } else {
-        errs.at(
-            s,
-            field,
-            format!(
-                "unknown scheduler {:?} (one of {})",
-                s.value,
-                SCHEDULERS.join(" ")
-            ),
-        );
-        None
+/// What `defaults:` gives every service that does not say otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Defaults {
+    scheduler: Scheduler,
+    scheduler_flags: BTreeSet<SchedulerFlag>,
+    forwarding: Forwarding,
+    persistence_s: u32,
+    persistence_netmask: Option<u8>,
+}
+
+impl Defaults {
+    /// The `defaults:` section; what it leaves out is rr, nat, no persistence.
+    fn parse(d: Option<&Spanned<DefaultsIn>>, errs: &mut Errors) -> Defaults {
+        let mut out = Defaults {
+            scheduler: Scheduler::Rr,
+            scheduler_flags: BTreeSet::new(),
+            forwarding: Forwarding::Nat,
+            persistence_s: 0,
+            persistence_netmask: None,
+        };
+        let Some(d) = d else { return out };
+        let d = &d.value;
+        if let Some(v) = &d.scheduler {
+            out.scheduler = word(v, "defaults.scheduler", errs).unwrap_or(out.scheduler);
+        }
+        if let Some(v) = &d.scheduler_flags {
+            if let Some(f) = flags(v, "defaults.scheduler_flags", errs) {
+                if let Err(e) = check_flags(out.scheduler, &f) {
+                    errs.at(v, "defaults.scheduler_flags", e.to_string());
+                }
+                out.scheduler_flags = f;
+            }
+        }
+        if let Some(v) = &d.forwarding {
+            out.forwarding = word(v, "defaults.forwarding", errs).unwrap_or(out.forwarding);
+        }
+        if let Some(p) = &d.persistence_s {
+            out.persistence_s = int::<u32>(p, "defaults.persistence_s", "0..", errs).unwrap_or(0);
+        }
+        if let Some(m) = &d.persistence_netmask {
+            out.persistence_netmask = netmask(m, "defaults.persistence_netmask", errs);
+        }
+        out
     }
 }
 
-fn check_forwarding(s: Option<&Spanned<String>>, field: &str, errs: &mut Errors) -> Option<String> {
-    let s = s?;
-    match s.value.as_str() {
-        "nat" | "dr" => Some(s.value.clone()),
-        other => {
-            errs.at(
-                s,
-                field,
-                format!("unknown forwarding {other:?} (nat or dr)"),
-            );
+/// One of a typed set of words (scheduler, forwarding, ...).
+fn word<T: std::str::FromStr<Err = consensus::domain::UnknownWord>>(
+    s: &Spanned<String>,
+    field: &str,
+    errs: &mut Errors,
+) -> Option<T> {
+    match s.value.parse::<T>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errs.at(s, field, e.to_string());
             None
         }
     }
+}
+
+/// A list of scheduler flags (`[sh-port, sh-fallback]`).
+fn flags(
+    list: &Spanned<Vec<Spanned<String>>>,
+    field: &str,
+    errs: &mut Errors,
+) -> Option<BTreeSet<SchedulerFlag>> {
+    let before = errs.list.len();
+    let out: BTreeSet<SchedulerFlag> = list
+        .value
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| word::<SchedulerFlag>(f, &format!("{field}[{i}]"), errs))
+        .collect();
+    (errs.list.len() == before).then_some(out)
+}
+
+/// A persistence netmask: a prefix length, 0..=128 (0..=32 for IPv4 VIPs).
+fn netmask(m: &Spanned<i64>, field: &str, errs: &mut Errors) -> Option<u8> {
+    int::<u8>(m, field, "0..=128", errs).filter(|len| {
+        if *len > 128 {
+            errs.at(m, field, format!("{len} is out of range 0..=128"));
+        }
+        *len <= 128
+    })
 }
 
 fn backend(b: &Spanned<String>, field: &str, errs: &mut Errors) -> Option<SocketAddr> {
@@ -899,24 +1008,79 @@ fn backend(b: &Spanned<String>, field: &str, errs: &mut Errors) -> Option<Socket
     }
 }
 
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading the file failed.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file has problems: one `FILE:LINE:COLUMN: field: problem` line each.
+    #[error("{report}")]
+    Invalid {
+        /// The report, one problem a line.
+        report: String,
+    },
+}
+
 /// Reads and validates a file; the errors name the file too.
-pub fn load(path: &std::path::Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|errs| crate::problems::report(path, &errs))
+pub fn load(path: &std::path::Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|errs| LoadError::Invalid {
+        report: crate::problems::report(path, &errs),
+    })
+}
+
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file does not load.
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    /// It changes what only a restart can.
+    #[error("{}: {} changed (these take a restart)", path.display(), fields.join(", "))]
+    RestartOnly {
+        /// The file.
+        path: PathBuf,
+        /// The fields.
+        fields: Vec<&'static str>,
+    },
+}
+
+/// SIGHUP: reads `path` again and, if it loads and changes nothing that
+/// takes a restart, makes it the running configuration.
+pub fn reload(cell: &ConfigCell, path: &std::path::Path) -> Result<Arc<Config>, ReloadError> {
+    let new = load(path)?;
+    let fields = cell.get().restart_only_changes(&new);
+    if !fields.is_empty() {
+        return Err(ReloadError::RestartOnly {
+            path: path.to_path_buf(),
+            fields,
+        });
+    }
+    cell.set(new);
+    Ok(cell.get())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LAB_D1: &str = include_str!("../../tests/lab/d1.yaml");
+    const LAB_D1: &str = include_str!("../../../tests/lab/d1.yaml");
 
     #[test]
     fn the_lab_configs_are_valid() {
         for text in [
             LAB_D1,
-            include_str!("../../tests/lab/d2.yaml"),
-            include_str!("../../tests/lab/d3.yaml"),
+            include_str!("../../../tests/lab/d2.yaml"),
+            include_str!("../../../tests/lab/d3.yaml"),
         ] {
             let c = parse(text).unwrap();
             assert_eq!(c.peers.len(), 3);

@@ -15,15 +15,68 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::Node;
-use serde_json::{json, Value};
-use tokio::sync::{watch, Notify};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
-use crate::daemon::ConfigCell;
+use crate::announce::hold::HoldRule;
+use crate::config::ConfigCell;
+use crate::dataplane::driver::Handle;
+use crate::dataplane::nft::Gate;
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainReport {
+    /// True after a drain, false after an undrain.
+    pub drained: bool,
+    /// Where each VIP went.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<Moved>,
+    /// The open connections the drain waited for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Connections>,
+}
+
+/// A VIP handed over.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The VIP.
+    pub vip: String,
+    /// Its new owner's name.
+    pub owner: Option<String>,
+}
+
+/// The connection wait of a drain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    /// How long it waited.
+    pub waited_ms: u64,
+    /// Connections still open when it stopped waiting (cut by the handover).
+    pub left: usize,
+}
+
+/// Why a drain or an undrain failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// Nothing to drain here.
+    #[error("this director holds no VIPs (a witness, or no ARP socket)")]
+    NothingToDrain,
+    /// The gate could not be closed; nothing changed.
+    #[error(
+        "closing the VIPs to new connections failed ({0}); nothing changed, still holding its VIPs"
+    )]
+    Gate(String),
+    /// The drain failed part way and was undone.
+    #[error("{0}; back in service, holding its VIPs")]
+    Undone(String),
+    /// Committing the end of a drain failed.
+    #[error("clearing the drain: {0}")]
+    Undrain(consensus::ConsensusError),
+}
 
 /// How long a stopping director waits for its VIPs to move.
 pub const DRAIN_ON_STOP: Duration = Duration::from_secs(10);
@@ -41,22 +94,32 @@ const POLL: Duration = Duration::from_millis(20);
 /// Drains this director: it stops taking connections for its VIPs, lets
 /// the open ones finish, stops holding the VIPs, commits its draining flag,
 /// and waits until the leader has moved every VIP it owned.
+#[derive(Debug)]
 pub struct Drainer {
+    /// The Raft node.
     pub node: Arc<Node>,
+    /// The running configuration.
     pub config: Arc<ConfigCell>,
-    pub releasing: Arc<AtomicBool>,
+    /// The hold rule the drain suspends; None on a witness or without the
+    /// ARP socket: nothing to drain.
+    pub rule: Option<HoldRule>,
+    /// The drain gate (the nft reconciler applies it).
+    pub gate: Arc<Gate>,
+    /// Wakes the reconcilers.
     pub kick: Arc<Notify>,
-    pub reconciled: watch::Receiver<u64>,
-    /// False on a witness or without the ARP socket: nothing to drain.
-    pub holds_vips: bool,
+    /// The VIP routes reconciler.
+    pub routes: Option<Handle>,
+    /// The nftables reconciler.
+    pub nft: Option<Handle>,
 }
 
 impl Drainer {
     /// The drain; on success, where each VIP went.
-    pub async fn drain(&self, timeout: Duration) -> Result<Value, String> {
-        if !self.holds_vips {
-            return Err("this director holds no VIPs (a witness, or no ARP socket)".into());
-        }
+    pub async fn drain(&self, timeout: Duration) -> Result<DrainReport, DrainError> {
+        let (Some(rule), Some(routes), Some(nft)) = (&self.rule, &self.routes, &self.nft) else {
+            return Err(DrainError::NothingToDrain);
+        };
+        tracing::info!(timeout_ms = timeout.as_millis() as u64, "drain started");
         let deadline = tokio::time::Instant::now() + timeout;
         let me = self.node.id();
         let before: BTreeSet<IpAddr> = self
@@ -71,10 +134,17 @@ impl Drainer {
         //    half of the drain's time, so that the move has the rest.
         let wait = self.config.get().drain_connection_wait.min(timeout / 2);
         let connections = if before.is_empty() || wait.is_zero() {
-            json!({"waited_ms": 0, "left": 0})
+            Connections::default()
         } else {
-            if let Err(e) = close_gate(&before) {
-                return Err(format!("{e}; nothing changed, still holding its VIPs"));
+            self.gate.close(before.clone());
+            if !nft.applied(&self.kick, timeout / 4).await {
+                self.gate.open();
+                self.kick.notify_one();
+                let why = nft
+                    .stats
+                    .error()
+                    .unwrap_or_else(|| "the nftables reconciler did not run".into());
+                return Err(DrainError::Gate(why));
             }
             let started = tokio::time::Instant::now();
             let left = loop {
@@ -85,35 +155,26 @@ impl Drainer {
                     break 0;
                 }
                 if started.elapsed() >= wait {
-                    eprintln!(
-                        "director: drain: {} connection(s) still open after {wait:?}, cut by the handover:\n{}",
-                        open.len(),
-                        open.join("\n")
+                    tracing::warn!(
+                        open = open.len(),
+                        connections = %open.join("; "),
+                        "drain: connections still open after {wait:?}, cut by the handover"
                     );
                     break open.len();
                 }
                 tokio::time::sleep(POLL).await;
             };
-            json!({"waited_ms": started.elapsed().as_millis() as u64, "left": left})
+            Connections {
+                waited_ms: started.elapsed().as_millis() as u64,
+                left,
+            }
         };
         // 3. Stop holding: ARP answers stop at once, the routes go with the
         //    next reconcile, which this waits for.
-        self.releasing.store(true, Ordering::SeqCst);
-        let mut reconciled = self.reconciled.clone();
-        let seen = *reconciled.borrow_and_update();
-        self.kick.notify_one();
-        loop {
-            if *reconciled.borrow_and_update() > seen + 1 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if tokio::time::timeout(left, reconciled.changed())
-                .await
-                .is_err()
-            {
-                return Err(self.undo("the VIP reconciler did not run").await);
-            }
-            self.kick.notify_one();
+        rule.set_releasing(true);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !routes.applied(&self.kick, left).await {
+            return Err(self.undo("the VIP routes reconciler did not run").await);
         }
         //    Commit the draining flag; the leader then moves the VIPs.
         loop {
@@ -130,18 +191,31 @@ impl Drainer {
         loop {
             let state = self.node.state();
             if state.owners.values().all(|o| o.director != me) {
-                open_gate_logged();
-                let moved: Vec<Value> = before
+                self.open_gate();
+                let moved: Vec<Moved> = before
                     .iter()
                     .map(|v| {
                         let to = state
                             .owners
                             .get(v)
                             .and_then(|o| state.directors.get(&o.director));
-                        json!({"vip": v.to_string(), "owner": to.map(|d| d.name.clone())})
+                        Moved {
+                            vip: v.to_string(),
+                            owner: to.map(|d| d.name.clone()),
+                        }
                     })
                     .collect();
-                return Ok(json!({"drained": true, "moved": moved, "connections": connections}));
+                tracing::info!(
+                    moved = moved.len(),
+                    waited_ms = connections.waited_ms,
+                    cut = connections.left,
+                    "drain done"
+                );
+                return Ok(DrainReport {
+                    drained: true,
+                    moved,
+                    connections: Some(connections),
+                });
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -164,69 +238,64 @@ impl Drainer {
     }
 
     /// Back in service after a failed drain; the reason, for the caller.
-    async fn undo(&self, why: &str) -> String {
+    async fn undo(&self, why: &str) -> DrainError {
+        tracing::warn!(reason = why, "drain failed; back in service");
         let _ = self.node.set_draining(false).await;
-        self.releasing.store(false, Ordering::SeqCst);
-        open_gate_logged();
-        self.kick.notify_one();
-        format!("{why}; back in service, holding its VIPs")
+        if let Some(r) = &self.rule {
+            r.set_releasing(false);
+        }
+        self.open_gate();
+        DrainError::Undone(why.to_string())
     }
 
     /// Ends a drain: back in service.
-    pub async fn undrain(&self) -> Result<Value, String> {
+    pub async fn undrain(&self) -> Result<DrainReport, DrainError> {
         self.node
             .set_draining(false)
             .await
-            .map_err(|e| format!("clearing the drain: {e}"))?;
-        self.releasing.store(false, Ordering::SeqCst);
-        open_gate_logged();
-        self.kick.notify_one();
-        Ok(json!({"drained": false}))
+            .map_err(DrainError::Undrain)?;
+        if let Some(r) = &self.rule {
+            r.set_releasing(false);
+        }
+        self.open_gate();
+        tracing::info!("back in service");
+        Ok(DrainReport::default())
     }
-}
 
-/// The nftables table that drops new TCP connections to `vips`: a SYN
-/// without ACK, before connection tracking and IPVS (priority raw).
-pub fn gate_ruleset(vips: &BTreeSet<IpAddr>) -> String {
-    let list = |v4: bool| {
-        vips.iter()
-            .filter(|v| v.is_ipv4() == v4)
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut s = String::from(
-        "table inet director_drain {\n  chain prerouting {\n    type filter hook prerouting priority raw; policy accept;\n",
-    );
-    for (family, v4) in [("ip", true), ("ip6", false)] {
-        let addrs = list(v4);
-        if !addrs.is_empty() {
-            s.push_str(&format!(
-                "    {family} daddr {{ {addrs} }} tcp flags & (syn | ack) == syn drop\n"
-            ));
+    /// A director drained earlier (by a stop or `director drain`) and
+    /// running again without a drain in progress is back in service: clears
+    /// its draining flag whenever the state shows it (retried every second).
+    pub async fn keep_in_service(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if self.rule.is_none() {
+            return;
+        }
+        let mut changes = self.node.watch();
+        let me = self.node.id();
+        loop {
+            let draining = self.node.state().draining.contains_key(&me);
+            if draining && !self.releasing() {
+                match self.node.set_draining(false).await {
+                    Ok(()) => tracing::info!("back in service after a drain that did not end here"),
+                    Err(e) => tracing::debug!(error = %e, "clearing an old drain"),
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
         }
     }
-    s.push_str("  }\n}\n");
-    s
-}
 
-/// Stops new TCP connections to `vips` on this host.
-pub fn close_gate(vips: &BTreeSet<IpAddr>) -> Result<(), String> {
-    crate::vip::nft(&format!(
-        "add table inet director_drain\ndelete table inet director_drain\n{}",
-        gate_ruleset(vips)
-    ))
-    .map_err(|e| format!("closing the VIPs to new connections: {e}"))
-}
+    /// Whether a drain has stopped this director holding.
+    pub fn releasing(&self) -> bool {
+        self.rule.as_ref().is_some_and(|r| r.releasing())
+    }
 
-/// Takes new connections again (also clears a gate a killed drain left).
-pub fn open_gate() -> Result<(), String> {
-    crate::vip::nft("add table inet director_drain\ndelete table inet director_drain\n")
-}
-
-fn open_gate_logged() {
-    if let Err(e) = open_gate() {
-        eprintln!("director: drain: opening the VIPs to new connections: {e}");
+    /// Takes new connections again (at the nft reconciler's next pass).
+    fn open_gate(&self) {
+        self.gate.open();
+        self.kick.notify_one();
     }
 }
 
@@ -347,22 +416,5 @@ TCP fd10:0010:0000:0000:0000:0000:0000:0100 C350 fd10:0010:0000:0000:0000:0000:0
                 state: "ESTABLISHED"
             })
         );
-    }
-
-    #[test]
-    fn the_gate_drops_only_new_tcp_connections_to_the_vips() {
-        let r = gate_ruleset(&vips(&["10.10.0.200", "10.10.0.201", "fd10:10::200"]));
-        assert!(r.starts_with("table inet director_drain {"), "{r}");
-        assert!(r.contains("priority raw; policy accept;"), "{r}");
-        assert!(
-            r.contains("ip daddr { 10.10.0.200, 10.10.0.201 } tcp flags & (syn | ack) == syn drop"),
-            "{r}"
-        );
-        assert!(
-            r.contains("ip6 daddr { fd10:10::200 } tcp flags & (syn | ack) == syn drop"),
-            "{r}"
-        );
-        let v4 = gate_ruleset(&vips(&["10.10.0.200"]));
-        assert!(!v4.contains("ip6"), "{v4}");
     }
 }

@@ -1,0 +1,458 @@
+//! One shape for every reconciler, and one driver that runs them.
+//!
+//! A reconciler manages one kind of kernel object. Each pass is
+//! observe -> desired (pure) -> plan (pure; operations as data, in a
+//! deterministic order) -> apply. Observing is the expensive part (a dump
+//! of the kernel's table), so the driver keeps what it last made the kernel
+//! hold and plans against that; it observes for real at start, every resync
+//! interval and after any failed operation. A resync that finds the kernel
+//! different from what the driver believed has repaired a change made
+//! behind its back: that is logged and counted.
+//!
+//! The driver wakes on a committed-state change, a configuration reload, a
+//! kick (a drain, a kernel event), the reconciler's own deadline (a lease
+//! about to lapse), the resync timer and the retry backoff; it reports an
+//! error once per distinct error and once when it clears, and on shutdown
+//! gives the reconciler its last word ([`Reconciler::stop`]).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consensus::ClusterState;
+use tokio::sync::{watch, Notify};
+
+/// A failed kernel operation or observation: which one, on what, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} {target}: {cause}")]
+pub struct OpError {
+    /// What was being done (`adding service`, `listing local routes`).
+    pub operation: String,
+    /// What it was done to (`TCP 10.10.0.200:80`).
+    pub target: String,
+    /// The kernel's or the tool's error.
+    pub cause: String,
+}
+
+impl OpError {
+    /// An error of `operation` on `target`.
+    pub fn new(
+        operation: impl Into<String>,
+        target: impl fmt::Display,
+        cause: impl fmt::Display,
+    ) -> OpError {
+        OpError {
+            operation: operation.into(),
+            target: target.to_string(),
+            cause: cause.to_string(),
+        }
+    }
+}
+
+/// What a reconciler wants the kernel to hold now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired<S> {
+    /// The kernel state of the objects it manages.
+    pub state: S,
+    /// When the wanted state changes by itself (a lease running out), if
+    /// it does: the driver wakes then.
+    pub changes_in: Option<Duration>,
+}
+
+impl<S> Desired<S> {
+    /// A wanted state that changes only with the inputs.
+    pub fn steady(state: S) -> Self {
+        Desired {
+            state,
+            changes_in: None,
+        }
+    }
+}
+
+/// One kind of kernel object, managed by observe -> desired -> plan -> apply.
+pub trait Reconciler: Send + 'static {
+    /// The state of the managed objects, as observed or wanted.
+    type State: Clone + Send + Sync + fmt::Debug;
+    /// One kernel operation.
+    type Op: fmt::Debug + Send + Sync;
+
+    /// Its name in logs, status and metrics (`ipvs`, `routes`, `nft`).
+    fn name(&self) -> &'static str;
+
+    /// What the kernel should hold now, from the committed state and local
+    /// inputs. Reads its inputs and calls a pure function of them.
+    fn desired(&mut self) -> Desired<Self::State>;
+
+    /// The operations that turn `observed` into `desired`. Pure; applying
+    /// them and planning again gives nothing.
+    fn plan(&self, desired: &Self::State, observed: &Self::State) -> Vec<Self::Op>;
+
+    /// Reads the managed objects from the kernel.
+    fn observe(&mut self) -> impl Future<Output = Result<Self::State, OpError>> + Send;
+
+    /// Carries `ops` out in order; stops at the first failure.
+    fn apply(&mut self, ops: Vec<Self::Op>) -> impl Future<Output = Result<(), OpError>> + Send;
+
+    /// The last pass, when the daemon stops (default: nothing).
+    fn stop(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// What wakes the reconcilers besides their timers.
+#[derive(Debug, Clone)]
+pub struct Wakeups {
+    /// Every newly applied committed state.
+    pub state: watch::Receiver<Arc<ClusterState>>,
+    /// Every configuration reload.
+    pub config: watch::Receiver<u64>,
+    /// A kick (a drain started, a kernel event).
+    pub kick: Arc<Notify>,
+    /// Set once, at shutdown.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Counters and the last result of one reconciler, for status and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Passes done.
+    pub passes: AtomicU64,
+    /// Kernel operations applied.
+    pub operations: AtomicU64,
+    /// Failed passes.
+    pub errors: AtomicU64,
+    /// Full observations of the kernel.
+    pub resyncs: AtomicU64,
+    /// Resyncs that found (and repaired) a change made behind its back.
+    pub drift_repairs: AtomicU64,
+    /// Duration of the last pass, in microseconds.
+    pub last_pass_us: AtomicU64,
+    /// The error of the last pass, if it failed.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Stats {
+    /// The last error, if the last pass failed.
+    pub fn error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// How a running reconciler is seen from outside.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// Its name.
+    pub name: &'static str,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+    /// Passes done and whether the last one succeeded; a caller that needs
+    /// a change applied waits for a later successful pass.
+    pub passes: watch::Receiver<Pass>,
+}
+
+/// The count of passes and the outcome of the last one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Passes done.
+    pub count: u64,
+    /// Whether the last one left the kernel as wanted.
+    pub ok: bool,
+}
+
+impl Handle {
+    /// Waits until a pass that started after this call has succeeded, at
+    /// most `timeout`; false if none did.
+    pub async fn applied(&self, kick: &Notify, timeout: Duration) -> bool {
+        let mut passes = self.passes.clone();
+        let seen = passes.borrow_and_update().count;
+        kick.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let p = *passes.borrow_and_update();
+            // The pass running at the call may have read its inputs before
+            // the change: the one after it is the first sure to see it.
+            if p.count > seen + 1 && p.ok {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero()
+                || tokio::time::timeout(left, passes.changed())
+                    .await
+                    .map_or(true, |r| r.is_err())
+            {
+                return false;
+            }
+            kick.notify_one();
+        }
+    }
+}
+
+/// Retry waits after a failed pass: 100 ms doubling to 5 s.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Starts `r` on the current runtime; it runs until `wake.stop` is set.
+pub fn spawn<R: Reconciler>(
+    r: R,
+    wake: Wakeups,
+    resync: Duration,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = watch::channel(Pass::default());
+    let handle = Handle {
+        name: r.name(),
+        stats: stats.clone(),
+        passes: rx,
+    };
+    let task = tokio::spawn(drive(r, wake, resync, stats, tx));
+    (handle, task)
+}
+
+/// The driver loop of one reconciler.
+async fn drive<R: Reconciler>(
+    mut r: R,
+    mut wake: Wakeups,
+    resync: Duration,
+    stats: Arc<Stats>,
+    passes: watch::Sender<Pass>,
+) {
+    let name = r.name();
+    // What the kernel holds as far as the driver knows; None: observe.
+    let mut known: Option<R::State> = None;
+    let mut last_observed = tokio::time::Instant::now();
+    let mut reported: Option<String> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut failing = false;
+    loop {
+        let started = Instant::now();
+        let desired = r.desired();
+        let due = known.is_none() || last_observed.elapsed() >= resync;
+        let outcome = pass(&mut r, &desired.state, &mut known, due, &stats).await;
+        if due && outcome.is_ok() {
+            last_observed = tokio::time::Instant::now();
+        }
+        stats.passes.fetch_add(1, Ordering::Relaxed);
+        stats.last_pass_us.store(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match &outcome {
+            Ok(()) => {
+                if let Some(e) = reported.take() {
+                    tracing::info!(reconciler = name, previous_error = %e, "reconciler recovered");
+                }
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = None;
+                }
+                failing = false;
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                let text = e.to_string();
+                if reported.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(
+                        reconciler = name,
+                        operation = %e.operation,
+                        target = %e.target,
+                        error = %e.cause,
+                        "reconcile failed; retrying"
+                    );
+                    reported = Some(text.clone());
+                }
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = Some(text);
+                }
+                if failing {
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                failing = true;
+            }
+        }
+        passes.send_modify(|p| {
+            p.count += 1;
+            p.ok = outcome.is_ok();
+        });
+        let mut wait = resync.saturating_sub(last_observed.elapsed());
+        if let Some(d) = desired.changes_in {
+            wait = wait.min(d);
+        }
+        if failing {
+            wait = wait.min(backoff);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.state.changed() => {}
+            _ = wake.config.changed() => {}
+            _ = wake.kick.notified() => {}
+            _ = wake.stop.changed() => break,
+        }
+    }
+    r.stop().await;
+}
+
+/// One pass: plan against what is known (or observed when `observe`),
+/// apply, and remember what the kernel now holds.
+async fn pass<R: Reconciler>(
+    r: &mut R,
+    desired: &R::State,
+    known: &mut Option<R::State>,
+    observe: bool,
+    stats: &Stats,
+) -> Result<(), OpError> {
+    let base = if observe {
+        let observed = r.observe().await.inspect_err(|_| *known = None)?;
+        stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(believed) = known.as_ref() {
+            let drift = r.plan(believed, &observed);
+            if !drift.is_empty() {
+                stats.drift_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    reconciler = r.name(),
+                    changes = drift.len(),
+                    first = ?drift.first(),
+                    "the kernel was changed behind the director's back; repairing"
+                );
+            }
+        }
+        observed
+    } else {
+        match known.take() {
+            Some(k) => k,
+            None => r.observe().await?,
+        }
+    };
+    let ops = r.plan(desired, &base);
+    let n = ops.len() as u64;
+    if ops.is_empty() {
+        *known = Some(base);
+        return Ok(());
+    }
+    match r.apply(ops).await {
+        Ok(()) => {
+            stats.operations.fetch_add(n, Ordering::Relaxed);
+            *known = Some(desired.clone());
+            Ok(())
+        }
+        Err(e) => {
+            // Part of the plan may have been applied: look again next time.
+            *known = None;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// A kernel table of numbers, for exercising the driver.
+    #[derive(Debug)]
+    struct Numbers {
+        want: Arc<Mutex<BTreeSet<u32>>>,
+        kernel: Arc<Mutex<BTreeSet<u32>>>,
+        observed: Arc<AtomicU64>,
+        fail_once: Arc<Mutex<bool>>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Op {
+        Add(u32),
+        Del(u32),
+    }
+
+    impl Reconciler for Numbers {
+        type State = BTreeSet<u32>;
+        type Op = Op;
+        fn name(&self) -> &'static str {
+            "numbers"
+        }
+        fn desired(&mut self) -> Desired<BTreeSet<u32>> {
+            Desired::steady(self.want.lock().unwrap().clone())
+        }
+        fn plan(&self, d: &BTreeSet<u32>, o: &BTreeSet<u32>) -> Vec<Op> {
+            let mut ops: Vec<Op> = o.difference(d).map(|n| Op::Del(*n)).collect();
+            ops.extend(d.difference(o).map(|n| Op::Add(*n)));
+            ops
+        }
+        async fn observe(&mut self) -> Result<BTreeSet<u32>, OpError> {
+            self.observed.fetch_add(1, Ordering::SeqCst);
+            Ok(self.kernel.lock().unwrap().clone())
+        }
+        async fn apply(&mut self, ops: Vec<Op>) -> Result<(), OpError> {
+            let mut fail = self.fail_once.lock().unwrap();
+            if *fail {
+                *fail = false;
+                return Err(OpError::new("adding", "a number", "EBUSY"));
+            }
+            let mut k = self.kernel.lock().unwrap();
+            for op in ops {
+                match op {
+                    Op::Add(n) => k.insert(n),
+                    Op::Del(n) => k.remove(&n),
+                };
+            }
+            Ok(())
+        }
+    }
+
+    /// Changes are applied without observing; a resync observes and
+    /// repairs drift; a failure makes the next pass observe.
+    #[tokio::test(start_paused = true)]
+    async fn the_driver_plans_against_what_it_knows_and_resyncs() {
+        let want = Arc::new(Mutex::new(BTreeSet::from([1, 2])));
+        let kernel = Arc::new(Mutex::new(BTreeSet::from([2, 3])));
+        let observed = Arc::new(AtomicU64::new(0));
+        let fail_once = Arc::new(Mutex::new(false));
+        let (state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
+        let (_config_tx, config_rx) = watch::channel(0);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let kick = Arc::new(Notify::new());
+        let (handle, task) = spawn(
+            Numbers {
+                want: want.clone(),
+                kernel: kernel.clone(),
+                observed: observed.clone(),
+                fail_once: fail_once.clone(),
+            },
+            Wakeups {
+                state: state_rx,
+                config: config_rx,
+                kick: kick.clone(),
+                stop: stop_rx,
+            },
+            Duration::from_secs(30),
+        );
+        assert!(handle.applied(&kick, Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2]));
+        assert_eq!(observed.load(Ordering::SeqCst), 1);
+        // A change of the wanted state: applied without a dump.
+        want.lock().unwrap().insert(7);
+        state_tx.send_replace(Arc::new(ClusterState::default()));
+        assert!(handle.applied(&kick, Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 7]));
+        assert_eq!(observed.load(Ordering::SeqCst), 1);
+        assert_eq!(handle.stats.operations.load(Ordering::SeqCst), 2 + 1);
+        // Behind its back: repaired at the next resync, and counted.
+        kernel.lock().unwrap().remove(&2);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(handle.applied(&kick, Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 7]));
+        assert_eq!(handle.stats.drift_repairs.load(Ordering::SeqCst), 1);
+        // A failed apply: reported, and the next pass observes again.
+        let before = observed.load(Ordering::SeqCst);
+        *fail_once.lock().unwrap() = true;
+        want.lock().unwrap().insert(8);
+        kick.notify_one();
+        assert!(handle.applied(&kick, Duration::from_secs(10)).await);
+        assert_eq!(handle.stats.errors.load(Ordering::SeqCst), 1);
+        assert!(observed.load(Ordering::SeqCst) > before);
+        assert!(kernel.lock().unwrap().contains(&8));
+        assert_eq!(handle.stats.error(), None);
+        stop_tx.send_replace(true);
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,281 @@
+//! The IPVS reconciler: every virtual service of the committed state, on
+//! every data director (hot standby), and nothing else: a kernel service
+//! whose address is not one of the cluster's VIPs is never touched.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use consensus::state::{ClusterState, Forwarding, Protocol, SchedulerFlag, VirtualService};
+use consensus::Node;
+use ipvs_sys::{
+    Change, Destination, Forward, IpvsHandle, Netmask, Service, ServiceFlags, ServiceKey,
+    DEFAULT_WINDOW,
+};
+
+use super::driver::{Desired, OpError, Reconciler};
+use crate::config::{Config, ConfigCell};
+use crate::ipvs::plan::{self, Entry};
+
+/// The kernel's view of one virtual service port: the IPVS service with its
+/// scheduler, flags and persistence.
+pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
+    let protocol = match protocol {
+        Protocol::Tcp => ipvs_sys::Protocol::Tcp,
+        Protocol::Udp => ipvs_sys::Protocol::Udp,
+        Protocol::Sctp => ipvs_sys::Protocol::Sctp,
+    };
+    let key = ServiceKey::Addr {
+        protocol,
+        addr: vs.vip,
+        port,
+    };
+    let mut s = Service::new(key, vs.scheduler.as_str());
+    for flag in &vs.scheduler_flags {
+        s.flags = s.flags.with(match flag {
+            SchedulerFlag::ShFallback | SchedulerFlag::MhFallback => ServiceFlags::SCHED1,
+            SchedulerFlag::ShPort | SchedulerFlag::MhPort => ServiceFlags::SCHED2,
+        });
+    }
+    if let Some(p) = vs.persistence {
+        s.flags = s.flags.with(ServiceFlags::PERSISTENT);
+        s.timeout = p.timeout_s;
+        if let Some(len) = p.netmask {
+            s.netmask = match vs.vip {
+                IpAddr::V4(_) => {
+                    let bits = u32::from(len.min(32));
+                    let mask = if bits == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - bits)
+                    };
+                    Netmask::V4(mask.into())
+                }
+                IpAddr::V6(_) => Netmask::V6(u32::from(len.min(128))),
+            };
+        }
+    }
+    s
+}
+
+/// The IPVS table every data director programs: one IPVS service per port
+/// of every virtual service, masquerade for `nat`, direct routing for `dr`.
+/// Sorted by service key.
+pub fn desired(state: &ClusterState) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for vs in state.services.values() {
+        let forward = match vs.forwarding {
+            Forwarding::Nat => Forward::Masquerade,
+            Forwarding::Dr => Forward::DirectRoute,
+        };
+        for p in &vs.ports {
+            let dests = p
+                .backends
+                .iter()
+                .map(|b| Destination {
+                    weight: i32::try_from(b.weight).unwrap_or(i32::MAX),
+                    ..Destination::new(b.address, b.port, forward)
+                })
+                .collect();
+            out.push((service(vs, p.protocol, p.port), dests));
+        }
+    }
+    out.sort_by_key(|(s, _)| s.key);
+    out
+}
+
+/// Whether an address is one of the cluster's VIPs: allocated in the state,
+/// or inside a configured pool. Nothing else is ever touched.
+pub fn managed_addr(addr: &IpAddr, state: &ClusterState, config: &Config) -> bool {
+    state.allocations.contains_key(addr) || config.pools.iter().any(|p| p.contains(addr))
+}
+
+/// Whether a kernel service is one this director manages: its address is a
+/// VIP of the cluster (`managed_addr`).
+pub fn managed(key: &ServiceKey, state: &ClusterState, config: &Config) -> bool {
+    match key {
+        ServiceKey::Addr { addr, .. } => managed_addr(addr, state, config),
+        ServiceKey::Fwmark { .. } => false,
+    }
+}
+
+/// The operations that make `observed` (the managed part of the kernel's
+/// table) equal to `desired`: managed services that are not wanted go.
+pub fn plan(desired: &[Entry], observed: &[Entry]) -> Vec<Change> {
+    plan::plan(desired, observed, true)
+}
+
+/// The IPVS reconciler.
+#[derive(Debug)]
+pub struct Ipvs {
+    node: Arc<Node>,
+    config: Arc<ConfigCell>,
+    handle: IpvsHandle,
+}
+
+impl Ipvs {
+    /// A reconciler programming through `handle`.
+    pub fn new(node: Arc<Node>, config: Arc<ConfigCell>, handle: IpvsHandle) -> Self {
+        Ipvs {
+            node,
+            config,
+            handle,
+        }
+    }
+}
+
+/// What a change does and to what, for an error message.
+fn describe(change: &Change) -> (&'static str, String) {
+    match change {
+        Change::AddService(s) => ("adding service", s.key.to_string()),
+        Change::EditService(s) => ("editing service", s.key.to_string()),
+        Change::DelService(k) => ("deleting service", k.to_string()),
+        Change::AddDest(k, d) => ("adding backend", format!("{k} -> {}", d.addr)),
+        Change::EditDest(k, d) => ("editing backend", format!("{k} -> {}", d.addr)),
+        Change::DelDest(k, a, p) => ("deleting backend", format!("{k} -> {a}:{p}")),
+        other => ("applying", format!("{other:?}")),
+    }
+}
+
+impl Reconciler for Ipvs {
+    type State = Vec<Entry>;
+    type Op = Change;
+
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn desired(&mut self) -> Desired<Vec<Entry>> {
+        Desired::steady(desired(&self.node.state()))
+    }
+
+    fn plan(&self, desired: &Vec<Entry>, observed: &Vec<Entry>) -> Vec<Change> {
+        plan(desired, observed)
+    }
+
+    async fn observe(&mut self) -> Result<Vec<Entry>, OpError> {
+        let state = self.node.state();
+        let config = self.config.get();
+        let mut table: Vec<Entry> = self
+            .handle
+            .table()
+            .await
+            .map_err(|e| OpError::new("listing", "the IPVS table", e))?
+            .into_iter()
+            .filter(|(s, _)| managed(&s.key, &state, &config))
+            .collect();
+        table.sort_by_key(|(s, _)| s.key);
+        Ok(table)
+    }
+
+    async fn apply(&mut self, ops: Vec<Change>) -> Result<(), OpError> {
+        let results = self.handle.execute(&ops, DEFAULT_WINDOW).await;
+        for (op, result) in ops.iter().zip(results) {
+            if let Err(e) = result {
+                let (operation, target) = describe(op);
+                return Err(OpError::new(operation, target, e));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::state::{Persistence, Scheduler};
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let config = crate::config::parse(include_str!("../../../tests/lab/d1.yaml")).unwrap();
+        let wanted = crate::sources::statics::wanted(&config);
+        for c in crate::leader::catalogue(&config, &wanted, &s) {
+            consensus::apply(&mut s, c);
+        }
+        s
+    }
+
+    /// Strips what the kernel keeps but the plan does not compare, as a
+    /// kernel that applied `ops` would hold the table.
+    fn apply_to(table: &mut Vec<Entry>, ops: &[Change]) {
+        for op in ops {
+            match op {
+                Change::AddService(s) | Change::EditService(s) => {
+                    match table.iter_mut().find(|e| e.0.key == s.key) {
+                        Some(e) => e.0 = s.clone(),
+                        None => table.push((s.clone(), Vec::new())),
+                    }
+                }
+                Change::DelService(k) => table.retain(|e| e.0.key != *k),
+                Change::AddDest(k, d) | Change::EditDest(k, d) => {
+                    if let Some(e) = table.iter_mut().find(|e| e.0.key == *k) {
+                        e.1.retain(|x| (x.addr, x.port) != (d.addr, d.port));
+                        e.1.push(d.clone());
+                    }
+                }
+                Change::DelDest(k, a, p) => {
+                    if let Some(e) = table.iter_mut().find(|e| e.0.key == *k) {
+                        e.1.retain(|x| (x.addr, x.port) != (*a, *p));
+                    }
+                }
+                other => panic!("not planned here: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn persistence_and_scheduler_flags_reach_the_service() {
+        let mut s = state();
+        let web = s.services.get_mut("static/web").unwrap();
+        web.scheduler = Scheduler::Sh;
+        web.scheduler_flags = [SchedulerFlag::ShPort, SchedulerFlag::ShFallback].into();
+        web.persistence = Some(Persistence {
+            timeout_s: 300,
+            netmask: Some(24),
+        });
+        let t = desired(&s);
+        let svc = &t
+            .iter()
+            .find(|e| e.0.key.to_string().contains("10.10.0.200"))
+            .unwrap()
+            .0;
+        assert_eq!(svc.scheduler, "sh");
+        assert!(svc.flags.contains(ServiceFlags::PERSISTENT));
+        assert!(svc.flags.contains(ServiceFlags::SCHED1));
+        assert!(svc.flags.contains(ServiceFlags::SCHED2));
+        assert_eq!(svc.timeout, 300);
+        assert_eq!(svc.netmask, Netmask::V4("255.255.255.0".parse().unwrap()));
+    }
+
+    /// Apply the plan, plan again: nothing. From an empty kernel, from a
+    /// kernel with a stray managed service and a changed weight, and to an
+    /// empty wanted table.
+    #[test]
+    fn applying_the_plan_leaves_nothing_to_do() {
+        let s = state();
+        let want = desired(&s);
+        let mut drifted = want.clone();
+        drifted[0].1[0].weight = 5;
+        drifted[1].1.pop();
+        drifted.push((
+            Service::new(ServiceKey::udp("10.10.0.201".parse().unwrap(), 53), "wrr"),
+            Vec::new(),
+        ));
+        for (from, to) in [
+            (Vec::new(), want.clone()),
+            (drifted, want.clone()),
+            (want.clone(), Vec::new()),
+        ] {
+            let mut kernel = from;
+            let ops = plan(&to, &kernel);
+            assert!(!ops.is_empty());
+            apply_to(&mut kernel, &ops);
+            assert_eq!(plan(&to, &kernel), Vec::new(), "{ops:?}");
+        }
+        // One weight: one operation.
+        let mut one = want.clone();
+        one[0].1[1].weight = 3;
+        let ops = plan(&one, &want);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert!(matches!(ops[0], Change::EditDest(..)));
+    }
+}

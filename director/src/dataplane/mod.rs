@@ -1,0 +1,19 @@
+//! The data plane: what every director makes its own kernel hold, computed
+//! from the committed state and local inputs (the hold rule, a drain), one
+//! reconciler per kind of kernel object, all run by one driver
+//! ([`driver`]):
+//!
+//! - [`ipvs`]: every virtual service, on every data director;
+//! - [`routes`]: the local routes of the VIPs held here (and their
+//!   announcements);
+//! - [`nft`]: the SNAT table and the drain gate;
+//! - [`sysctl`]: what forwarding needs.
+//!
+//! A new kind of kernel object is a new module implementing
+//! [`driver::Reconciler`], started in `daemon.rs`.
+
+pub mod driver;
+pub mod ipvs;
+pub mod nft;
+pub mod routes;
+pub mod sysctl;

@@ -1,0 +1,387 @@
+//! The nftables reconciler: two tables of this director's own.
+//!
+//! - `inet director_snat`: the source NAT that brings replies back through
+//!   this director in `nat` mode (IPVS masquerade with conntrack, and an
+//!   nftables masquerade for traffic to the backends).
+//! - `inet director_drain`: the drain gate, present only while a drain
+//!   turns new TCP connections to its VIPs away (a SYN without ACK is
+//!   dropped before conntrack and IPVS, priority raw).
+//!
+//! Each table is written whole and atomically (`nft -f`). To tell later
+//! whether a table is still as written, the reconciler keeps the kernel's
+//! own listing of it taken right after writing: a listing that differs at a
+//! resync was changed behind its back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use consensus::state::{ClusterState, Forwarding};
+use consensus::Node;
+
+use super::driver::{Desired, OpError, Reconciler};
+
+/// The SNAT table's name.
+pub const SNAT: &str = "director_snat";
+/// The drain gate's name.
+pub const DRAIN: &str = "director_drain";
+
+/// One table as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Table {
+    /// Not there.
+    Absent,
+    /// Exactly as this script wrote it.
+    Written(String),
+    /// There, but not (or no longer) as written here: its listing.
+    Other(String),
+}
+
+/// The managed tables by name.
+pub type Tables = BTreeMap<&'static str, Table>;
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftOp {
+    /// Replace the table with this script (`nft -f`).
+    Write(&'static str, String),
+    /// Delete the table.
+    Delete(&'static str),
+}
+
+/// The SNAT script for `state`: masquerade traffic to every `nat` backend.
+pub fn snat_ruleset(state: &ClusterState) -> String {
+    let mut rules = BTreeSet::new();
+    for vs in state.services.values() {
+        if vs.forwarding != Forwarding::Nat {
+            continue;
+        }
+        for p in &vs.ports {
+            for b in &p.backends {
+                let family = match b.address {
+                    IpAddr::V4(_) => "ip",
+                    IpAddr::V6(_) => "ip6",
+                };
+                rules.insert(format!(
+                    "    {family} daddr {} {} dport {} masquerade\n",
+                    b.address, p.protocol, b.port
+                ));
+            }
+        }
+    }
+    let mut s = format!(
+        "table inet {SNAT} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
+    );
+    for r in rules {
+        s.push_str(&r);
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// The drain gate's script: drops new TCP connections to `vips`.
+pub fn gate_ruleset(vips: &BTreeSet<IpAddr>) -> String {
+    let list = |v4: bool| {
+        vips.iter()
+            .filter(|v| v.is_ipv4() == v4)
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = format!(
+        "table inet {DRAIN} {{\n  chain prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n"
+    );
+    for (family, v4) in [("ip", true), ("ip6", false)] {
+        let addrs = list(v4);
+        if !addrs.is_empty() {
+            s.push_str(&format!(
+                "    {family} daddr {{ {addrs} }} tcp flags & (syn | ack) == syn drop\n"
+            ));
+        }
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// What the tables should be: the SNAT table for `state`, and the gate
+/// only while `gate` names VIPs.
+pub fn desired(state: &ClusterState, gate: &BTreeSet<IpAddr>) -> Tables {
+    let mut t = Tables::new();
+    t.insert(SNAT, Table::Written(snat_ruleset(state)));
+    t.insert(
+        DRAIN,
+        if gate.is_empty() {
+            Table::Absent
+        } else {
+            Table::Written(gate_ruleset(gate))
+        },
+    );
+    t
+}
+
+/// The changes that make `observed` equal `desired`, table by table.
+pub fn plan(desired: &Tables, observed: &Tables) -> Vec<NftOp> {
+    let mut ops = Vec::new();
+    for (name, want) in desired {
+        if observed.get(name) == Some(want) {
+            continue;
+        }
+        match want {
+            Table::Written(script) => ops.push(NftOp::Write(name, script.clone())),
+            Table::Absent => {
+                if observed.get(name).is_some_and(|t| *t != Table::Absent) {
+                    ops.push(NftOp::Delete(name));
+                }
+            }
+            Table::Other(_) => {}
+        }
+    }
+    ops
+}
+
+/// The VIPs whose new TCP connections a drain turns away (empty: none).
+#[derive(Debug, Default)]
+pub struct Gate(Mutex<BTreeSet<IpAddr>>);
+
+impl Gate {
+    /// Turns new connections to `vips` away (after the next pass).
+    pub fn close(&self, vips: BTreeSet<IpAddr>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = vips;
+        }
+    }
+
+    /// Takes new connections again (after the next pass).
+    pub fn open(&self) {
+        self.close(BTreeSet::new());
+    }
+
+    /// The VIPs shut out now.
+    pub fn closed(&self) -> BTreeSet<IpAddr> {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+/// The nftables reconciler.
+#[derive(Debug)]
+pub struct Nft {
+    node: Arc<Node>,
+    gate: Arc<Gate>,
+    /// Each table's script and the kernel's listing right after writing it.
+    written: BTreeMap<&'static str, (String, String)>,
+}
+
+impl Nft {
+    /// A reconciler for `node`'s state and the drain `gate`.
+    pub fn new(node: Arc<Node>, gate: Arc<Gate>) -> Self {
+        Nft {
+            node,
+            gate,
+            written: BTreeMap::new(),
+        }
+    }
+}
+
+impl Reconciler for Nft {
+    type State = Tables;
+    type Op = NftOp;
+
+    fn name(&self) -> &'static str {
+        "nft"
+    }
+
+    fn desired(&mut self) -> Desired<Tables> {
+        Desired::steady(desired(&self.node.state(), &self.gate.closed()))
+    }
+
+    fn plan(&self, desired: &Tables, observed: &Tables) -> Vec<NftOp> {
+        plan(desired, observed)
+    }
+
+    async fn observe(&mut self) -> Result<Tables, OpError> {
+        let mut t = Tables::new();
+        for name in [SNAT, DRAIN] {
+            let table = match list(name)? {
+                None => Table::Absent,
+                Some(listing) => match self.written.get(name) {
+                    Some((script, at_write)) if *at_write == listing => {
+                        Table::Written(script.clone())
+                    }
+                    _ => Table::Other(listing),
+                },
+            };
+            t.insert(name, table);
+        }
+        Ok(t)
+    }
+
+    async fn apply(&mut self, ops: Vec<NftOp>) -> Result<(), OpError> {
+        for op in ops {
+            match op {
+                NftOp::Write(name, script) => {
+                    // Replaces the table whole (and, for the SNAT table,
+                    // the IPv4-only table of older versions).
+                    let old = if name == SNAT {
+                        format!("add table ip {SNAT}\ndelete table ip {SNAT}\n")
+                    } else {
+                        String::new()
+                    };
+                    nft(&format!(
+                        "{old}add table inet {name}\ndelete table inet {name}\n{script}"
+                    ))
+                    .map_err(|e| OpError::new("writing nftables table", name, e))?;
+                    let listing = list(name)?.unwrap_or_default();
+                    self.written.insert(name, (script, listing));
+                    if name == DRAIN {
+                        tracing::info!("drain gate closed: new TCP connections to the drained VIPs are dropped");
+                    }
+                }
+                NftOp::Delete(name) => {
+                    nft(&format!(
+                        "add table inet {name}\ndelete table inet {name}\n"
+                    ))
+                    .map_err(|e| OpError::new("deleting nftables table", name, e))?;
+                    self.written.remove(name);
+                    if name == DRAIN {
+                        tracing::info!("drain gate open");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's listing of `inet NAME`, or None if there is no such table.
+fn list(name: &str) -> Result<Option<String>, OpError> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", name])
+        .output()
+        .map_err(|e| OpError::new("running", "nft list table", e))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        Ok(None)
+    } else {
+        Err(OpError::new("listing nftables table", name, err.trim()))
+    }
+}
+
+/// Runs an nftables script (`nft -f -`), all of it or nothing.
+pub fn nft(script: &str) -> Result<(), std::io::Error> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::state::{Backend, Owner, Protocol, Scheduler, ServicePort, VirtualService};
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let vip: IpAddr = "10.10.0.200".parse().unwrap();
+        s.allocations.insert(vip, "static/web".into());
+        s.owners.insert(
+            vip,
+            Owner {
+                director: 2,
+                epoch: 1,
+            },
+        );
+        s.services.insert(
+            "static/web".into(),
+            VirtualService {
+                vip,
+                scheduler: Scheduler::Rr,
+                scheduler_flags: BTreeSet::new(),
+                forwarding: Forwarding::Nat,
+                persistence: None,
+                ports: vec![ServicePort {
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    backends: vec![Backend {
+                        address: "10.10.0.21".parse().unwrap(),
+                        port: 30080,
+                        weight: 1,
+                    }],
+                }],
+            },
+        );
+        s
+    }
+
+    fn vips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn snat_masquerades_traffic_to_nat_backends() {
+        let r = snat_ruleset(&state());
+        assert!(
+            r.contains("ip daddr 10.10.0.21 tcp dport 30080 masquerade"),
+            "{r}"
+        );
+        assert!(r.starts_with("table inet director_snat {"));
+    }
+
+    #[test]
+    fn the_gate_drops_only_new_tcp_connections_to_the_vips() {
+        let r = gate_ruleset(&vips(&["10.10.0.200", "10.10.0.201", "fd10:10::200"]));
+        assert!(r.starts_with("table inet director_drain {"), "{r}");
+        assert!(r.contains("priority raw; policy accept;"), "{r}");
+        assert!(
+            r.contains("ip daddr { 10.10.0.200, 10.10.0.201 } tcp flags & (syn | ack) == syn drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip6 daddr { fd10:10::200 } tcp flags & (syn | ack) == syn drop"),
+            "{r}"
+        );
+        let v4 = gate_ruleset(&vips(&["10.10.0.200"]));
+        assert!(!v4.contains("ip6"), "{v4}");
+    }
+
+    /// From a kernel with foreign or missing tables, with the gate closed
+    /// and open: apply the plan, plan again, nothing.
+    #[test]
+    fn applying_the_plan_leaves_nothing_to_do() {
+        let s = state();
+        for gate in [vips(&[]), vips(&["10.10.0.200"])] {
+            let want = desired(&s, &gate);
+            for start in [
+                Tables::new(),
+                Tables::from([(SNAT, Table::Absent), (DRAIN, Table::Other("x".into()))]),
+                Tables::from([(SNAT, Table::Other("y".into())), (DRAIN, Table::Absent)]),
+            ] {
+                let mut kernel = start;
+                let ops = plan(&want, &kernel);
+                for op in &ops {
+                    match op {
+                        NftOp::Write(n, script) => kernel.insert(n, Table::Written(script.clone())),
+                        NftOp::Delete(n) => kernel.insert(n, Table::Absent),
+                    };
+                }
+                assert_eq!(plan(&want, &kernel), Vec::new(), "{ops:?}");
+            }
+        }
+    }
+}

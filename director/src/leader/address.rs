@@ -1,0 +1,128 @@
+//! Address management: which VIP a wanted service gets. Pure: the wanted
+//! request, the pools and the committed allocations in, an address out.
+//! An allocation is kept as long as its pool still contains it.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use consensus::state::ClusterState;
+
+use crate::config::Pool;
+use crate::sources::VipRequest;
+
+/// The VIP for service `name`: the requested address, or the address it
+/// already has from its pool, or the pool's first free address. None when
+/// the pool is unknown or full.
+pub fn choose(
+    name: &str,
+    request: &VipRequest,
+    pools: &[Pool],
+    state: &ClusterState,
+    taken: &BTreeSet<IpAddr>,
+) -> Option<IpAddr> {
+    match request {
+        VipRequest::Address(ip) => Some(*ip),
+        VipRequest::Pool(pool) => {
+            let pool = pools.iter().find(|p| &p.name == pool)?;
+            match state.services.get(name).map(|v| v.vip) {
+                Some(ip) if pool.contains(&ip) => Some(ip),
+                _ => first_free(pool, taken),
+            }
+        }
+    }
+}
+
+/// The lowest address of `pool` not in `taken`. It walks the taken
+/// addresses inside each range, not the range itself, so a pool of any
+/// size (an IPv6 /64) answers at once.
+pub fn first_free(pool: &Pool, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    for (a, b) in &pool.ranges {
+        let (lo, hi, v6) = match (a, b) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(u32::from(*a)), u128::from(u32::from(*b)), false)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(*a), u128::from(*b), true),
+            _ => continue,
+        };
+        let as_ip = |n: u128| -> IpAddr {
+            if v6 {
+                IpAddr::V6(n.into())
+            } else {
+                // lo..=hi came from IPv4 addresses.
+                IpAddr::V4(u32::try_from(n).unwrap_or(u32::MAX).into())
+            }
+        };
+        // The lowest candidate so far; None once the range is used up.
+        let mut next = Some(lo);
+        for ip in taken.range(as_ip(lo)..=as_ip(hi)) {
+            let n = match ip {
+                IpAddr::V4(x) => u128::from(u32::from(*x)),
+                IpAddr::V6(x) => u128::from(*x),
+            };
+            match next {
+                Some(c) if n == c => next = (n < hi).then_some(n + 1),
+                _ => break,
+            }
+        }
+        if let Some(c) = next {
+            return Some(as_ip(c));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(ranges: &[(&str, &str)]) -> Pool {
+        Pool {
+            name: "p".into(),
+            ranges: ranges
+                .iter()
+                .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
+                .collect(),
+        }
+    }
+
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_first_gap_is_chosen_in_range_order() {
+        let p = pool(&[("10.0.0.1", "10.0.0.3"), ("10.0.1.0", "10.0.1.9")]);
+        assert_eq!(first_free(&p, &ips(&[])), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            first_free(&p, &ips(&["10.0.0.1", "10.0.0.3"])),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            first_free(&p, &ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "9.9.9.9"])),
+            Some("10.0.1.0".parse().unwrap())
+        );
+        let full = pool(&[("10.0.0.1", "10.0.0.2")]);
+        assert_eq!(first_free(&full, &ips(&["10.0.0.1", "10.0.0.2"])), None);
+    }
+
+    /// A /64 with its first 100,000 addresses taken answers without
+    /// walking the range.
+    #[test]
+    fn a_huge_ipv6_pool_allocates_at_once() {
+        let p = pool(&[("fd00::", "fd00::ffff:ffff:ffff:ffff")]);
+        let base = u128::from("fd00::".parse::<std::net::Ipv6Addr>().unwrap());
+        let taken: BTreeSet<IpAddr> = (0..100_000u128)
+            .map(|n| IpAddr::V6((base + n).into()))
+            .collect();
+        assert_eq!(
+            first_free(&p, &taken),
+            Some(IpAddr::V6((base + 100_000).into()))
+        );
+        let end = pool(&[("fd00::fffe", "fd00::ffff")]);
+        assert_eq!(
+            first_free(&end, &ips(&["fd00::fffe"])),
+            Some("fd00::ffff".parse().unwrap())
+        );
+        assert_eq!(first_free(&end, &ips(&["fd00::fffe", "fd00::ffff"])), None);
+    }
+}

@@ -1,0 +1,433 @@
+//! The leader's decisions. Only the Raft leader proposes; every decision is
+//! a pure function of the configuration, the sources' wanted services, the
+//! committed state and what the leader knows of the directors' liveness:
+//!
+//! - [`catalogue`]: the members and virtual services the state must hold,
+//!   with their VIPs ([`address`]);
+//! - [`owners`]: which director holds each VIP, fenced by the leases.
+//!
+//! [`run`] is the one loop that proposes what they return.
+
+pub mod address;
+pub mod owners;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::state::{ClusterState, Director, Role, VirtualService};
+use consensus::{Command, Node};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigCell, PeerRole};
+use crate::ops::status::OwnerClock;
+use crate::sources::{self, Wanted};
+
+pub use owners::{assign, Liveness};
+
+/// Commands are committed in entries of at most this many (see
+/// `Command::Batch`).
+const BATCH: usize = 512;
+
+/// The commands that make the committed state hold the configured members
+/// and the sources' services (and drop services a source no longer has).
+pub fn catalogue(config: &Config, wanted: &[Wanted], state: &ClusterState) -> Vec<Command> {
+    let mut cmds = Vec::new();
+    for p in &config.peers {
+        let want = Director {
+            id: p.id,
+            name: p.name.clone(),
+            address: p.address.to_string(),
+            role: match p.role {
+                PeerRole::Data => Role::Data,
+                PeerRole::Witness => Role::Witness,
+            },
+        };
+        if state.directors.get(&p.id) != Some(&want) {
+            cmds.push(Command::PutDirector(want));
+        }
+    }
+    let mut taken: BTreeSet<IpAddr> = state.allocations.keys().copied().collect();
+    let mut named = BTreeSet::new();
+    for w in wanted {
+        named.insert(w.name.as_str());
+        let Some(vip) = address::choose(&w.name, &w.vip, &config.pools, state, &taken) else {
+            continue;
+        };
+        if state.allocations.get(&vip) != Some(&w.name) {
+            cmds.push(Command::Allocate {
+                vip,
+                service: w.name.clone(),
+            });
+            taken.insert(vip);
+        }
+        let want = VirtualService {
+            vip,
+            scheduler: w.scheduler,
+            scheduler_flags: w.scheduler_flags.clone(),
+            forwarding: w.forwarding,
+            persistence: w.persistence,
+            ports: w.ports.clone(),
+        };
+        if state.services.get(&w.name) != Some(&want) {
+            cmds.push(Command::PutService {
+                name: w.name.clone(),
+                service: want,
+            });
+        }
+    }
+    for name in state.services.keys() {
+        if sources::statics::owns(name) && !named.contains(name.as_str()) {
+            cmds.push(Command::RemoveService { name: name.clone() });
+        }
+    }
+    cmds
+}
+
+/// What the leader knows of each director now (from its lease grants).
+pub fn liveness(node: &Node, state: &ClusterState, config: &Config) -> Liveness {
+    let contact = node.last_contact();
+    let fence = Duration::from_millis(config.lease.lease_ms);
+    let mut live = Liveness {
+        leader: node.id(),
+        may_assign: node.may_assign(),
+        ..Default::default()
+    };
+    for id in state.directors.keys() {
+        let fresh = if *id == node.id() {
+            node.holds_lease()
+        } else {
+            contact.get(id).is_some_and(|d| *d < fence)
+        };
+        if fresh {
+            live.live.insert(*id);
+        }
+        if *id != node.id() && node.may_take_from(*id) && !fresh {
+            live.fenced.insert(*id);
+        }
+    }
+    live
+}
+
+/// Proposes `cmds` in batches; false when a proposal failed (leadership
+/// lost, quorum gone): the caller tries again on its next round.
+async fn propose_all(node: &Node, cmds: Vec<Command>) -> bool {
+    let mut cmds = cmds;
+    while !cmds.is_empty() {
+        let rest = cmds.split_off(cmds.len().min(BATCH));
+        let cmd = if cmds.len() == 1 {
+            cmds.remove(0)
+        } else {
+            Command::Batch(std::mem::take(&mut cmds))
+        };
+        if let Err(e) = node.propose(cmd).await {
+            tracing::debug!(error = %e, "proposal failed; retried on the next round");
+            return false;
+        }
+        cmds = rest;
+    }
+    true
+}
+
+/// The leader's loop: keeps the catalogue in the state and commits owner
+/// moves. It ticks faster than the data path so that a fenced director's
+/// VIPs move within a few milliseconds of its fence expiring. The catalogue
+/// is compared only when the configuration, the state or the leadership
+/// changed, never on a bare tick.
+pub async fn run(
+    node: Arc<Node>,
+    config: Arc<ConfigCell>,
+    clock: Arc<OwnerClock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let lease = config.get().lease;
+    let tick = Duration::from_millis((lease.margin_ms / 2).clamp(5, 50));
+    // While a director has been silent for two renewals its fence may expire
+    // any moment: check every 5 ms until well after it did.
+    let suspicious = Duration::from_millis(lease.renew_ms * 2)
+        ..Duration::from_millis(lease.lease_ms + lease.margin_ms + 500);
+    let mut changes = node.watch();
+    let mut configs = config.subscribe();
+    // What the catalogue was last checked against: (state, config generation).
+    let mut checked: Option<(Arc<ClusterState>, u64)> = None;
+    let mut was_leader = false;
+    loop {
+        let leading = node.leader() == Some(node.id());
+        let silent = leading && node.last_contact().values().any(|d| suspicious.contains(d));
+        let wait = if silent {
+            tick.min(Duration::from_millis(5))
+        } else {
+            tick
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changes.changed() => {}
+            _ = configs.changed() => {}
+            _ = stop.changed() => return,
+        }
+        let mut state = node.state();
+        clock.observe(&state);
+        let leading = node.leader() == Some(node.id());
+        if leading != was_leader {
+            tracing::info!(
+                leader = leading,
+                "leadership {}",
+                if leading { "gained" } else { "lost" }
+            );
+            was_leader = leading;
+            checked = None;
+        }
+        if !leading {
+            continue;
+        }
+        let cfg = config.get();
+        let generation = config.generation();
+        let fresh = checked
+            .as_ref()
+            .is_some_and(|(s, g)| Arc::ptr_eq(s, &state) && *g == generation);
+        if !fresh {
+            let wanted = sources::statics::wanted(&cfg);
+            let cmds = catalogue(&cfg, &wanted, &state);
+            if cmds.is_empty() {
+                checked = Some((state.clone(), generation));
+            } else {
+                tracing::info!(commands = cmds.len(), "committing catalogue changes");
+                if !propose_all(&node, cmds).await {
+                    continue;
+                }
+                // The next round checks the new state again.
+                state = node.state();
+            }
+        }
+        let live = liveness(&node, &state, &cfg);
+        for cmd in assign(&state, &live) {
+            if let Command::SetOwner { vip, director, .. } = &cmd {
+                tracing::info!(%vip, owner = director, "moving VIP");
+            }
+            if let Err(e) = node.propose(cmd).await {
+                tracing::debug!(error = %e, "owner move not committed");
+            }
+        }
+        // The moves are in the log: a fenced director that comes back may be
+        // granted a lease again (it must apply them before the lease counts).
+        node.moves_done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::ipvs::{desired as desired_ipvs, managed};
+    use consensus::apply;
+    use consensus::NodeId;
+    use ipvs_sys::{Forward, ServiceKey};
+    use std::collections::BTreeMap;
+
+    /// The catalogue of the file's static services.
+    fn seed(config: &Config, state: &ClusterState) -> Vec<Command> {
+        catalogue(config, &sources::statics::wanted(config), state)
+    }
+
+    /// The lab's d1 config with its IPv4 service only.
+    fn config() -> Config {
+        let mut c = lab_config();
+        c.services.retain(|s| s.name == "web");
+        c
+    }
+
+    fn lab_config() -> Config {
+        crate::config::parse(include_str!("../../../tests/lab/d1.yaml")).unwrap()
+    }
+
+    /// The lab's two services (IPv4 and IPv6) go to the two non-leaders, one
+    /// each, and both families are programmed.
+    #[test]
+    fn vips_spread_over_the_non_leaders_in_both_families() {
+        let mut s = ClusterState::default();
+        for c in seed(&lab_config(), &s) {
+            assert_eq!(apply(&mut s, c), consensus::Response::Ok);
+        }
+        let cmds = assign(&s, &live(1, &[1, 2, 3], &[]));
+        let owners: BTreeMap<IpAddr, NodeId> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::SetOwner { vip, director, .. } => Some((*vip, *director)),
+                _ => None,
+            })
+            .collect();
+        let v4: IpAddr = "10.10.0.200".parse().unwrap();
+        let v6: IpAddr = "fd10:10::200".parse().unwrap();
+        assert_eq!(owners.len(), 2, "{cmds:?}");
+        assert_ne!(owners[&v4], owners[&v6], "{cmds:?}");
+        assert!(
+            !owners.values().any(|d| *d == 1),
+            "the leader is spared: {cmds:?}"
+        );
+        let t = desired_ipvs(&s);
+        assert!(
+            t.iter()
+                .any(|(svc, d)| svc.key == ServiceKey::tcp(v6, 80) && d.len() == 2),
+            "{t:?}"
+        );
+    }
+
+    fn seeded() -> ClusterState {
+        let mut s = ClusterState::default();
+        for c in seed(&config(), &s) {
+            assert_eq!(apply(&mut s, c), consensus::Response::Ok);
+        }
+        s
+    }
+
+    #[test]
+    fn seeding_is_idempotent() {
+        let s = seeded();
+        assert_eq!(s.directors.len(), 3);
+        assert_eq!(
+            s.services["static/web"].vip,
+            "10.10.0.200".parse::<IpAddr>().unwrap()
+        );
+        assert!(seed(&config(), &s).is_empty());
+    }
+
+    #[test]
+    fn a_service_gone_from_the_file_is_removed() {
+        let s = seeded();
+        let mut c = config();
+        c.services.clear();
+        assert_eq!(
+            seed(&c, &s),
+            vec![Command::RemoveService {
+                name: "static/web".into()
+            }]
+        );
+    }
+
+    fn live(leader: NodeId, live: &[NodeId], fenced: &[NodeId]) -> Liveness {
+        Liveness {
+            leader,
+            live: live.iter().copied().collect(),
+            fenced: fenced.iter().copied().collect(),
+            may_assign: true,
+        }
+    }
+
+    #[test]
+    fn a_new_vip_goes_to_a_non_leader_after_the_wait() {
+        let s = seeded();
+        let vip: IpAddr = "10.10.0.200".parse().unwrap();
+        let mut waiting = live(1, &[1, 2, 3], &[]);
+        waiting.may_assign = false;
+        assert!(assign(&s, &waiting).is_empty());
+        assert_eq!(
+            assign(&s, &live(1, &[1, 2, 3], &[])),
+            vec![Command::SetOwner {
+                vip,
+                director: 2,
+                expected_epoch: 0
+            }]
+        );
+        // Only the leader is live: it takes the VIP itself.
+        assert_eq!(
+            assign(&s, &live(1, &[1], &[])),
+            vec![Command::SetOwner {
+                vip,
+                director: 1,
+                expected_epoch: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_live_owner_keeps_its_vip_and_a_fenced_one_loses_it() {
+        let mut s = seeded();
+        let vip: IpAddr = "10.10.0.200".parse().unwrap();
+        apply(
+            &mut s,
+            Command::SetOwner {
+                vip,
+                director: 3,
+                expected_epoch: 0,
+            },
+        );
+        // Director 2 has fewer VIPs, but 3 is alive: no move (no fail-back).
+        assert!(assign(&s, &live(1, &[1, 2, 3], &[])).is_empty());
+        // 3 is silent but not yet fenced: still no move.
+        assert!(assign(&s, &live(1, &[1, 2], &[])).is_empty());
+        assert_eq!(
+            assign(&s, &live(1, &[1, 2], &[3])),
+            vec![Command::SetOwner {
+                vip,
+                director: 2,
+                expected_epoch: 1
+            }]
+        );
+    }
+
+    /// A director commits its own draining flag only after it stopped
+    /// holding (docs/fencing.md, drain), so its VIPs move at once, to a live
+    /// director that is not draining, without waiting for its lease.
+    #[test]
+    fn a_draining_owner_hands_over_at_once() {
+        let mut s = seeded();
+        let vip: IpAddr = "10.10.0.200".parse().unwrap();
+        apply(
+            &mut s,
+            Command::SetOwner {
+                vip,
+                director: 3,
+                expected_epoch: 0,
+            },
+        );
+        apply(
+            &mut s,
+            Command::SetDraining {
+                director: 3,
+                draining: true,
+            },
+        );
+        assert_eq!(
+            assign(&s, &live(1, &[1, 2, 3], &[])),
+            vec![Command::SetOwner {
+                vip,
+                director: 2,
+                expected_epoch: 1
+            }]
+        );
+        // Two draining: the leader is the only candidate left.
+        apply(
+            &mut s,
+            Command::SetDraining {
+                director: 2,
+                draining: true,
+            },
+        );
+        assert_eq!(
+            assign(&s, &live(1, &[1, 2, 3], &[])),
+            vec![Command::SetOwner {
+                vip,
+                director: 1,
+                expected_epoch: 1
+            }]
+        );
+        // Nobody else is live: the VIP stays (unheld) with the drained owner.
+        assert!(assign(&s, &live(1, &[3], &[])).is_empty());
+    }
+
+    #[test]
+    fn the_hot_standby_table_has_every_service() {
+        let s = seeded();
+        let t = desired_ipvs(&s);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].0.scheduler, "rr");
+        assert_eq!(t[0].1.len(), 2);
+        assert!(t[0]
+            .1
+            .iter()
+            .all(|d| d.forward == Forward::Masquerade && d.port == 30080));
+        assert!(managed(&t[0].0.key, &s, &config()));
+        let other = ServiceKey::tcp("192.0.2.1".parse().unwrap(), 80);
+        assert!(!managed(&other, &s, &config()));
+    }
+}

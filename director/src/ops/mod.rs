@@ -1,0 +1,40 @@
+//! Operating a director: the admin socket and its typed protocol
+//! ([`admin`]), the status document ([`status`]), the Prometheus endpoint
+//! ([`metrics`]) and draining ([`drain`]). A new CLI command that talks to
+//! the daemon adds a [`admin::Request`] variant, its answer here, and its
+//! subcommand in `main.rs`.
+
+pub mod admin;
+pub mod drain;
+pub mod metrics;
+pub mod status;
+
+use std::sync::Arc;
+
+use consensus::Node;
+use ipvs_sys::IpvsHandle;
+
+use crate::announce::Announcer;
+use crate::config::ConfigCell;
+use crate::dataplane::driver::Handle;
+use drain::Drainer;
+use status::OwnerClock;
+
+/// What the admin socket and the metrics endpoint answer from.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    /// The Raft node.
+    pub node: Arc<Node>,
+    /// The running configuration.
+    pub config: Arc<ConfigCell>,
+    /// IPVS (None on a witness or without IPVS).
+    pub ipvs: Option<IpvsHandle>,
+    /// The drain.
+    pub drainer: Arc<Drainer>,
+    /// The ARP/NDP side (None on a witness or without the ARP socket).
+    pub announcer: Option<Arc<Announcer>>,
+    /// Since when each VIP has had its owner.
+    pub clock: Arc<OwnerClock>,
+    /// The running reconcilers.
+    pub reconcilers: Vec<Handle>,
+}

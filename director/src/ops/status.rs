@@ -1,0 +1,502 @@
+//! The status document: what `director status` prints (table, JSON, YAML)
+//! and what `/metrics` renders, one typed struct built by the daemon
+//! ([`build`]) and read by the CLI. Field names are an interface: scripts
+//! read `director status -o json`; fields are added, never renamed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use consensus::state::ClusterState;
+use serde::{Deserialize, Serialize};
+
+use super::admin::Daemon;
+use crate::config::PeerRole;
+
+/// Output formats of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human tables.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// This director's view.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    /// Who answers.
+    pub director: Me,
+    /// The Raft group.
+    pub cluster: Cluster,
+    /// This director's ownership lease.
+    pub lease: Lease,
+    /// Every allocated VIP.
+    pub vips: Vec<Vip>,
+    /// Every virtual service port, as programmed here.
+    pub services: Vec<ServiceStatus>,
+    /// The data plane's reconcilers.
+    pub reconcilers: Vec<ReconcilerStatus>,
+    /// Gratuitous ARPs and unsolicited neighbour advertisements sent.
+    pub announcements_sent: u64,
+}
+
+/// The director answering.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Me {
+    /// Raft id.
+    pub id: u64,
+    /// Name.
+    pub name: Option<String>,
+}
+
+/// The Raft group as seen here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cluster {
+    /// The leader's id.
+    pub leader: Option<u64>,
+    /// The leader's name.
+    pub leader_name: Option<String>,
+    /// Raft term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub applied_index: Option<u64>,
+    /// Every configured member.
+    pub members: Vec<Member>,
+}
+
+/// A member of the group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Member {
+    /// Raft id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Raft transport address.
+    pub address: String,
+    /// `data` or `witness`.
+    pub role: String,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Whether it is draining.
+    pub draining: bool,
+    /// Milliseconds since the leader last heard from it (on the leader).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// The ownership lease.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lease {
+    /// Held now.
+    pub held: bool,
+    /// Milliseconds left.
+    pub remaining_ms: Option<u64>,
+}
+
+/// A VIP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Vip {
+    /// Since when its owner has had it (Unix ms), as seen here.
+    pub since_unix_ms: Option<u64>,
+    /// ... and how long ago that was.
+    pub since_ms_ago: Option<u64>,
+    /// When this director last announced it (Unix ms).
+    pub last_announced_unix_ms: Option<u64>,
+    /// ... and how long ago.
+    pub last_announced_ms_ago: Option<u64>,
+    /// The address.
+    pub vip: String,
+    /// The service it is allocated to.
+    pub service: String,
+    /// The owner's id.
+    pub owner: Option<u64>,
+    /// The owner's name.
+    pub owner_name: Option<String>,
+    /// The ownership epoch.
+    pub epoch: Option<u64>,
+    /// Whether this director answers for it now.
+    pub held_here: bool,
+}
+
+/// One virtual service port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceStatus {
+    /// `TCP 10.10.0.200:80`.
+    pub service: String,
+    /// Scheduler.
+    pub scheduler: String,
+    /// Scheduler flags (`sh-port`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scheduler_flags: Vec<String>,
+    /// Persistence timeout in seconds, if persistent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_s: Option<u32>,
+    /// ipvsadm's name of the forwarding method (`Masq`, `Route`).
+    pub forwarding: Option<String>,
+    /// Whether the kernel has it.
+    pub programmed: bool,
+    /// Its backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// A backend of a service port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendStatus {
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Weight (the kernel's when programmed).
+    pub weight: i64,
+    /// Active connections.
+    pub active: u32,
+    /// Inactive connections.
+    pub inactive: u32,
+}
+
+/// One reconciler of the data plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReconcilerStatus {
+    /// `ipvs`, `routes`, `nft`, `sysctl`.
+    pub name: String,
+    /// Passes done.
+    pub passes: u64,
+    /// Kernel operations applied.
+    pub operations: u64,
+    /// Failed passes.
+    pub errors: u64,
+    /// Full reads of the kernel.
+    pub resyncs: u64,
+    /// Changes made behind its back and repaired.
+    pub drift_repairs: u64,
+    /// The last pass's duration, microseconds.
+    pub last_pass_us: u64,
+    /// The last error, while failing.
+    pub last_error: Option<String>,
+}
+
+/// Since when (as this director saw it) each VIP has had its current owner.
+#[derive(Debug, Default)]
+pub struct OwnerClock(std::sync::Mutex<BTreeMap<IpAddr, (u64, SystemTime)>>);
+
+impl OwnerClock {
+    /// Notes the epochs of `state`; a new epoch starts now.
+    pub fn observe(&self, state: &ClusterState) {
+        let Ok(mut seen) = self.0.lock() else { return };
+        seen.retain(|vip, _| state.owners.contains_key(vip));
+        for (vip, o) in &state.owners {
+            if seen.get(vip).map(|(e, _)| *e) != Some(o.epoch) {
+                seen.insert(*vip, (o.epoch, SystemTime::now()));
+                tracing::info!(%vip, owner = o.director, epoch = o.epoch, "VIP owner changed");
+            }
+        }
+    }
+
+    fn since(&self, vip: &IpAddr) -> Option<SystemTime> {
+        self.0.lock().ok()?.get(vip).map(|(_, t)| *t)
+    }
+}
+
+/// Milliseconds since the Unix epoch, and milliseconds ago, of `t`.
+fn when(t: Option<SystemTime>) -> (Option<u64>, Option<u64>) {
+    let Some(t) = t else { return (None, None) };
+    let unix = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64);
+    let ago = SystemTime::now()
+        .duration_since(t)
+        .ok()
+        .map(|d| d.as_millis() as u64);
+    (unix, ago)
+}
+
+/// This director's view now.
+pub async fn build(d: &Daemon) -> Status {
+    let node = &d.node;
+    let config = d.config.get();
+    let m = node.metrics();
+    let state = node.state();
+    let contact = node.last_contact();
+    let names: BTreeMap<u64, String> = config
+        .peers
+        .iter()
+        .map(|p| (p.id, p.name.clone()))
+        .collect();
+    let members = config
+        .peers
+        .iter()
+        .map(|p| Member {
+            id: p.id,
+            name: p.name.clone(),
+            address: p.address.to_string(),
+            role: match p.role {
+                PeerRole::Data => "data",
+                PeerRole::Witness => "witness",
+            }
+            .into(),
+            leader: m.current_leader == Some(p.id),
+            draining: state.draining.contains_key(&p.id),
+            last_contact_ms: contact.get(&p.id).map(|d| d.as_millis() as u64),
+        })
+        .collect();
+    // The same rule the routes and the ARP/NDP answers follow.
+    let held_here = match &d.announcer {
+        Some(a) => a.rule().held(),
+        None => Default::default(),
+    };
+    let vips = state
+        .allocations
+        .iter()
+        .map(|(vip, service)| {
+            let owner = state.owners.get(vip);
+            let (since_unix_ms, since_ms_ago) = when(d.clock.since(vip));
+            let announced = d.announcer.as_ref().and_then(|a| a.last_announced(*vip));
+            let (last_announced_unix_ms, last_announced_ms_ago) = when(announced);
+            Vip {
+                since_unix_ms,
+                since_ms_ago,
+                last_announced_unix_ms,
+                last_announced_ms_ago,
+                vip: vip.to_string(),
+                service: service.clone(),
+                owner: owner.map(|o| o.director),
+                owner_name: owner.and_then(|o| names.get(&o.director).cloned()),
+                epoch: owner.map(|o| o.epoch),
+                held_here: held_here.contains(vip),
+            }
+        })
+        .collect();
+    let kernel: BTreeMap<ipvs_sys::ServiceKey, Vec<ipvs_sys::Destination>> = match &d.ipvs {
+        Some(h) => h
+            .table()
+            .await
+            .map(|t| t.into_iter().map(|(s, dests)| (s.key, dests)).collect())
+            .unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let services = crate::dataplane::ipvs::desired(&state)
+        .iter()
+        .map(|(s, dests)| {
+            let programmed = kernel.get(&s.key);
+            let vs = state.services.values().find(
+                |v| matches!(s.key, ipvs_sys::ServiceKey::Addr { addr, .. } if addr == v.vip),
+            );
+            ServiceStatus {
+                service: s.key.to_string(),
+                scheduler: s.scheduler.clone(),
+                scheduler_flags: vs
+                    .map(|v| v.scheduler_flags.iter().map(|f| f.to_string()).collect())
+                    .unwrap_or_default(),
+                persistence_s: vs.and_then(|v| v.persistence).map(|p| p.timeout_s),
+                forwarding: dests.first().map(|x| x.forward.ipvsadm_name().to_string()),
+                programmed: programmed.is_some(),
+                backends: dests
+                    .iter()
+                    .map(|want| {
+                        let k = programmed.and_then(|p| {
+                            p.iter()
+                                .find(|x| x.addr == want.addr && x.port == want.port)
+                        });
+                        let c = k.and_then(|x| x.counters).unwrap_or_default();
+                        BackendStatus {
+                            address: want.addr.to_string(),
+                            port: want.port,
+                            weight: i64::from(k.map(|x| x.weight).unwrap_or(want.weight)),
+                            active: c.active,
+                            inactive: c.inactive,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let reconcilers = d
+        .reconcilers
+        .iter()
+        .map(|h| {
+            let s = &h.stats;
+            ReconcilerStatus {
+                name: h.name.to_string(),
+                passes: s.passes.load(Ordering::Relaxed),
+                operations: s.operations.load(Ordering::Relaxed),
+                errors: s.errors.load(Ordering::Relaxed),
+                resyncs: s.resyncs.load(Ordering::Relaxed),
+                drift_repairs: s.drift_repairs.load(Ordering::Relaxed),
+                last_pass_us: s.last_pass_us.load(Ordering::Relaxed),
+                last_error: s.error(),
+            }
+        })
+        .collect();
+    Status {
+        director: Me {
+            id: node.id(),
+            name: names.get(&node.id()).cloned(),
+        },
+        cluster: Cluster {
+            leader: m.current_leader,
+            leader_name: m.current_leader.and_then(|l| names.get(&l).cloned()),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+        },
+        lease: Lease {
+            held: node.holds_lease(),
+            remaining_ms: node.lease_remaining().map(|d| d.as_millis() as u64),
+        },
+        vips,
+        services,
+        reconcilers,
+        announcements_sent: d.announcer.as_ref().map_or(0, |a| a.sent()),
+    }
+}
+
+/// "12.3s ago", "4m10s ago", "2h05m ago", or "-".
+fn ago(ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let secs = ms / 1000;
+    if secs < 60 {
+        format!("{:.1}s ago", ms as f64 / 1000.0)
+    } else if secs < 3600 {
+        format!("{}m{:02}s ago", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m ago", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+/// Renders the status document.
+pub fn render(v: &Status, format: Format) -> String {
+    match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Yaml => serde_saphyr::to_string(v).unwrap_or_default(),
+        Format::Table => table(v),
+    }
+}
+
+fn table(v: &Status) -> String {
+    let mut o = String::new();
+    let c = &v.cluster;
+    let _ = writeln!(
+        o,
+        "director {} (id {})   leader {} (id {})   term {}   applied {}   lease {}",
+        opt(&v.director.name),
+        v.director.id,
+        opt(&c.leader_name),
+        opt(&c.leader),
+        c.term,
+        opt(&c.applied_index),
+        if v.lease.held {
+            format!("held ({} ms left)", opt(&v.lease.remaining_ms))
+        } else {
+            "not held".into()
+        }
+    );
+    let _ = writeln!(o, "\nMEMBERS");
+    let _ = writeln!(
+        o,
+        "  {:<6} {:<4} {:<8} {:<22} {:<7} {:<9} LAST CONTACT",
+        "NAME", "ID", "ROLE", "ADDRESS", "LEADER", "DRAINING"
+    );
+    for m in &c.members {
+        let yes = |f: bool| if f { "yes" } else { "" };
+        let _ = writeln!(
+            o,
+            "  {:<6} {:<4} {:<8} {:<22} {:<7} {:<9} {}",
+            m.name,
+            m.id,
+            m.role,
+            m.address,
+            yes(m.leader),
+            yes(m.draining),
+            m.last_contact_ms
+                .map(|ms| format!("{ms} ms ago"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    let _ = writeln!(o, "\nVIPS");
+    let _ = writeln!(
+        o,
+        "  {:<26} {:<18} {:<8} {:<6} {:<12} {:<12} HELD HERE",
+        "VIP", "SERVICE", "OWNER", "EPOCH", "SINCE", "ANNOUNCED"
+    );
+    for x in &v.vips {
+        let _ = writeln!(
+            o,
+            "  {:<26} {:<18} {:<8} {:<6} {:<12} {:<12} {}",
+            x.vip,
+            x.service,
+            opt(&x.owner_name),
+            opt(&x.epoch),
+            ago(x.since_ms_ago),
+            ago(x.last_announced_ms_ago),
+            if x.held_here { "yes" } else { "no" }
+        );
+    }
+    let _ = writeln!(o, "\nSERVICES");
+    for x in &v.services {
+        let mut extra = String::new();
+        if !x.scheduler_flags.is_empty() {
+            let _ = write!(extra, " flags {}", x.scheduler_flags.join(","));
+        }
+        if let Some(p) = x.persistence_s {
+            let _ = write!(extra, " persistent {p}");
+        }
+        let _ = writeln!(
+            o,
+            "  {} {}{} {}{}",
+            x.service,
+            x.scheduler,
+            extra,
+            opt(&x.forwarding),
+            if x.programmed {
+                ""
+            } else {
+                "   (not programmed here)"
+            }
+        );
+        for b in &x.backends {
+            let _ = writeln!(
+                o,
+                "    -> {:<26} weight {:<4} active {:<6} inactive {}",
+                format!("{}:{}", b.address, b.port),
+                b.weight,
+                b.active,
+                b.inactive
+            );
+        }
+    }
+    let failing: Vec<&ReconcilerStatus> = v
+        .reconcilers
+        .iter()
+        .filter(|r| r.last_error.is_some())
+        .collect();
+    if !failing.is_empty() {
+        let _ = writeln!(o, "\nFAILING");
+        for r in failing {
+            let _ = writeln!(o, "  {}: {}", r.name, opt(&r.last_error));
+        }
+    }
+    o
+}
