@@ -15,8 +15,31 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::Timing;
 use crate::state::NodeId;
+
+/// Raft timing, in milliseconds. It lives with the lease rules because the
+/// inequalities of docs/fencing.md bind it to [`LeaseTiming`] ([`validate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Smallest election timeout.
+    pub election_min_ms: u64,
+    /// Largest election timeout.
+    pub election_max_ms: u64,
+}
+
+impl Default for Timing {
+    /// Heartbeat 40 ms, election 100 to 200 ms: a LAN's round trips are
+    /// well under a millisecond, and a lost leader is replaced within 200 ms.
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 40,
+            election_min_ms: 100,
+            election_max_ms: 200,
+        }
+    }
+}
 
 /// Lease timing, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

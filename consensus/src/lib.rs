@@ -12,9 +12,9 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
-pub use lease::LeaseTiming;
+pub use lease::{LeaseTiming, Timing};
 pub use network::Faults;
-pub use node::{ConsensusError, Node, NodeConfig, Timing};
+pub use node::{ConsensusError, Node, NodeConfig};
 pub use state::{apply, ClusterState, Command, NodeId, Response};
 pub use tls::{Security, TlsFiles};
 

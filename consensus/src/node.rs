@@ -12,35 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal};
+use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal, Timing};
 use crate::network::{serve, Faults, LeaseService, Network, Peer, Server};
 use crate::state::{ClusterState, Command, NodeId, Response};
 use crate::store::{self, LogStore, StateMachineStore};
 use crate::tls::{Security, Tls};
 use crate::TypeConfig;
-
-/// Raft timing, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// Leader heartbeat interval.
-    pub heartbeat_ms: u64,
-    /// Smallest election timeout.
-    pub election_min_ms: u64,
-    /// Largest election timeout.
-    pub election_max_ms: u64,
-}
-
-impl Default for Timing {
-    /// Heartbeat 40 ms, election 100 to 200 ms: a LAN's round trips are
-    /// well under a millisecond, and a lost leader is replaced within 200 ms.
-    fn default() -> Self {
-        Timing {
-            heartbeat_ms: 40,
-            election_min_ms: 100,
-            election_max_ms: 200,
-        }
-    }
-}
 
 /// What a node needs to start.
 #[derive(Debug, Clone)]
