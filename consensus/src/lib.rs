@@ -5,6 +5,7 @@
 
 use std::io::Cursor;
 
+pub mod clock;
 pub mod lease;
 pub mod network;
 pub mod node;
