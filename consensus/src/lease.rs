@@ -2,21 +2,46 @@
 //!
 //! A director answers for a VIP only while it is the committed owner AND holds
 //! a lease. It renews the lease with the leader; the lease runs from the moment
-//! the director SENT the renewal, on its own monotonic clock, so it ends no
-//! later than the leader believes. The leader grants only while a quorum has
+//! the director SENT the renewal, on its own boot clock ([`crate::clock`]),
+//! so it ends no later than the leader believes. The leader grants only while a quorum has
 //! acknowledged it recently, and lets a VIP move away from a director only
 //! once that director's last grant plus the lease plus a margin has passed; a
 //! new leader moves nothing until one lease plus margin after it took office.
 //!
-//! Everything here is pure: times come in as arguments.
+//! Everything here is pure: times come in as arguments, as instants on the
+//! boot clock of the host that computes with them.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::Timing;
+use crate::clock::BootInstant;
 use crate::state::NodeId;
+
+/// Raft timing, in milliseconds. It lives with the lease rules because the
+/// inequalities of docs/fencing.md bind it to [`LeaseTiming`] ([`validate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Smallest election timeout.
+    pub election_min_ms: u64,
+    /// Largest election timeout.
+    pub election_max_ms: u64,
+}
+
+impl Default for Timing {
+    /// Heartbeat 40 ms, election 100 to 200 ms: a LAN's round trips are
+    /// well under a millisecond, and a lost leader is replaced within 200 ms.
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 40,
+            election_min_ms: 100,
+            election_max_ms: 200,
+        }
+    }
+}
 
 /// Lease timing, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +64,9 @@ impl Default for LeaseTiming {
     }
 }
 
-/// Largest relative difference in clock rate between two directors that the
-/// margin must cover (monotonic clocks of healthy hosts differ by far less).
+/// The least relative difference in clock rate between two directors that
+/// the margin must cover; an NTP daemon slewing a large offset can exceed it
+/// (docs/fencing.md, "Clock assumptions").
 pub const MAX_CLOCK_RATE_DRIFT: f64 = 0.01;
 
 /// Checks the timing inequalities of docs/fencing.md; the first one broken.
@@ -140,9 +166,9 @@ pub struct LeaseTable {
     timing: LeaseTiming,
     freshness: Duration,
     /// The term and the instant this node became leader of it.
-    leader_since: Option<(u64, Instant)>,
+    leader_since: Option<(u64, BootInstant)>,
     /// Last grant per director, in the current term.
-    grants: BTreeMap<NodeId, Instant>,
+    grants: BTreeMap<NodeId, BootInstant>,
     /// Directors whose fence passed and whose VIPs may be being moved:
     /// no grants until [`LeaseTable::moves_done`].
     revoking: std::collections::BTreeSet<NodeId>,
@@ -162,7 +188,7 @@ impl LeaseTable {
 
     /// Tells the table who leads now. A new term as leader starts with no
     /// grants and the new-leader wait.
-    pub fn observe(&mut self, is_leader: bool, term: u64, now: Instant) {
+    pub fn observe(&mut self, is_leader: bool, term: u64, now: BootInstant) {
         match (is_leader, self.leader_since) {
             (true, Some((t, _))) if t == term => {}
             (true, _) => {
@@ -184,8 +210,8 @@ impl LeaseTable {
     pub fn grant(
         &mut self,
         director: NodeId,
-        now: Instant,
-        quorum_at: Option<Instant>,
+        now: BootInstant,
+        quorum_at: Option<BootInstant>,
         leader: Option<NodeId>,
     ) -> Result<Grant, Refusal> {
         let Some((term, _)) = self.leader_since else {
@@ -215,7 +241,7 @@ impl LeaseTable {
 
     /// Whether a quorum confirmed this leader recently enough (`quorum_at`
     /// as in [`LeaseTable::grant`]).
-    fn fresh(&self, now: Instant, quorum_at: Option<Instant>) -> bool {
+    fn fresh(&self, now: BootInstant, quorum_at: Option<BootInstant>) -> bool {
         quorum_at.is_some_and(|q| now.saturating_duration_since(q) < self.freshness)
     }
 
@@ -229,8 +255,8 @@ impl LeaseTable {
     pub fn may_take_from(
         &mut self,
         director: NodeId,
-        now: Instant,
-        quorum_at: Option<Instant>,
+        now: BootInstant,
+        quorum_at: Option<BootInstant>,
     ) -> bool {
         let Some((_, since)) = self.leader_since else {
             return false;
@@ -258,7 +284,7 @@ impl LeaseTable {
 
     /// Whether this leader may assign VIPs that have no live owner yet: after
     /// the new-leader wait, while a quorum confirms it.
-    pub fn may_assign(&self, now: Instant, quorum_at: Option<Instant>) -> bool {
+    pub fn may_assign(&self, now: BootInstant, quorum_at: Option<BootInstant>) -> bool {
         self.fresh(now, quorum_at)
             && self
                 .leader_since
@@ -267,7 +293,7 @@ impl LeaseTable {
 
     /// How long ago each director was last granted a lease by this leader
     /// (its last contact); empty when not the leader.
-    pub fn last_grants(&self, now: Instant) -> BTreeMap<NodeId, Duration> {
+    pub fn last_grants(&self, now: BootInstant) -> BTreeMap<NodeId, Duration> {
         self.grants
             .iter()
             .map(|(id, at)| (*id, now.saturating_duration_since(*at)))
@@ -283,20 +309,19 @@ impl LeaseTable {
 /// A holder's view of its own lease.
 #[derive(Debug, Clone, Default)]
 pub struct HeldLease {
-    valid_until: Option<Instant>,
+    valid_until: Option<BootInstant>,
     /// Grants whose log index this holder has not applied yet, with the
     /// instant their renewal was sent.
-    pending: Vec<(Instant, Grant)>,
+    pending: Vec<(BootInstant, Grant)>,
 }
 
 /// Grants a holder keeps waiting for its log; older ones are dropped.
 const MAX_PENDING: usize = 16;
 
 impl HeldLease {
-    /// Records a grant for a renewal SENT at `sent`.
     /// Records a grant for a renewal SENT at `sent`, with this holder's
     /// applied log index; it counts once `applied` reaches the grant's.
-    pub fn granted(&mut self, sent: Instant, grant: &Grant, applied: u64) {
+    pub fn granted(&mut self, sent: BootInstant, grant: &Grant, applied: u64) {
         if grant.log_index <= applied {
             self.extend(sent, grant);
         } else {
@@ -325,18 +350,18 @@ impl HeldLease {
         }
     }
 
-    fn extend(&mut self, sent: Instant, grant: &Grant) {
+    fn extend(&mut self, sent: BootInstant, grant: &Grant) {
         let until = sent + Duration::from_millis(grant.lease_ms);
         self.valid_until = Some(self.valid_until.map_or(until, |u| u.max(until)));
     }
 
     /// Whether the lease holds at `now`.
-    pub fn holds(&self, now: Instant) -> bool {
+    pub fn holds(&self, now: BootInstant) -> bool {
         self.valid_until.is_some_and(|u| now < u)
     }
 
     /// When it ends, if ever granted.
-    pub fn valid_until(&self) -> Option<Instant> {
+    pub fn valid_until(&self) -> Option<BootInstant> {
         self.valid_until
     }
 }
@@ -344,6 +369,10 @@ impl HeldLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, TestClock};
+
+    /// Some instant on the boot clock (the tests only compare with it).
+    const T0: BootInstant = BootInstant::from_since_boot(Duration::from_secs(1000));
 
     fn timing() -> (Timing, LeaseTiming) {
         (Timing::default(), LeaseTiming::default())
@@ -397,7 +426,7 @@ mod tests {
 
     #[test]
     fn the_holder_counts_from_when_it_sent() {
-        let t0 = Instant::now();
+        let t0 = T0;
         let mut held = HeldLease::default();
         assert!(!held.holds(t0));
         let grant = Grant {
@@ -420,7 +449,7 @@ mod tests {
     /// so a move decided before the grant is known before the lease holds.
     #[test]
     fn a_grant_counts_only_once_the_holder_has_applied_that_far() {
-        let t0 = Instant::now();
+        let t0 = T0;
         let mut held = HeldLease::default();
         let grant = Grant {
             lease_ms: 600,
@@ -458,7 +487,7 @@ mod tests {
     #[test]
     fn a_director_whose_vips_are_being_moved_is_not_granted_until_the_moves_are_done() {
         let (t, l) = timing();
-        let start = Instant::now();
+        let start = T0;
         let mut table = LeaseTable::new(&t, l);
         table.observe(true, 1, start);
         let fence = start + Duration::from_millis(l.lease_ms + l.margin_ms);
@@ -486,7 +515,7 @@ mod tests {
     #[test]
     fn the_leader_grants_only_with_a_fresh_quorum() {
         let (t, l) = timing();
-        let now = Instant::now();
+        let now = T0;
         let mut table = LeaseTable::new(&t, l);
         assert_eq!(
             table.grant(2, now, Some(now), Some(1)),
@@ -511,7 +540,7 @@ mod tests {
     #[test]
     fn a_vip_moves_only_after_the_holders_lease_plus_margin() {
         let (t, l) = timing();
-        let start = Instant::now();
+        let start = T0;
         let mut table = LeaseTable::new(&t, l);
         let wait = l.lease_ms + l.margin_ms;
         table.observe(true, 1, start);
@@ -544,7 +573,7 @@ mod tests {
     #[test]
     fn a_change_of_term_forgets_grants_and_restarts_the_wait() {
         let (t, l) = timing();
-        let now = Instant::now();
+        let now = T0;
         let mut table = LeaseTable::new(&t, l);
         table.observe(true, 1, now);
         table.grant(2, now, Some(now), Some(1)).unwrap();
@@ -557,5 +586,85 @@ mod tests {
         let t700 = later + Duration::from_millis(wait);
         assert!(!table.may_take_from(2, t699, Some(t699)));
         assert!(table.may_take_from(2, t700, Some(t700)));
+    }
+
+    /// Clock assumptions (docs/fencing.md): leases count on the boot clock,
+    /// which runs through a suspend. A holder suspended with a lease resumes
+    /// without it, and a reply to a renewal it sent before the suspend does
+    /// not bring it back; meanwhile the leader, whose clock ran on, may take
+    /// its VIPs.
+    #[test]
+    fn a_lease_granted_before_a_suspend_does_not_hold_after_it() {
+        let (t, l) = timing();
+        let holder = TestClock::stopped(T0);
+        let leader = TestClock::stopped(T0);
+        let mut table = LeaseTable::new(&t, l);
+        table.observe(true, 1, leader.now().unwrap());
+        let wait = table.fence();
+        holder.advance(wait);
+        leader.advance(wait);
+        let sent = holder.now().unwrap();
+        let quorum = leader.now().unwrap();
+        let grant = table
+            .grant(2, leader.now().unwrap(), Some(quorum), Some(1))
+            .unwrap();
+        let mut held = HeldLease::default();
+        held.granted(sent, &grant, 0);
+        holder.advance(Duration::from_millis(10));
+        assert!(held.holds(holder.now().unwrap()));
+
+        // Suspended for five minutes: the holder's boot clock jumps in one
+        // step; the leader's ran on as long.
+        let suspend = Duration::from_secs(300);
+        holder.advance(suspend);
+        leader.advance(suspend);
+        let now = leader.now().unwrap();
+        assert!(table.may_take_from(2, now, Some(now)));
+
+        let resumed = holder.now().unwrap();
+        assert!(!held.holds(resumed));
+        assert_eq!(
+            held.valid_until()
+                .and_then(|u| u.checked_duration_since(resumed)),
+            None
+        );
+        // The reply to a renewal sent just before the suspend arrives now.
+        held.granted(sent + Duration::from_millis(5), &grant, 0);
+        assert!(!held.holds(holder.now().unwrap()));
+    }
+
+    /// Clock assumptions: a suspend of the leader. Its boot clock jumps; on
+    /// resume its last quorum round is minutes old, so it grants and takes
+    /// nothing on its old view. Once a quorum round started after the resume
+    /// confirms it, a holder that stayed silent (its grant older than lease
+    /// plus margin) may be fenced, and one that renewed since may not.
+    #[test]
+    fn after_a_jump_a_silent_holder_may_be_fenced_once_a_quorum_confirms_the_leader() {
+        let (t, l) = timing();
+        let clock = TestClock::stopped(T0);
+        let now = || clock.now().unwrap();
+        let mut table = LeaseTable::new(&t, l);
+        table.observe(true, 1, now());
+        clock.advance(table.fence());
+        let before = now();
+        table.grant(2, now(), Some(before), Some(1)).unwrap();
+        table.grant(3, now(), Some(before), Some(1)).unwrap();
+        clock.advance(Duration::from_millis(1));
+        assert!(!table.may_take_from(2, now(), Some(before)));
+
+        clock.advance(Duration::from_secs(300));
+        assert!(!table.may_take_from(2, now(), Some(before)));
+        assert!(!table.may_assign(now(), Some(before)));
+        assert!(matches!(
+            table.grant(3, now(), Some(before), Some(1)),
+            Err(Refusal::NoQuorum { millis: Some(m) }) if m >= 300_000
+        ));
+
+        let round = now();
+        clock.advance(Duration::from_millis(2));
+        table.grant(3, now(), Some(round), Some(1)).unwrap();
+        assert!(table.last_grants(now())[&2] >= Duration::from_secs(300));
+        assert!(!table.may_take_from(3, now(), Some(round)));
+        assert!(table.may_take_from(2, now(), Some(round)));
     }
 }

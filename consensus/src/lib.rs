@@ -5,6 +5,7 @@
 
 use std::io::Cursor;
 
+pub mod clock;
 pub mod domain;
 pub mod lease;
 pub mod network;
@@ -13,9 +14,9 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
-pub use lease::LeaseTiming;
+pub use lease::{LeaseTiming, Timing};
 pub use network::Faults;
-pub use node::{ConsensusError, Node, NodeConfig, Timing};
+pub use node::{ConsensusError, Node, NodeConfig};
 pub use state::{apply, ClusterState, Command, NodeId, Response};
 pub use tls::{Security, TlsFiles};
 

@@ -12,35 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal};
+use crate::clock::{BootClock, BootInstant, Clock, ClockError};
+use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal, Timing};
 use crate::network::{serve, Faults, LeaseService, Network, Peer, Server};
 use crate::state::{ClusterState, Command, NodeId, Response};
 use crate::store::{self, LogStore, StateMachineStore};
 use crate::tls::{Security, Tls};
 use crate::TypeConfig;
-
-/// Raft timing, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// Leader heartbeat interval.
-    pub heartbeat_ms: u64,
-    /// Smallest election timeout.
-    pub election_min_ms: u64,
-    /// Largest election timeout.
-    pub election_max_ms: u64,
-}
-
-impl Default for Timing {
-    /// Heartbeat 40 ms, election 100 to 200 ms: a LAN's round trips are
-    /// well under a millisecond, and a lost leader is replaced within 200 ms.
-    fn default() -> Self {
-        Timing {
-            heartbeat_ms: 40,
-            election_min_ms: 100,
-            election_max_ms: 200,
-        }
-    }
-}
 
 /// What a node needs to start.
 #[derive(Debug, Clone)]
@@ -83,6 +61,9 @@ pub enum ConsensusError {
     /// Raft failed (shut down, or a fatal storage error).
     #[error("raft: {0}")]
     Raft(String),
+    /// The clock leases count on cannot be read.
+    #[error("lease clock: {0}")]
+    Clock(#[source] ClockError),
 }
 
 impl ConsensusError {
@@ -101,12 +82,20 @@ struct Leases {
     raft: Raft<TypeConfig>,
     table: std::sync::Mutex<LeaseTable>,
     /// Start of the last quorum round this node completed as leader.
-    quorum_at: std::sync::Mutex<Option<std::time::Instant>>,
+    quorum_at: std::sync::Mutex<Option<BootInstant>>,
     held: std::sync::Mutex<HeldLease>,
+    /// Every lease instant comes from here (the boot clock in the daemon).
+    clock: Arc<dyn Clock>,
 }
 
 impl Leases {
-    fn observe(&self, now: std::time::Instant) -> (Option<NodeId>, u64) {
+    /// Now on the lease clock; `None` when it cannot be read, and then
+    /// nothing holds, is granted, or is taken.
+    fn now(&self) -> Option<BootInstant> {
+        self.clock.now().ok()
+    }
+
+    fn observe(&self, now: BootInstant) -> (Option<NodeId>, u64) {
         let m = self.raft.metrics().borrow().clone();
         let leading = m.current_leader == Some(self.id);
         if let Ok(mut t) = self.table.lock() {
@@ -121,7 +110,10 @@ impl Leases {
     }
 
     fn grant(&self, director: NodeId) -> Result<Grant, Refusal> {
-        let now = std::time::Instant::now();
+        // Without its clock the leader cannot tell how fresh its quorum is.
+        let Some(now) = self.now() else {
+            return Err(Refusal::NoQuorum { millis: None });
+        };
         let (leader, _) = self.observe(now);
         let quorum_at = self.quorum_at.lock().ok().and_then(|q| *q);
         let mut grant = match self.table.lock() {
@@ -191,6 +183,18 @@ impl Node {
     /// initialises the group, and only when its store holds no Raft state at
     /// all. A restart with state, on any node, never re-initialises.
     pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<Node, ConsensusError> {
+        Self::start_with_clock(config, listener, Arc::new(BootClock)).await
+    }
+
+    /// [`Node::start`], with the clock its leases count on: tests pass a
+    /// [`crate::clock::TestClock`] to make it jump as a suspend does;
+    /// [`Node::start`] passes the host's [`BootClock`]. Fails if the clock
+    /// cannot be read.
+    pub async fn start_with_clock(
+        config: NodeConfig,
+        listener: TcpListener,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, ConsensusError> {
         if !config.voters.contains_key(&config.id) {
             return Err(ConsensusError::Config(format!(
                 "node {} is not among the voters {:?}",
@@ -199,6 +203,7 @@ impl Node {
             )));
         }
         lease::validate(&config.timing, &config.lease).map_err(ConsensusError::Config)?;
+        clock.now().map_err(ConsensusError::Clock)?;
         let tls = Tls::load(&config.security).map_err(ConsensusError::Config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ConsensusError::Storage(format!("creating {}: {e}", config.data_dir.display()))
@@ -238,6 +243,7 @@ impl Node {
             table: std::sync::Mutex::new(LeaseTable::new(&config.timing, config.lease)),
             quorum_at: std::sync::Mutex::new(None),
             held: std::sync::Mutex::new(HeldLease::default()),
+            clock,
         });
         let (stop, stopped) = watch::channel(false);
         let server = Server {
@@ -297,15 +303,16 @@ impl Node {
     /// Whether this director holds an ownership lease now. It may answer for
     /// the VIPs it owns only while this is true.
     pub fn holds_lease(&self) -> bool {
-        self.leases
-            .held()
-            .is_some_and(|h| h.holds(std::time::Instant::now()))
+        let Some(held) = self.leases.held() else {
+            return false;
+        };
+        self.leases.now().is_some_and(|now| held.holds(now))
     }
 
     /// How long the current lease still runs, if it holds.
     pub fn lease_remaining(&self) -> Option<Duration> {
         let until = self.leases.held()?.valid_until()?;
-        until.checked_duration_since(std::time::Instant::now())
+        until.checked_duration_since(self.leases.now()?)
     }
 
     /// On the leader: the moves decided after [`Node::may_take_from`] have
@@ -321,7 +328,9 @@ impl Node {
     /// grant plus lease plus margin has passed). Always false elsewhere.
     /// When true, `director` is granted no lease until [`Node::moves_done`].
     pub fn may_take_from(&self, director: NodeId) -> bool {
-        let now = std::time::Instant::now();
+        let Some(now) = self.leases.now() else {
+            return false;
+        };
         self.leases.observe(now);
         let quorum_at = self.leases.quorum_at.lock().ok().and_then(|q| *q);
         self.leases
@@ -334,7 +343,9 @@ impl Node {
     /// On the leader: how long ago each director last renewed its lease (its
     /// last contact). Empty on other nodes.
     pub fn last_contact(&self) -> BTreeMap<NodeId, Duration> {
-        let now = std::time::Instant::now();
+        let Some(now) = self.leases.now() else {
+            return BTreeMap::new();
+        };
         self.leases.observe(now);
         self.leases
             .table
@@ -346,7 +357,9 @@ impl Node {
     /// On the leader: whether the new-leader wait is over, so VIPs without a
     /// live owner may be assigned. Always false elsewhere.
     pub fn may_assign(&self) -> bool {
-        let now = std::time::Instant::now();
+        let Some(now) = self.leases.now() else {
+            return false;
+        };
         self.leases.observe(now);
         let quorum_at = self.leases.quorum_at.lock().ok().and_then(|q| *q);
         self.leases
@@ -530,7 +543,22 @@ async fn quorum_rounds(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let start = std::time::Instant::now();
+        // Read before the round is asked for. openraft 0.9 answers
+        // `ensure_linearizable` with a fresh heartbeat to every voter (no
+        // lease of its own), so each acknowledgement is later than `start`
+        // on any clock, and `start` is a conservative quorum instant even if
+        // this host is suspended during the round.
+        //
+        // openraft's own timers and reports (election timeouts, the
+        // followers' vote refusal of docs/fencing.md Case 2, its metrics'
+        // `millis_since_quorum_ack`) count on tokio's CLOCK_MONOTONIC, which
+        // misses a suspend. That is safe for the vote refusal: a suspended
+        // follower only refuses for longer in real time. It is not for a
+        // duration d from the metrics: read at `now` and placed at `now - d`
+        // on the boot clock, it would be too recent after a suspend of this
+        // leader (d misses the suspend; 0.9 also computes it when metrics
+        // are published, not when read), so no lease decision uses one.
+        let Some(start) = leases.now() else { continue };
         let (leader, _) = leases.observe(start);
         if leader != Some(leases.id) {
             continue;
@@ -564,7 +592,7 @@ async fn renewals(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let sent = std::time::Instant::now();
+        let Some(sent) = leases.now() else { continue };
         let (leader, _) = leases.observe(sent);
         let grant = match leader {
             None => continue,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use consensus::clock::TestClock;
 use consensus::state::{Director, Role};
 use consensus::{Command, Faults, LeaseTiming, Node, NodeConfig, NodeId, Response, Timing};
 use tokio::net::TcpListener;
@@ -19,6 +20,8 @@ const WAIT: Duration = Duration::from_secs(15);
 
 struct Cluster {
     nodes: Vec<Arc<Node>>,
+    /// Each node's lease clock: the boot clock, until a test jumps it.
+    clocks: Vec<Arc<TestClock>>,
     faults: Arc<Faults>,
     _dir: tempfile::TempDir,
 }
@@ -35,8 +38,10 @@ impl Cluster {
             listeners.insert(id, l);
         }
         let mut nodes = Vec::new();
+        let mut clocks = Vec::new();
         for (id, listener) in listeners {
-            let node = Node::start(
+            let clock = Arc::new(TestClock::running());
+            let node = Node::start_with_clock(
                 NodeConfig {
                     id,
                     voters: voters.clone(),
@@ -47,13 +52,16 @@ impl Cluster {
                     security: consensus::Security::Insecure,
                 },
                 listener,
+                clock.clone(),
             )
             .await
             .unwrap();
             nodes.push(Arc::new(node));
+            clocks.push(clock);
         }
         Cluster {
             nodes,
+            clocks,
             faults,
             _dir: dir,
         }
@@ -61,6 +69,10 @@ impl Cluster {
 
     fn node(&self, id: NodeId) -> &Arc<Node> {
         &self.nodes[(id - 1) as usize]
+    }
+
+    fn clock(&self, id: NodeId) -> &TestClock {
+        &self.clocks[(id - 1) as usize]
     }
 
     /// The leader as every reachable node sees it.
@@ -371,6 +383,43 @@ async fn an_owner_that_comes_back_holds_nothing_before_it_has_the_move() {
         c.node(owner).state().owners[&vip()].epoch == 2
     })
     .await;
+    until("the old owner to hold a lease again", || {
+        c.node(owner).holds_lease()
+    })
+    .await;
+    assert_eq!(checker.finish().await, 1);
+}
+
+/// Clock assumptions (docs/fencing.md): a suspended host's boot clock runs
+/// on, so an owner resumed from a suspend longer than its lease holds
+/// nothing, at once, not a lease's length later (the jump makes
+/// the lease end, not time passing: the lease still had most of its length
+/// just before). Its VIP moves after the fence, never two holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_resumed_from_suspend_holds_nothing() {
+    let c = Cluster::start().await;
+    let (leader, owner) = setup(&c).await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    let lease = LeaseTiming::default();
+    // Asleep: nothing reaches the owner and nothing leaves it.
+    c.isolate(owner);
+    let left = c.node(owner).lease_remaining();
+    // Five minutes later it runs again: its boot clock jumped.
+    c.clock(owner).advance(Duration::from_secs(300));
+    assert!(!c.node(owner).holds_lease(), "it had {left:?} left");
+    assert_eq!(c.node(owner).lease_remaining(), None);
+    // Meaningful only if the lease had not lapsed on its own already.
+    assert!(
+        left.is_some_and(|l| l > Duration::from_millis(lease.lease_ms / 3)),
+        "the lease had {left:?} left before the suspend"
+    );
+    move_after_the_fence(&c, leader, owner).await;
+    c.faults.heal();
+    until("the old owner to learn the move", || {
+        c.node(owner).state().owners[&vip()].epoch == 2
+    })
+    .await;
+    // Its clock is five minutes ahead of before; it renews as ever.
     until("the old owner to hold a lease again", || {
         c.node(owner).holds_lease()
     })
