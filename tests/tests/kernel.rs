@@ -588,3 +588,89 @@ fn ipv6_traffic_through_the_vip_follows_the_owner() {
     assert!(neigh.contains(&next_host.mac_string()), "{neigh}");
     lab.down().expect("lab down");
 }
+
+/// Scheduler flags and persistence reach the kernel (`ipvsadm -Ln` shows
+/// `sh-port` and `persistent 300`), and the IPVS reconciler repairs a
+/// managed service changed behind its back at its next resync, while a
+/// service that is not the cluster's is never touched.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn persistence_flags_reach_the_kernel_and_drift_is_repaired() {
+    use nix::sys::signal::Signal;
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-drift-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    wait_for("a settled owner", 120, || settled(&lab, &all));
+    let extra = "  - name: sticky\n    vip: 10.10.0.204\n    scheduler: sh\n    scheduler_flags: [sh-port]\n    persistence_s: 300\n    persistence_netmask: 24\n    ports:\n      - {port: 82, protocol: tcp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n";
+    for h in &all {
+        let path = lab.director_config_path(h);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text + extra).unwrap();
+        lab.signal_director(&h.name(), Signal::SIGHUP).unwrap();
+    }
+    for h in &all {
+        let line = wait_for("the persistent service in IPVS", 60, || {
+            let t = lab.exec(&h.name(), &["ipvsadm", "-Ln"]).ok()?;
+            t.lines()
+                .find(|l| l.starts_with("TCP  10.10.0.204:82"))
+                .map(str::to_string)
+        });
+        assert!(line.contains("sh"), "{h}: {line}");
+        assert!(line.contains("sh-port"), "{h}: {line}");
+        assert!(line.contains("persistent 300"), "{h}: {line}");
+        assert!(line.contains("mask 255.255.255.0"), "{h}: {line}");
+    }
+    // Behind the director's back on d1: a managed backend deleted, a
+    // managed weight changed, and a service that is not the cluster's.
+    let run = |argv: &[&str]| lab.exec("d1", argv).unwrap();
+    run(&[
+        "ipvsadm",
+        "-d",
+        "-t",
+        "10.10.0.200:80",
+        "-r",
+        "10.10.0.21:30080",
+    ]);
+    run(&[
+        "ipvsadm",
+        "-e",
+        "-t",
+        "10.10.0.204:82",
+        "-r",
+        "10.10.0.22:30080",
+        "-m",
+        "-w",
+        "7",
+    ]);
+    run(&["ipvsadm", "-A", "-t", "192.0.2.9:99", "-s", "rr"]);
+    // Repaired within a resync interval (30 s by default).
+    wait_for("the repair", 75, || {
+        let t = lab.exec("d1", &["ipvsadm", "-Ln"]).ok()?;
+        let web = t.split("TCP  10.10.0.200:80").nth(1)?;
+        let web = web.split("TCP ").next()?;
+        let sticky = t.split("TCP  10.10.0.204:82").nth(1)?;
+        let sticky = sticky.split("TCP ").next()?;
+        (web.contains("10.10.0.21:30080") && !sticky.contains(" 7 ")).then_some(())
+    });
+    let t = lab.exec("d1", &["ipvsadm", "-Ln"]).unwrap();
+    assert!(
+        t.contains("TCP  192.0.2.9:99 rr"),
+        "an unmanaged service was touched: {t}"
+    );
+    let status = director_status(&lab, &Host::director(1)).expect("d1 answers");
+    let ipvs = status["reconcilers"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["name"] == "ipvs"))
+        .cloned()
+        .expect("the ipvs reconciler in status");
+    assert!(ipvs["drift_repairs"].as_u64() >= Some(1), "{ipvs}");
+    let log = std::fs::read_to_string(lab.director_log(&Host::director(1))).unwrap();
+    assert!(
+        log.contains("behind the director's back"),
+        "the repair is logged: {log}"
+    );
+    lab.exec("d1", &["ipvsadm", "-D", "-t", "192.0.2.9:99"])
+        .unwrap();
+    lab.down().expect("lab down");
+}

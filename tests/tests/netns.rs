@@ -336,3 +336,84 @@ fn the_owner_announces_again_when_its_link_comes_back() {
     );
     lab.down().expect("lab down");
 }
+
+/// A witness takes part in consensus only: run under strace from its first
+/// instruction, it opens no generic-netlink socket (IPVS is a
+/// generic-netlink family), runs neither modprobe nor nft, and changes no
+/// route; it still answers `director status` and sees the leader. This
+/// host's kernel has no IPVS, so a witness that tried would also log it.
+#[test]
+#[ignore = "needs root, network namespaces and strace: run by `cargo xtask test`"]
+fn a_witness_never_touches_ipvs_routes_or_nftables() {
+    use lab::scenario::wait_until;
+    use std::os::unix::process::CommandExt;
+    use std::time::Duration;
+    let mut env = env();
+    let director = lab::lab::workspace_binary("director").expect("the director binary");
+    env.director = Some(director.clone());
+    let mut lab = LabGuard::up(
+        LabSpec::new(2, 1).with_prefix("t-wit-").with_witness(true),
+        env,
+    )
+    .expect("lab up");
+    let w = Host::witness();
+    lab.terminate(&w.name(), Duration::from_secs(5))
+        .expect("stopping the witness");
+    let trace = lab.director_log(&w).with_extension("strace");
+    let _ = std::fs::remove_file(&trace);
+    let config = lab.director_config_path(&w);
+    let mut cmd = lab
+        .command(&w.name(), "strace")
+        .expect("strace in the witness");
+    cmd.args(["-f", "-qq", "-e", "trace=socket,execve", "-o"])
+        .arg(&trace)
+        .arg(&director)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let child = cmd.spawn().expect("strace director run");
+    let status = wait_until("the witness's status", Duration::from_secs(60), || {
+        let s = lab::scenario::director_status(&lab, &w)?;
+        s["cluster"]["leader"].is_u64().then_some(s)
+    });
+    // Stop it the way systemd does, and let strace write everything.
+    let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().expect("strace ends");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let calls = std::fs::read_to_string(&trace).expect("the strace output");
+    let status = status.expect("the witness answers status and knows the leader");
+    assert_eq!(status["director"]["name"], "w1", "{status}");
+    assert!(
+        status["services"].as_array().is_some_and(|s| s.is_empty())
+            || status["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|x| x["programmed"] == false)),
+        "a witness programs nothing: {status}"
+    );
+    assert!(calls.contains("execve("), "strace saw the start: {calls}");
+    assert!(
+        !calls.contains("NETLINK_GENERIC"),
+        "the witness opened a generic-netlink (IPVS) socket:\n{calls}"
+    );
+    assert!(
+        !calls.contains("NETLINK_ROUTE"),
+        "the witness opened an rtnetlink (routes) socket:\n{calls}"
+    );
+    for tool in ["modprobe", "/nft", "\"nft\""] {
+        assert!(
+            !calls
+                .lines()
+                .any(|l| l.contains("execve(") && l.contains(tool)),
+            "the witness ran {tool}:\n{calls}"
+        );
+    }
+    assert!(
+        !log.contains("IPVS unavailable"),
+        "the witness looked for IPVS: {log}"
+    );
+    let _ = std::fs::remove_file(&trace);
+    lab.down().expect("lab down");
+}
