@@ -3,8 +3,9 @@
 //! Raft; every director's reconcilers make its kernel hold the committed
 //! state; the admin socket and the metrics endpoint serve its view.
 //!
-//! A witness runs the Raft node and the admin socket only: it never opens
-//! IPVS, runs modprobe, or touches routes, nftables or sysctls.
+//! A witness runs the Raft node, the leader's loop (it may lead), the admin
+//! socket and the metrics endpoint: it never opens IPVS, runs modprobe, or
+//! touches routes, nftables or sysctls.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use consensus::{Node, NodeConfig, Security};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::announce::hold::HoldRule;
 use crate::announce::{self, Announcer};
@@ -105,11 +106,9 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
     let metrics_addr = config.metrics;
     let config = Arc::new(ConfigCell::new(config));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let kick = Arc::new(Notify::new());
     let wake = Wakeups {
         state: node.watch(),
         config: config.subscribe(),
-        kick: kick.clone(),
         stop: stop_rx.clone(),
     };
     let mut tasks = Vec::new();
@@ -172,7 +171,6 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
         config: config.clone(),
         rule,
         gate,
-        kick: kick.clone(),
         routes: routes_handle,
         nft: nft_handle,
     });

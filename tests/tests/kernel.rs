@@ -674,3 +674,125 @@ fn persistence_flags_reach_the_kernel_and_drift_is_repaired() {
         .unwrap();
     lab.down().expect("lab down");
 }
+
+/// A director stopped (SIGSTOP) right after its first announcement of a VIP
+/// it was taking, kept stopped past its lease while the VIP moves on, and
+/// resumed, sends nothing more for it: every packet of a burst asks the
+/// hold rule first. Watched from the client with a raw listener (ARP whose
+/// sender is the VIP, neighbour advertisements for the IPv6 VIP).
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_director_frozen_while_taking_a_vip_sends_nothing_for_it_after_resuming() {
+    use nix::sys::signal::Signal;
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let labnet = env.labnet.to_string_lossy().into_owned();
+    let lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-frz-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let (owner, _) = wait_for("a settled owner", 120, || settled(&lab, &all));
+    // Long bursts (20 packets, 300 ms apart), so that the freeze lands
+    // in the middle of one.
+    for h in &all {
+        let path = lab.director_config_path(h);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let long = text.replace(
+            "announce: {count: 5, interval_ms: 200",
+            "announce: {count: 20, interval_ms: 300",
+        );
+        assert_ne!(text, long, "the lab's announce line changed");
+        std::fs::write(&path, long).unwrap();
+        lab.signal_director(&h.name(), Signal::SIGHUP).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let heard: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
+    let mut listeners = Vec::new();
+    for vip in ["10.10.0.200", "fd10:10::200"] {
+        let mut cmd = lab.command("client", &labnet).unwrap();
+        cmd.args(["neigh-listen", vip])
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let heard = heard.clone();
+        let vip = vip.to_string();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() == 3 && (f[0] == "arp" || f[0] == "na") {
+                    let t = lab::watch::monotonic_ns();
+                    heard
+                        .lock()
+                        .unwrap()
+                        .push((vip.clone(), f[2].to_string(), t));
+                }
+            }
+        });
+        listeners.push(child);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mac_of = |h: &Host| h.mac_string().to_lowercase();
+    let host_of = |mac: &str| all.iter().find(|h| mac_of(h) == mac).cloned();
+    // The owner drains: the VIP moves to another director, which announces.
+    let drain = std::process::Command::new(lab.env().director.clone().unwrap())
+        .args(["drain", "--timeout", "20", "--socket"])
+        .arg(lab.admin_socket(&Host::parse(&owner).unwrap()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let new_owner = wait_for("the new owner's first announcement", 30, || {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(v, _, _)| v == "10.10.0.200")
+            .filter_map(|(_, mac, _)| host_of(mac))
+            .find(|h| h.name() != owner)
+    });
+    lab.signal_director(&new_owner.name(), Signal::SIGSTOP)
+        .unwrap();
+    let frozen_at = lab::watch::monotonic_ns();
+    // Past its lease (3 s in the lab) the VIP moves on to the third one.
+    let third = wait_for("the VIP taken by the third director", 60, || {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(v, _, t)| v == "10.10.0.200" && *t > frozen_at)
+            .filter_map(|(_, mac, _)| host_of(mac))
+            .find(|h| h.name() != owner && *h != new_owner)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let resumed_at = lab::watch::monotonic_ns();
+    lab.signal_director(&new_owner.name(), Signal::SIGCONT)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let _ = drain.wait_with_output();
+    for mut l in listeners {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    let heard = heard.lock().unwrap().clone();
+    let frozen_mac = mac_of(&new_owner);
+    let before: usize = heard
+        .iter()
+        .filter(|(v, mac, t)| v == "10.10.0.200" && *mac == frozen_mac && *t <= frozen_at)
+        .count();
+    let after: Vec<&(String, String, u64)> = heard
+        .iter()
+        .filter(|(_, mac, t)| *mac == frozen_mac && *t > resumed_at)
+        .collect();
+    eprintln!(
+        "{new_owner} announced {before} time(s) before the freeze; {third} took over; after resuming {new_owner} sent {} packet(s) for the VIPs",
+        after.len()
+    );
+    assert!(
+        (1..20).contains(&before),
+        "the freeze landed in the burst: {before}"
+    );
+    assert!(
+        after.is_empty(),
+        "{new_owner} spoke for a VIP it no longer holds after resuming: {after:?}"
+    );
+    lab.down().expect("lab down");
+}

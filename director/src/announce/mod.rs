@@ -54,9 +54,9 @@ pub enum ListenError {
     /// No ICMPv6 socket.
     #[error("IPv6 VIPs are held but neighbour discovery is unavailable")]
     NoNdp,
-    /// Joining or leaving a solicited-node group failed.
-    #[error("{0}")]
-    Groups(String),
+    /// Joining a solicited-node group failed.
+    #[error(transparent)]
+    Groups(#[from] ndp::JoinError),
 }
 
 /// Whether `interface` has carrier (the kernel's `carrier` is 1; it reads

@@ -135,10 +135,11 @@ impl NdpSocket {
 
     /// Joins the solicited-node groups of `held` and leaves those of VIPs no
     /// longer held, so that solicitations for held VIPs reach this socket.
-    pub fn set_groups(&self, held: &BTreeSet<Ipv6Addr>) -> Result<(), String> {
+    pub fn set_groups(&self, held: &BTreeSet<Ipv6Addr>) -> Result<(), JoinError> {
         let want: BTreeSet<Ipv6Addr> = held.iter().map(|v| solicited_node(*v)).collect();
-        let Ok(mut joined) = self.joined.lock() else {
-            return Err("NDP group list poisoned".into());
+        let mut joined = match self.joined.lock() {
+            Ok(j) => j,
+            Err(poisoned) => poisoned.into_inner(),
         };
         for g in joined.difference(&want).copied().collect::<Vec<_>>() {
             let _ = self.sock.leave_multicast_v6(&g, self.ifindex);
@@ -147,11 +148,27 @@ impl NdpSocket {
         for g in want.difference(&joined.clone()) {
             self.sock
                 .join_multicast_v6(g, self.ifindex)
-                .map_err(|e| format!("joining {g} on interface {}: {e}", self.ifindex))?;
+                .map_err(|source| JoinError {
+                    group: *g,
+                    ifindex: self.ifindex,
+                    source,
+                })?;
             joined.insert(*g);
         }
         Ok(())
     }
+}
+
+/// Joining a solicited-node multicast group failed.
+#[derive(Debug, thiserror::Error)]
+#[error("joining {group} on interface {ifindex}: {source}")]
+pub struct JoinError {
+    /// The group.
+    pub group: Ipv6Addr,
+    /// The interface index.
+    pub ifindex: u32,
+    /// The OS error.
+    pub source: std::io::Error,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! behind its back: that is logged and counted.
 //!
 //! The driver wakes on a committed-state change, a configuration reload, a
-//! kick (a drain, a kernel event), the reconciler's own deadline (a lease
+//! kick of its own ([`Handle::kick`]: a local input such as a drain changed), the reconciler's own deadline (a lease
 //! about to lapse), the resync timer and the retry backoff; it reports an
 //! error once per distinct error and once when it clears, and on shutdown
 //! gives the reconciler its last word ([`Reconciler::stop`]).
@@ -108,8 +108,6 @@ pub struct Wakeups {
     pub state: watch::Receiver<Arc<ClusterState>>,
     /// Every configuration reload.
     pub config: watch::Receiver<u64>,
-    /// A kick (a drain started, a kernel event).
-    pub kick: Arc<Notify>,
     /// Set once, at shutdown.
     pub stop: watch::Receiver<bool>,
 }
@@ -150,6 +148,8 @@ pub struct Handle {
     /// Passes done and whether the last one succeeded; a caller that needs
     /// a change applied waits for a later successful pass.
     pub passes: watch::Receiver<Pass>,
+    /// Wakes this reconciler (its own: a kick wakes exactly it).
+    kick: Arc<Notify>,
 }
 
 /// The count of passes and the outcome of the last one.
@@ -162,9 +162,15 @@ pub struct Pass {
 }
 
 impl Handle {
-    /// Waits until a pass that started after this call has succeeded, at
-    /// most `timeout`; false if none did.
-    pub async fn applied(&self, kick: &Notify, timeout: Duration) -> bool {
+    /// Wakes the reconciler for a pass now (a local input changed).
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Kicks the reconciler and waits until a pass that started after this
+    /// call has succeeded, at most `timeout`; false if none did.
+    pub async fn applied(&self, timeout: Duration) -> bool {
+        let kick = &self.kick;
         let mut passes = self.passes.clone();
         let seen = passes.borrow_and_update().count;
         kick.notify_one();
@@ -201,12 +207,14 @@ pub fn spawn<R: Reconciler>(
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let stats = Arc::new(Stats::default());
     let (tx, rx) = watch::channel(Pass::default());
+    let kick = Arc::new(Notify::new());
     let handle = Handle {
         name: r.name(),
         stats: stats.clone(),
         passes: rx,
+        kick: kick.clone(),
     };
-    let task = tokio::spawn(drive(r, wake, resync, stats, tx));
+    let task = tokio::spawn(drive(r, wake, kick, resync, stats, tx));
     (handle, task)
 }
 
@@ -214,6 +222,7 @@ pub fn spawn<R: Reconciler>(
 async fn drive<R: Reconciler>(
     mut r: R,
     mut wake: Wakeups,
+    kick: Arc<Notify>,
     resync: Duration,
     stats: Arc<Stats>,
     passes: watch::Sender<Pass>,
@@ -286,7 +295,7 @@ async fn drive<R: Reconciler>(
             _ = tokio::time::sleep(wait) => {}
             _ = wake.state.changed() => {}
             _ = wake.config.changed() => {}
-            _ = wake.kick.notified() => {}
+            _ = kick.notified() => {}
             _ = wake.stop.changed() => break,
         }
     }
@@ -410,7 +419,6 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
         let (_config_tx, config_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let kick = Arc::new(Notify::new());
         let (handle, task) = spawn(
             Numbers {
                 want: want.clone(),
@@ -421,33 +429,32 @@ mod tests {
             Wakeups {
                 state: state_rx,
                 config: config_rx,
-                kick: kick.clone(),
                 stop: stop_rx,
             },
             Duration::from_secs(30),
         );
-        assert!(handle.applied(&kick, Duration::from_secs(1)).await);
+        assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2]));
         assert_eq!(observed.load(Ordering::SeqCst), 1);
         // A change of the wanted state: applied without a dump.
         want.lock().unwrap().insert(7);
         state_tx.send_replace(Arc::new(ClusterState::default()));
-        assert!(handle.applied(&kick, Duration::from_secs(1)).await);
+        assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 7]));
         assert_eq!(observed.load(Ordering::SeqCst), 1);
         assert_eq!(handle.stats.operations.load(Ordering::SeqCst), 2 + 1);
         // Behind its back: repaired at the next resync, and counted.
         kernel.lock().unwrap().remove(&2);
         tokio::time::sleep(Duration::from_secs(31)).await;
-        assert!(handle.applied(&kick, Duration::from_secs(1)).await);
+        assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 7]));
         assert_eq!(handle.stats.drift_repairs.load(Ordering::SeqCst), 1);
         // A failed apply: reported, and the next pass observes again.
         let before = observed.load(Ordering::SeqCst);
         *fail_once.lock().unwrap() = true;
         want.lock().unwrap().insert(8);
-        kick.notify_one();
-        assert!(handle.applied(&kick, Duration::from_secs(10)).await);
+        handle.kick();
+        assert!(handle.applied(Duration::from_secs(10)).await);
         assert_eq!(handle.stats.errors.load(Ordering::SeqCst), 1);
         assert!(observed.load(Ordering::SeqCst) > before);
         assert!(kernel.lock().unwrap().contains(&8));

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use consensus::Node;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use crate::announce::hold::HoldRule;
 use crate::config::ConfigCell;
@@ -105,8 +104,6 @@ pub struct Drainer {
     pub rule: Option<HoldRule>,
     /// The drain gate (the nft reconciler applies it).
     pub gate: Arc<Gate>,
-    /// Wakes the reconcilers.
-    pub kick: Arc<Notify>,
     /// The VIP routes reconciler.
     pub routes: Option<Handle>,
     /// The nftables reconciler.
@@ -137,9 +134,9 @@ impl Drainer {
             Connections::default()
         } else {
             self.gate.close(before.clone());
-            if !nft.applied(&self.kick, timeout / 4).await {
+            if !nft.applied(timeout / 4).await {
                 self.gate.open();
-                self.kick.notify_one();
+                nft.kick();
                 let why = nft
                     .stats
                     .error()
@@ -173,7 +170,7 @@ impl Drainer {
         //    next reconcile, which this waits for.
         rule.set_releasing(true);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if !routes.applied(&self.kick, left).await {
+        if !routes.applied(left).await {
             return Err(self.undo("the VIP routes reconciler did not run").await);
         }
         //    Commit the draining flag; the leader then moves the VIPs.
@@ -295,7 +292,12 @@ impl Drainer {
     /// Takes new connections again (at the nft reconciler's next pass).
     fn open_gate(&self) {
         self.gate.open();
-        self.kick.notify_one();
+        if let Some(n) = &self.nft {
+            n.kick();
+        }
+        if let Some(r) = &self.routes {
+            r.kick();
+        }
     }
 }
 

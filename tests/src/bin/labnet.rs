@@ -103,6 +103,18 @@ enum Cmd {
         #[arg(long, default_value = "eth0")]
         interface: String,
     },
+    /// Listen on an interface for everything that speaks for an address:
+    /// ARP (requests and replies, gratuitous included) whose sender address
+    /// is ADDR, and IPv6 neighbour advertisements whose target is ADDR;
+    /// prints `arp T_NS MAC` or `na T_NS MAC` per packet (MAC: the frame's
+    /// source).
+    NeighListen {
+        /// The address (IPv4 or IPv6).
+        addr: IpAddr,
+        /// The interface to listen on.
+        #[arg(long, default_value = "eth0")]
+        interface: String,
+    },
     /// Sample this namespace's local routes every interval; prints
     /// `sample T_NS 1|0 T_PREV_NS` whenever VIP's presence changes (and the
     /// first), with the time of the sample before, which saw the old state.
@@ -155,6 +167,7 @@ fn main() -> Result<()> {
             interval_ms,
             interface,
         } => route_watch(vip, &interface, Duration::from_millis(interval_ms)),
+        Cmd::NeighListen { addr, interface } => neigh_listen(addr, &interface),
     }
 }
 
@@ -216,6 +229,60 @@ fn ping(addr: Ipv4Addr, interval: Duration) -> Result<()> {
         }
         let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
         emit(format_args!("reply {} {seq}", monotonic_ns()))?;
+    }
+}
+
+/// Whether frame `f` speaks for `addr`: an ARP packet with `addr` as its
+/// sender address, or an ICMPv6 neighbour advertisement (type 136) for it.
+fn speaks_for(f: &[u8], addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[28..32] == a.octets() => {
+            Some("arp")
+        }
+        // Ethernet 14 + IPv6 40; next header ICMPv6 (58) at 14+6; type at
+        // 54; the target address at 54+8.
+        IpAddr::V6(a)
+            if f.len() >= 78
+                && f[12..14] == [0x86, 0xdd]
+                && f[20] == 58
+                && f[54] == 136
+                && f[62..78] == a.octets() =>
+        {
+            Some("na")
+        }
+        _ => None,
+    }
+}
+
+fn neigh_listen(addr: IpAddr, interface: &str) -> Result<()> {
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == interface)
+        .with_context(|| format!("no interface {interface}"))?;
+    let config = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let mut rx = match pnet_datalink::channel(&iface, config)? {
+        pnet_datalink::Channel::Ethernet(_, rx) => rx,
+        _ => bail!("unexpected channel type"),
+    };
+    emit(format_args!("listening {}", monotonic_ns()))?;
+    loop {
+        let Ok(f) = rx.next() else { continue };
+        if let Some(kind) = speaks_for(f, addr) {
+            let m = &f[6..12];
+            emit(format_args!(
+                "{kind} {} {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                monotonic_ns(),
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5]
+            ))?;
+        }
     }
 }
 
