@@ -1,0 +1,898 @@
+//! Parsing and validating the file, one function per section (members,
+//! host, timing, endpoints, announce, drain, pools, defaults, reconcile,
+//! services). Every problem is collected with its line, column and field;
+//! the file is used only when there are none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use consensus::domain::{check_flags, Forwarding, Persistence, Protocol, Scheduler, SchedulerFlag};
+use consensus::{LeaseTiming, NodeId, Timing};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIn {
+    id: Option<Spanned<i64>>,
+    #[serde(default)]
+    peers: Vec<Spanned<PeerIn>>,
+    data_dir: Option<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+    tls: Option<Spanned<TlsIn>>,
+    insecure: Option<Spanned<bool>>,
+    timing: Option<Spanned<TimingIn>>,
+    admin_socket: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
+    announce: Option<Spanned<AnnounceIn>>,
+    drain: Option<Spanned<DrainIn>>,
+    reconcile: Option<Spanned<ReconcileIn>>,
+    #[serde(default)]
+    pools: Vec<Spanned<PoolIn>>,
+    defaults: Option<Spanned<DefaultsIn>>,
+    #[serde(default)]
+    services: Vec<Spanned<ServiceIn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerIn {
+    id: Option<Spanned<i64>>,
+    name: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsIn {
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingIn {
+    heartbeat_ms: Option<Spanned<i64>>,
+    election_min_ms: Option<Spanned<i64>>,
+    election_max_ms: Option<Spanned<i64>>,
+    lease_ms: Option<Spanned<i64>>,
+    margin_ms: Option<Spanned<i64>>,
+    renew_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnounceIn {
+    count: Option<Spanned<i64>>,
+    interval_ms: Option<Spanned<i64>>,
+    refresh_s: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainIn {
+    connection_wait_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileIn {
+    resync_s: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolIn {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultsIn {
+    scheduler: Option<Spanned<String>>,
+    scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
+    forwarding: Option<Spanned<String>>,
+    persistence_s: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceIn {
+    name: Option<Spanned<String>>,
+    vip: Option<Spanned<String>>,
+    pool: Option<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<Spanned<PortIn>>,
+    #[serde(default)]
+    backends: Vec<Spanned<String>>,
+    scheduler: Option<Spanned<String>>,
+    scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
+    forwarding: Option<Spanned<String>>,
+    persistence_s: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortIn {
+    port: Option<Spanned<i64>>,
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    backends: Vec<Spanned<String>>,
+}
+
+type Errors = crate::problems::Problems;
+use crate::problems::int_in as int;
+
+/// Parses one address range: `A`, `A-B` or `A/LEN`.
+pub(super) fn parse_range(s: &str) -> Result<(IpAddr, IpAddr), BadRange> {
+    range_of(s).map_err(BadRange)
+}
+
+/// A pool entry that is not an address, a range or a CIDR, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRange(pub String);
+
+fn range_of(s: &str) -> Result<(IpAddr, IpAddr), String> {
+    if let Some((a, b)) = s.split_once('-') {
+        let a: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let b: IpAddr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{b:?} is not an IP address"))?;
+        let ordered = match (a, b) {
+            (IpAddr::V4(x), IpAddr::V4(y)) => x <= y,
+            (IpAddr::V6(x), IpAddr::V6(y)) => x <= y,
+            _ => return Err("a range cannot mix IPv4 and IPv6".into()),
+        };
+        if !ordered {
+            return Err(format!("{a} comes after {b}"));
+        }
+        return Ok((a, b));
+    }
+    if let Some((a, len)) = s.split_once('/') {
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let len: u32 = len
+            .parse()
+            .map_err(|_| format!("{len:?} is not a prefix length"))?;
+        return match ip {
+            IpAddr::V4(v4) if len <= 32 => {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                let base = u32::from(v4) & mask;
+                if base != u32::from(v4) {
+                    return Err(format!(
+                        "{s} has host bits set (did you mean {}/{len}?)",
+                        std::net::Ipv4Addr::from(base)
+                    ));
+                }
+                Ok((IpAddr::V4(base.into()), IpAddr::V4((base | !mask).into())))
+            }
+            IpAddr::V6(v6) if len <= 128 => {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                let base = u128::from(v6) & mask;
+                if base != u128::from(v6) {
+                    return Err(format!("{s} has host bits set"));
+                }
+                Ok((IpAddr::V6(base.into()), IpAddr::V6((base | !mask).into())))
+            }
+            _ => Err(format!("prefix length {len} is too long")),
+        };
+    }
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address, range (A-B) or CIDR (A/LEN)"))?;
+    Ok((ip, ip))
+}
+
+/// Parses and validates a configuration. All problems are reported at once.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let doc: FileIn =
+        serde_saphyr::from_str(text).map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
+    let mut errs = Errors::default();
+
+    let (id, peers) = members(&doc, &mut errs);
+    let (data_dir, interface, tls) = host(&doc, &mut errs);
+    let (timing, lease) = timing(&doc, &mut errs);
+    let (admin_socket, metrics) = endpoints(&doc, &mut errs);
+    let announce = announce(&doc, &mut errs);
+    let drain_connection_wait = drain(&doc, &mut errs);
+    let (pools, pool_names) = pools(&doc, &mut errs);
+    let defaults = Defaults::parse(doc.defaults.as_ref(), &mut errs);
+    let reconcile_resync = reconcile(&doc, &mut errs);
+    let services = services(&doc, &mut errs, &pools, &pool_names, &defaults);
+
+    if !errs.list.is_empty() {
+        return Err(errs.list);
+    }
+    Ok(Config {
+        id: id.unwrap_or(0),
+        peers,
+        data_dir,
+        interface,
+        tls,
+        timing,
+        lease,
+        admin_socket,
+        metrics,
+        announce,
+        drain_connection_wait,
+        reconcile_resync,
+        pools,
+        services,
+    })
+}
+
+/// The `members` part of the file.
+fn members(doc: &FileIn, errs: &mut Errors) -> (Option<NodeId>, Vec<Peer>) {
+    let id: Option<NodeId> = match &doc.id {
+        Some(v) => int(v, "id", "1..", errs).filter(|id: &u64| {
+            if *id == 0 {
+                errs.at(v, "id", "must be at least 1");
+            }
+            *id > 0
+        }),
+        None => {
+            errs.missing("id");
+            None
+        }
+    };
+
+    let mut peers = Vec::new();
+    let mut seen_ids = BTreeMap::new();
+    for (i, p) in doc.peers.iter().enumerate() {
+        let path = format!("peers[{i}]");
+        let pid: Option<NodeId> = match &p.value.id {
+            Some(v) => int(v, format!("{path}.id"), "1..", errs),
+            None => {
+                errs.at(p, format!("{path}.id"), "missing");
+                None
+            }
+        };
+        let address = match &p.value.address {
+            Some(a) => match a.value.parse::<SocketAddr>() {
+                Ok(sa) => Some(sa),
+                Err(_) => {
+                    errs.at(
+                        a,
+                        format!("{path}.address"),
+                        format!("{:?} is not HOST:PORT with an IP address", a.value),
+                    );
+                    None
+                }
+            },
+            None => {
+                errs.at(p, format!("{path}.address"), "missing");
+                None
+            }
+        };
+        let role = match p.value.role.as_ref().map(|r| r.value.as_str()) {
+            None | Some("data") => Some(PeerRole::Data),
+            Some("witness") => Some(PeerRole::Witness),
+            Some(other) => {
+                if let Some(r) = &p.value.role {
+                    errs.at(
+                        r,
+                        format!("{path}.role"),
+                        format!("unknown role {other:?} (data or witness)"),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(pid) = pid {
+            if let Some(first) = seen_ids.insert(pid, p.referenced.line()) {
+                errs.at(
+                    p,
+                    format!("{path}.id"),
+                    format!("duplicate peer id {pid} (first at line {first})"),
+                );
+            }
+        }
+        if let (Some(id), Some(address), Some(role)) = (pid, address, role) {
+            peers.push(Peer {
+                id,
+                name: p
+                    .value
+                    .name
+                    .as_ref()
+                    .map(|n| n.value.clone())
+                    .unwrap_or_else(|| format!("d{id}")),
+                address,
+                role,
+            });
+        }
+    }
+    if doc.peers.is_empty() {
+        errs.missing("peers");
+    } else if !(2..=3).contains(&doc.peers.len()) {
+        errs.at(
+            &doc.peers[0],
+            "peers",
+            format!(
+                "{} peers: a cluster has two or three voters",
+                doc.peers.len()
+            ),
+        );
+    }
+    if let Some(id) = id {
+        if !peers.is_empty() && !peers.iter().any(|p| p.id == id) {
+            if let Some(v) = &doc.id {
+                errs.at(v, "id", format!("{id} is not among the peers"));
+            }
+        }
+    }
+    if peers.iter().filter(|p| p.role == PeerRole::Data).count() == 0 && !peers.is_empty() {
+        errs.at(
+            &doc.peers[0],
+            "peers",
+            "at least one peer must be a data director",
+        );
+    }
+    (id, peers)
+}
+
+/// The `host` part of the file.
+fn host(doc: &FileIn, errs: &mut Errors) -> (PathBuf, String, Option<consensus::TlsFiles>) {
+    let data_dir = doc
+        .data_dir
+        .as_ref()
+        .map(|d| PathBuf::from(&d.value))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/director"));
+    let interface = match &doc.interface {
+        Some(i) if !i.value.is_empty() && i.value.len() < 16 => i.value.clone(),
+        Some(i) => {
+            errs.at(i, "interface", "an interface name has 1 to 15 characters");
+            String::new()
+        }
+        None => {
+            errs.missing("interface");
+            String::new()
+        }
+    };
+
+    let insecure = doc.insecure.as_ref().map(|b| b.value).unwrap_or(false);
+    let tls = match (&doc.tls, insecure) {
+        (Some(t), false) => {
+            let get = |f: &Option<Spanned<String>>, name: &str, errs: &mut Errors| match f {
+                Some(v) => Some(PathBuf::from(&v.value)),
+                None => {
+                    errs.at(t, format!("tls.{name}"), "missing");
+                    None
+                }
+            };
+            let ca = get(&t.value.ca, "ca", errs);
+            let cert = get(&t.value.cert, "cert", errs);
+            let key = get(&t.value.key, "key", errs);
+            match (ca, cert, key) {
+                (Some(ca), Some(cert), Some(key)) => Some(consensus::TlsFiles { ca, cert, key }),
+                _ => None,
+            }
+        }
+        (Some(t), true) => {
+            errs.at(t, "tls", "give either tls or insecure: true, not both");
+            None
+        }
+        (None, true) => None,
+        (None, false) => {
+            errs.missing("tls (or insecure: true for a plaintext transport)");
+            None
+        }
+    };
+    (data_dir, interface, tls)
+}
+
+/// The `timing` part of the file.
+fn timing(doc: &FileIn, errs: &mut Errors) -> (Timing, LeaseTiming) {
+    let mut timing = Timing::default();
+    let mut lease = LeaseTiming::default();
+    if let Some(t) = &doc.timing {
+        let v = &t.value;
+        let set = |f: &Option<Spanned<i64>>, name: &str, slot: &mut u64, errs: &mut Errors| {
+            if let Some(x) = f {
+                if let Some(n) = int::<u64>(x, format!("timing.{name}"), "1..", errs) {
+                    *slot = n;
+                }
+            }
+        };
+        set(
+            &v.heartbeat_ms,
+            "heartbeat_ms",
+            &mut timing.heartbeat_ms,
+            errs,
+        );
+        set(
+            &v.election_min_ms,
+            "election_min_ms",
+            &mut timing.election_min_ms,
+            errs,
+        );
+        set(
+            &v.election_max_ms,
+            "election_max_ms",
+            &mut timing.election_max_ms,
+            errs,
+        );
+        set(&v.lease_ms, "lease_ms", &mut lease.lease_ms, errs);
+        set(&v.margin_ms, "margin_ms", &mut lease.margin_ms, errs);
+        set(&v.renew_ms, "renew_ms", &mut lease.renew_ms, errs);
+        if let Err(e) = consensus::lease::validate(&timing, &lease) {
+            errs.at(t, "timing", format!("{e} (see docs/fencing.md)"));
+        }
+    }
+    (timing, lease)
+}
+
+/// The `endpoints` part of the file.
+fn endpoints(doc: &FileIn, errs: &mut Errors) -> (PathBuf, Option<SocketAddr>) {
+    let admin_socket = doc
+        .admin_socket
+        .as_ref()
+        .map(|s| PathBuf::from(&s.value))
+        .unwrap_or_else(|| PathBuf::from("/run/director/admin.sock"));
+    let metrics = match &doc.metrics {
+        Some(m) if m.value.is_empty() => None,
+        Some(m) => match m.value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.at(m, "metrics", format!("{:?} is not IP:PORT", m.value));
+                None
+            }
+        },
+        None => None,
+    };
+    (admin_socket, metrics)
+}
+
+/// The `announce` part of the file.
+fn announce(doc: &FileIn, errs: &mut Errors) -> Announce {
+    let mut announce = Announce {
+        count: 5,
+        interval_ms: 200,
+        refresh_s: 0,
+    };
+    if let Some(a) = &doc.announce {
+        if let Some(c) = &a.value.count {
+            match int::<u32>(c, "announce.count", "1..=100", errs) {
+                Some(n) if (1..=100).contains(&n) => announce.count = n,
+                Some(_) => errs.at(
+                    c,
+                    "announce.count",
+                    format!("{} is out of range 1..=100", c.value),
+                ),
+                None => {}
+            }
+        }
+        if let Some(i) = &a.value.interval_ms {
+            if let Some(n) = int::<u64>(i, "announce.interval_ms", "0..", errs) {
+                announce.interval_ms = n;
+            }
+        }
+        if let Some(r) = &a.value.refresh_s {
+            if let Some(n) = int::<u64>(r, "announce.refresh_s", "0..", errs) {
+                announce.refresh_s = n;
+            }
+        }
+    }
+    announce
+}
+
+/// The `drain` part of the file.
+fn drain(doc: &FileIn, errs: &mut Errors) -> Duration {
+    let mut drain_connection_wait = Duration::from_millis(DRAIN_CONNECTION_WAIT_MS);
+    if let Some(w) = doc
+        .drain
+        .as_ref()
+        .and_then(|d| d.value.connection_wait_ms.as_ref())
+    {
+        match int::<u64>(w, "drain.connection_wait_ms", "0..=600000", errs) {
+            Some(n) if n <= 600_000 => drain_connection_wait = Duration::from_millis(n),
+            Some(_) => errs.at(
+                w,
+                "drain.connection_wait_ms",
+                format!("{} is out of range 0..=600000", w.value),
+            ),
+            None => {}
+        }
+    }
+    drain_connection_wait
+}
+
+/// The `pools` part of the file.
+fn pools(doc: &FileIn, errs: &mut Errors) -> (Vec<Pool>, BTreeSet<String>) {
+    let mut pools = Vec::new();
+    let mut pool_names = BTreeSet::new();
+    for (i, p) in doc.pools.iter().enumerate() {
+        let path = format!("pools[{i}]");
+        let name = match &p.value.name {
+            Some(n) => n.value.clone(),
+            None => {
+                errs.at(p, format!("{path}.name"), "missing");
+                continue;
+            }
+        };
+        if !pool_names.insert(name.clone()) {
+            errs.at(
+                p,
+                format!("{path}.name"),
+                format!("duplicate pool {name:?}"),
+            );
+        }
+        let mut ranges = Vec::new();
+        for (j, a) in p.value.addresses.iter().enumerate() {
+            match parse_range(&a.value) {
+                Ok(r) => ranges.push(r),
+                Err(e) => errs.at(a, format!("{path}.addresses[{j}]"), e.to_string()),
+            }
+        }
+        if p.value.addresses.is_empty() {
+            errs.at(
+                p,
+                format!("{path}.addresses"),
+                "a pool needs at least one address",
+            );
+        }
+        pools.push(Pool { name, ranges });
+    }
+    (pools, pool_names)
+}
+
+/// The `reconcile` part of the file.
+fn reconcile(doc: &FileIn, errs: &mut Errors) -> Duration {
+    let reconcile_resync = Duration::from_secs(
+        doc.reconcile
+            .as_ref()
+            .and_then(|r| r.value.resync_s.as_ref())
+            .and_then(|v| int::<u64>(v, "reconcile.resync_s", "1..=3600", errs))
+            .filter(|n| {
+                let ok = (1..=3600).contains(n);
+                if !ok {
+                    if let Some(v) = doc
+                        .reconcile
+                        .as_ref()
+                        .and_then(|r| r.value.resync_s.as_ref())
+                    {
+                        errs.at(
+                            v,
+                            "reconcile.resync_s",
+                            format!("{n} is out of range 1..=3600"),
+                        );
+                    }
+                }
+                ok
+            })
+            .unwrap_or(RESYNC_S),
+    );
+    reconcile_resync
+}
+
+/// The `services` part of the file.
+fn services(
+    doc: &FileIn,
+    errs: &mut Errors,
+    pools: &[Pool],
+    pool_names: &BTreeSet<String>,
+    defaults: &Defaults,
+) -> Vec<StaticService> {
+    let mut services = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut fixed_vips: BTreeMap<(IpAddr, Protocol, u16), String> = BTreeMap::new();
+    for (i, s) in doc.services.iter().enumerate() {
+        let path = format!("services[{i}]");
+        let before = errs.list.len();
+        let name = match &s.value.name {
+            Some(n) if !n.value.is_empty() => n.value.clone(),
+            _ => {
+                errs.at(s, format!("{path}.name"), "missing");
+                String::new()
+            }
+        };
+        if !name.is_empty() && !names.insert(name.clone()) {
+            errs.at(
+                s,
+                format!("{path}.name"),
+                format!("duplicate service {name:?}"),
+            );
+        }
+        let vip = match (&s.value.vip, &s.value.pool) {
+            (Some(v), None) => match v.value.parse::<IpAddr>() {
+                Ok(ip) => {
+                    if !pools.is_empty() && !pools.iter().any(|p| p.contains(&ip)) {
+                        errs.at(v, format!("{path}.vip"), format!("{ip} is in no pool"));
+                    }
+                    Some(VipSource::Address(ip))
+                }
+                Err(_) => {
+                    errs.at(
+                        v,
+                        format!("{path}.vip"),
+                        format!("{:?} is not an IP address", v.value),
+                    );
+                    None
+                }
+            },
+            (None, Some(p)) => {
+                if pool_names.contains(&p.value) {
+                    Some(VipSource::Pool(p.value.clone()))
+                } else {
+                    errs.at(
+                        p,
+                        format!("{path}.pool"),
+                        format!("no pool named {:?}", p.value),
+                    );
+                    None
+                }
+            }
+            (Some(v), Some(_)) => {
+                errs.at(v, format!("{path}.vip"), "give vip or pool, not both");
+                None
+            }
+            (None, None) => {
+                errs.at(
+                    s,
+                    format!("{path}.vip"),
+                    "missing (give vip: ADDRESS or pool: NAME)",
+                );
+                None
+            }
+        };
+        let scheduler = match &s.value.scheduler {
+            Some(v) => word::<Scheduler>(v, &format!("{path}.scheduler"), errs),
+            None => Some(defaults.scheduler),
+        };
+        let scheduler_flags = match &s.value.scheduler_flags {
+            Some(v) => flags(v, &format!("{path}.scheduler_flags"), errs),
+            None => Some(defaults.scheduler_flags.clone()),
+        };
+        if let (Some(sched), Some(fl)) = (scheduler, &scheduler_flags) {
+            if let Err(e) = check_flags(sched, fl) {
+                match &s.value.scheduler_flags {
+                    Some(v) => errs.at(v, format!("{path}.scheduler_flags"), e.to_string()),
+                    None => errs.at(
+                        s,
+                        format!("{path}.scheduler_flags"),
+                        format!("{e} (from defaults.scheduler_flags)"),
+                    ),
+                }
+            }
+        }
+        let forwarding = match &s.value.forwarding {
+            Some(v) => word::<Forwarding>(v, &format!("{path}.forwarding"), errs),
+            None => Some(defaults.forwarding),
+        };
+        let persistence_s = match &s.value.persistence_s {
+            Some(p) => int::<u32>(p, format!("{path}.persistence_s"), "0..", errs).unwrap_or(0),
+            None => defaults.persistence_s,
+        };
+        let netmask = match &s.value.persistence_netmask {
+            Some(m) => netmask(m, &format!("{path}.persistence_netmask"), errs),
+            None => defaults.persistence_netmask,
+        };
+        // An IPv4 VIP groups clients by at most 32 bits.
+        if let (Some(len), Some(VipSource::Address(IpAddr::V4(_)))) = (netmask, &vip) {
+            if len > 32 {
+                let field = format!("{path}.persistence_netmask");
+                match &s.value.persistence_netmask {
+                    Some(m) => errs.at(m, field, format!("{len} is longer than an IPv4 address (0..=32)")),
+                    None => errs.at(s, field, format!("defaults.persistence_netmask {len} is longer than this IPv4 VIP's 32 bits")),
+                }
+            }
+        }
+        let persistence = (persistence_s > 0).then_some(Persistence {
+            timeout_s: persistence_s,
+            netmask,
+        });
+        let shared: Vec<SocketAddr> = s
+            .value
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(j, b)| backend(b, &format!("{path}.backends[{j}]"), errs))
+            .collect();
+        let mut ports = Vec::new();
+        let mut seen_ports = BTreeSet::new();
+        for (j, p) in s.value.ports.iter().enumerate() {
+            let pp = format!("{path}.ports[{j}]");
+            let port = match &p.value.port {
+                Some(v) => int::<u16>(v, format!("{pp}.port"), "1..=65535", errs).filter(|n| {
+                    if *n == 0 {
+                        errs.at(v, format!("{pp}.port"), "0 is out of range 1..=65535");
+                    }
+                    *n > 0
+                }),
+                None => {
+                    errs.at(p, format!("{pp}.port"), "missing");
+                    None
+                }
+            };
+            let protocol = match &p.value.protocol {
+                None => Some(Protocol::Tcp),
+                Some(sp) => match sp.value.to_lowercase().parse::<Protocol>() {
+                    Ok(x) => Some(x),
+                    Err(_) => {
+                        errs.at(
+                            sp,
+                            format!("{pp}.protocol"),
+                            format!("unknown protocol {:?} (tcp, udp or sctp)", sp.value),
+                        );
+                        None
+                    }
+                },
+            };
+            let mut backends: Vec<SocketAddr> = p
+                .value
+                .backends
+                .iter()
+                .enumerate()
+                .filter_map(|(k, b)| backend(b, &format!("{pp}.backends[{k}]"), errs))
+                .collect();
+            if p.value.backends.is_empty() {
+                backends = shared.clone();
+            }
+            if let (Some(port), Some(protocol)) = (port, protocol) {
+                if !seen_ports.insert((protocol, port)) {
+                    errs.at(p, pp.clone(), format!("duplicate port {port}/{protocol}"));
+                }
+                if let Some(VipSource::Address(ip)) = &vip {
+                    if let Some(other) = fixed_vips.insert((*ip, protocol, port), name.clone()) {
+                        if other != name {
+                            errs.at(
+                                p,
+                                pp.clone(),
+                                format!("{ip}:{port}/{protocol} is also service {other:?}"),
+                            );
+                        }
+                    }
+                }
+                ports.push(ServicePort {
+                    protocol,
+                    port,
+                    backends,
+                });
+            }
+        }
+        if s.value.ports.is_empty() {
+            errs.at(
+                s,
+                format!("{path}.ports"),
+                "a service needs at least one port",
+            );
+        }
+        if errs.list.len() > before {
+            continue;
+        }
+        if let (Some(vip), Some(scheduler), Some(scheduler_flags), Some(forwarding)) =
+            (vip, scheduler, scheduler_flags, forwarding)
+        {
+            services.push(StaticService {
+                name,
+                vip,
+                ports,
+                scheduler,
+                scheduler_flags,
+                forwarding,
+                persistence,
+            });
+        }
+    }
+    services
+}
+
+/// What `defaults:` gives every service that does not say otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Defaults {
+    scheduler: Scheduler,
+    scheduler_flags: BTreeSet<SchedulerFlag>,
+    forwarding: Forwarding,
+    persistence_s: u32,
+    persistence_netmask: Option<u8>,
+}
+
+impl Defaults {
+    /// The `defaults:` section; what it leaves out is rr, nat, no persistence.
+    fn parse(d: Option<&Spanned<DefaultsIn>>, errs: &mut Errors) -> Defaults {
+        let mut out = Defaults {
+            scheduler: Scheduler::Rr,
+            scheduler_flags: BTreeSet::new(),
+            forwarding: Forwarding::Nat,
+            persistence_s: 0,
+            persistence_netmask: None,
+        };
+        let Some(d) = d else { return out };
+        let d = &d.value;
+        if let Some(v) = &d.scheduler {
+            out.scheduler = word(v, "defaults.scheduler", errs).unwrap_or(out.scheduler);
+        }
+        if let Some(v) = &d.scheduler_flags {
+            if let Some(f) = flags(v, "defaults.scheduler_flags", errs) {
+                if let Err(e) = check_flags(out.scheduler, &f) {
+                    errs.at(v, "defaults.scheduler_flags", e.to_string());
+                }
+                out.scheduler_flags = f;
+            }
+        }
+        if let Some(v) = &d.forwarding {
+            out.forwarding = word(v, "defaults.forwarding", errs).unwrap_or(out.forwarding);
+        }
+        if let Some(p) = &d.persistence_s {
+            out.persistence_s = int::<u32>(p, "defaults.persistence_s", "0..", errs).unwrap_or(0);
+        }
+        if let Some(m) = &d.persistence_netmask {
+            out.persistence_netmask = netmask(m, "defaults.persistence_netmask", errs);
+        }
+        out
+    }
+}
+
+/// One of a typed set of words (scheduler, forwarding, ...).
+fn word<T: std::str::FromStr<Err = consensus::domain::UnknownWord>>(
+    s: &Spanned<String>,
+    field: &str,
+    errs: &mut Errors,
+) -> Option<T> {
+    match s.value.parse::<T>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errs.at(s, field, e.to_string());
+            None
+        }
+    }
+}
+
+/// A list of scheduler flags (`[sh-port, sh-fallback]`).
+fn flags(
+    list: &Spanned<Vec<Spanned<String>>>,
+    field: &str,
+    errs: &mut Errors,
+) -> Option<BTreeSet<SchedulerFlag>> {
+    let before = errs.list.len();
+    let out: BTreeSet<SchedulerFlag> = list
+        .value
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| word::<SchedulerFlag>(f, &format!("{field}[{i}]"), errs))
+        .collect();
+    (errs.list.len() == before).then_some(out)
+}
+
+/// A persistence netmask: a prefix length, 0..=128 (0..=32 for IPv4 VIPs).
+fn netmask(m: &Spanned<i64>, field: &str, errs: &mut Errors) -> Option<u8> {
+    int::<u8>(m, field, "0..=128", errs).filter(|len| {
+        if *len > 128 {
+            errs.at(m, field, format!("{len} is out of range 0..=128"));
+        }
+        *len <= 128
+    })
+}
+
+fn backend(b: &Spanned<String>, field: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match b.value.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Some(a),
+        Ok(_) => {
+            errs.at(b, field, "a backend needs a port other than 0");
+            None
+        }
+        Err(_) => {
+            errs.at(b, field, format!("{:?} is not ADDRESS:PORT", b.value));
+            None
+        }
+    }
+}
