@@ -11,6 +11,7 @@ pub mod lab;
 pub mod raftlab;
 pub mod scenario;
 pub mod topology;
+pub mod upgrade;
 pub mod watch;
 
 pub use lab::{Lab, LabEnv, LabError, LabGuard, LabSpec};

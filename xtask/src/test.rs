@@ -17,7 +17,11 @@ use anyhow::{bail, Context, Result};
 use crate::vm::{self, shell_quote, VmOptions};
 
 /// Test binaries of the host-namespace stage: (package, test target).
-const NETNS_TESTS: &[(&str, &str)] = &[("director-tests", "netns"), ("director-tests", "raft")];
+const NETNS_TESTS: &[(&str, &str)] = &[
+    ("director-tests", "netns"),
+    ("director-tests", "raft"),
+    ("director-tests", "upgrade"),
+];
 /// Test binaries of the kernel stage: (package, test target).
 const KERNEL_TESTS: &[(&str, &str)] = &[
     ("ipvs-sys", "kernel"),
