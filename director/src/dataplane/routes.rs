@@ -84,10 +84,18 @@ impl Reconciler for VipRoutes {
     fn desired(&mut self) -> Desired<BTreeSet<IpAddr>> {
         let rule = self.announcer.rule();
         self.held = rule.held();
+        // A lease is granted or renewed without a change of the committed
+        // state: while none is held, look again every renewal interval (a
+        // pass without a change costs no kernel call); while one is, the
+        // routes go when it would leave the guard.
+        let renew = Duration::from_millis(self.config.get().lease.renew_ms.clamp(5, 100));
+        let changes_in = match rule.time_left() {
+            Some(left) => left + Duration::from_millis(1),
+            None => renew,
+        };
         Desired {
             state: self.held.clone(),
-            // The routes go when the lease would leave the guard.
-            changes_in: rule.time_left().map(|d| d + Duration::from_millis(1)),
+            changes_in: Some(changes_in),
         }
     }
 

@@ -152,6 +152,10 @@ pub async fn run(
     // What the catalogue was last checked against: (state, config generation).
     let mut checked: Option<(Arc<ClusterState>, u64)> = None;
     let mut was_leader = false;
+    // The state the owner clock last saw.
+    let mut seen: Option<Arc<ClusterState>> = None;
+    // The state and liveness of the last round that had nothing to move.
+    let mut assigned: Option<(Arc<ClusterState>, Liveness)> = None;
     loop {
         let leading = node.leader() == Some(node.id());
         let silent = leading && node.last_contact().values().any(|d| suspicious.contains(d));
@@ -167,7 +171,10 @@ pub async fn run(
             _ = stop.changed() => return,
         }
         let mut state = node.state();
-        clock.observe(&state);
+        if !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state)) {
+            clock.observe(&state);
+            seen = Some(state.clone());
+        }
         let leading = node.leader() == Some(node.id());
         if leading != was_leader {
             tracing::info!(
@@ -177,6 +184,7 @@ pub async fn run(
             );
             was_leader = leading;
             checked = None;
+            assigned = None;
         }
         if !leading {
             continue;
@@ -201,7 +209,19 @@ pub async fn run(
             }
         }
         let live = liveness(&node, &state, &cfg);
-        for cmd in assign(&state, &live) {
+        // The same state and the same liveness give the same (empty)
+        // answer: at rest the loop costs a few comparisons a tick, however
+        // many VIPs there are.
+        let unchanged = assigned
+            .as_ref()
+            .is_some_and(|(s, l)| Arc::ptr_eq(s, &state) && *l == live);
+        let moves = if unchanged {
+            Vec::new()
+        } else {
+            assign(&state, &live)
+        };
+        assigned = moves.is_empty().then(|| (state.clone(), live));
+        for cmd in moves {
             if let Command::SetOwner { vip, director, .. } = &cmd {
                 tracing::info!(%vip, owner = director, "moving VIP");
             }

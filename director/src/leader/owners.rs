@@ -8,7 +8,7 @@ use consensus::state::{ClusterState, Role};
 use consensus::{Command, NodeId};
 
 /// What the leader knows about the directors right now.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Liveness {
     /// The leader's id.
     pub leader: NodeId,
