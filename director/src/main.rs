@@ -29,7 +29,8 @@ enum Cmd {
         #[arg(long, default_value = "/etc/director/director.yaml")]
         config: PathBuf,
         /// Log filter in RUST_LOG syntax (`info`, `debug`,
-        /// `info,director::dataplane=debug`); default: $RUST_LOG, else info.
+        /// `info,director::dataplane=debug`); default: $RUST_LOG, else
+        /// `info,openraft=off`.
         #[arg(long)]
         log_level: Option<String>,
         /// Log lines as human text or one JSON object per line.
