@@ -36,7 +36,9 @@ pub fn init(level: Option<&str>, format: LogFormat) -> Result<(), BadFilter> {
             given: l.to_string(),
             source,
         })?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
+        None => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

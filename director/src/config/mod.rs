@@ -360,7 +360,10 @@ mod tests {
             .unwrap_err()
             .0
             .contains("comes after"));
-        assert!(parse_range("10.0.0.1-fd00::1").unwrap_err().0.contains("mix"));
+        assert!(parse_range("10.0.0.1-fd00::1")
+            .unwrap_err()
+            .0
+            .contains("mix"));
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub struct Handle {
 /// The count of passes and the outcome of the last one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pass {
+    /// Passes started.
+    pub started: u64,
     /// Passes done.
     pub count: u64,
     /// Whether the last one left the kernel as wanted.
@@ -172,14 +174,14 @@ impl Handle {
     pub async fn applied(&self, timeout: Duration) -> bool {
         let kick = &self.kick;
         let mut passes = self.passes.clone();
-        let seen = passes.borrow_and_update().count;
+        // A pass already started may have read its inputs before the
+        // change: the first sure to see it is the next one to start.
+        let need = passes.borrow_and_update().started + 1;
         kick.notify_one();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let p = *passes.borrow_and_update();
-            // The pass running at the call may have read its inputs before
-            // the change: the one after it is the first sure to see it.
-            if p.count > seen + 1 && p.ok {
+            if p.count >= need && p.ok {
                 return true;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -236,6 +238,7 @@ async fn drive<R: Reconciler>(
     let mut failing = false;
     loop {
         let started = Instant::now();
+        passes.send_modify(|p| p.started += 1);
         let desired = r.desired();
         let due = known.is_none() || last_observed.elapsed() >= resync;
         let outcome = pass(&mut r, &desired.state, &mut known, due, &stats).await;

@@ -168,8 +168,9 @@ impl Gate {
 pub struct Nft {
     node: Arc<Node>,
     gate: Arc<Gate>,
-    /// Each table's script and the kernel's listing right after writing it.
-    written: BTreeMap<&'static str, (String, String)>,
+    /// Each table's script and the kernel's listing of it, taken at the
+    /// first observation after writing it (None until then).
+    written: BTreeMap<&'static str, (String, Option<String>)>,
 }
 
 impl Nft {
@@ -202,13 +203,23 @@ impl Reconciler for Nft {
     async fn observe(&mut self) -> Result<Tables, OpError> {
         let mut t = Tables::new();
         for name in [SNAT, DRAIN] {
-            let table = match list(name)? {
+            let listing = tokio::task::spawn_blocking(move || list(name))
+                .await
+                .map_err(|e| OpError::new("listing nftables table", name, e))??;
+            let table = match listing {
                 None => Table::Absent,
-                Some(listing) => match self.written.get(name) {
-                    Some((script, at_write)) if *at_write == listing => {
-                        Table::Written(script.clone())
-                    }
-                    _ => Table::Other(listing),
+                Some(listing) => match self.written.get_mut(name) {
+                    Some((script, reference)) => match reference {
+                        Some(r) if *r == listing => Table::Written(script.clone()),
+                        Some(_) => Table::Other(listing),
+                        // The first look after writing: this is how the
+                        // kernel lists what was written.
+                        None => {
+                            *reference = Some(listing);
+                            Table::Written(script.clone())
+                        }
+                    },
+                    None => Table::Other(listing),
                 },
             };
             t.insert(name, table);
@@ -227,21 +238,20 @@ impl Reconciler for Nft {
                     } else {
                         String::new()
                     };
-                    nft(&format!(
-                        "{old}add table inet {name}\ndelete table inet {name}\n{script}"
-                    ))
-                    .map_err(|e| OpError::new("writing nftables table", name, e))?;
-                    let listing = list(name)?.unwrap_or_default();
-                    self.written.insert(name, (script, listing));
+                    let text =
+                        format!("{old}add table inet {name}\ndelete table inet {name}\n{script}");
+                    run_nft(text)
+                        .await
+                        .map_err(|e| OpError::new("writing nftables table", name, e))?;
+                    self.written.insert(name, (script, None));
                     if name == DRAIN {
                         tracing::info!("drain gate closed: new TCP connections to the drained VIPs are dropped");
                     }
                 }
                 NftOp::Delete(name) => {
-                    nft(&format!(
-                        "add table inet {name}\ndelete table inet {name}\n"
-                    ))
-                    .map_err(|e| OpError::new("deleting nftables table", name, e))?;
+                    run_nft(format!("add table inet {name}\ndelete table inet {name}\n"))
+                        .await
+                        .map_err(|e| OpError::new("deleting nftables table", name, e))?;
                     self.written.remove(name);
                     if name == DRAIN {
                         tracing::info!("drain gate open");
@@ -251,6 +261,14 @@ impl Reconciler for Nft {
         }
         Ok(())
     }
+}
+
+/// Runs `script` through nft on a blocking thread (the runtime's thread
+/// also carries the Raft node's timers).
+async fn run_nft(script: String) -> Result<(), std::io::Error> {
+    tokio::task::spawn_blocking(move || nft(&script))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The kernel's listing of `inet NAME`, or None if there is no such table.
