@@ -248,8 +248,8 @@ impl Bulk {
         &mut self,
         request: IpvsMessage,
         op: Operation,
-        target: &dyn Fn() -> String,
-        each: &mut dyn FnMut(IpvsMessage) -> Result<(), netlink_packet_core::DecodeError>,
+        target: &(dyn Fn() -> String + Sync),
+        each: &mut (dyn FnMut(IpvsMessage) -> Result<(), netlink_packet_core::DecodeError> + Send),
     ) -> Result<(), IpvsError> {
         self.begin().map_err(IpvsError::Socket)?;
         let seq = self.push(request, NLM_F_REQUEST | NLM_F_DUMP);

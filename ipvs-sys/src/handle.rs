@@ -503,3 +503,23 @@ fn decode_error(
         source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handle's futures can be spawned on a multi-threaded runtime (the
+    /// daemon does): a compile-time check.
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        #[expect(dead_code, reason = "only type-checked")]
+        fn check(h: &IpvsHandle, key: &ServiceKey) {
+            send(&h.table());
+            send(&h.services());
+            send(&h.destinations(key));
+            send(&h.execute(&[], 1));
+            send(&h.info());
+        }
+    }
+}
