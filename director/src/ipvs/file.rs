@@ -889,9 +889,7 @@ fn dest_from<K: Keep>(
     };
     // ipvsadm's range; the kernel refuses negative weights.
     let weight = match &d.weight {
-        Some(w) => {
-            int_in::<u16>(w, || format!("{path}.weight"), "0..=65535", errs).map(i32::from)
-        }
+        Some(w) => int_in::<u16>(w, || format!("{path}.weight"), "0..=65535", errs).map(i32::from),
         None => Some(1),
     };
     let upper = d
@@ -1066,16 +1064,199 @@ services:
         }
     }
 
-    #[test]
-    fn show_output_is_read_quickly() {
-        let table = parse(GOOD).unwrap();
-        for stats in [false, true] {
-            let yaml = serde_saphyr::to_string(&to_doc(&table, stats)).unwrap();
-            println!("{yaml}");
-            assert_eq!(read_quickly(&yaml), Some(table.clone()), "{yaml}");
-            let json = serde_json::to_string_pretty(&to_doc(&table, stats)).unwrap();
-            assert_eq!(read_quickly(&json), Some(table.clone()), "{json}");
+    /// A table as the kernel reports it: with counters, which show prints
+    /// with `--stats` and apply ignores.
+    fn with_counters(mut table: Vec<Entry>) -> Vec<Entry> {
+        for (s, dests) in &mut table {
+            s.stats = Some(Stats {
+                conns: 5,
+                inbytes: 1 << 40,
+                ..Stats::default()
+            });
+            for d in dests {
+                d.counters = Some(ipvs_sys::DestCounters {
+                    active: 1,
+                    inactive: 2,
+                    persistent: 3,
+                });
+                d.stats = Some(Stats {
+                    conns: 7,
+                    ..Stats::default()
+                });
+            }
         }
+        table
+    }
+
+    /// Services in the flow style of the benchmark's documents
+    /// (`tests/bench/ipvs_bench.py`).
+    fn flow_style(services: usize) -> String {
+        let mut out = String::from("services:\n");
+        for i in 0..services {
+            out.push_str(&format!(
+                "- {{protocol: tcp, address: 10.20.0.{i}, port: 80, scheduler: rr, destinations: [\n  "
+            ));
+            let dests: Vec<String> = (21..25)
+                .map(|n| {
+                    format!("{{address: 10.10.0.{n}, port: 30080, forward: masquerade, weight: 1}}")
+                })
+                .collect();
+            out.push_str(&dests.join(", "));
+            out.push_str("]}\n");
+        }
+        out
+    }
+
+    const HAND_WRITTEN: &str = "\
+# The web tier and DNS.
+services:
+
+  - protocol: TCP     # any case
+    address: fd10:10::200
+    port: 443
+    scheduler: mh
+    flags:
+      - mh-port
+    persistence: {timeout: 60, netmask: \"64\"}
+    destinations:
+      - address: fd10:10::21
+        port: 443
+        forward: route
+        weight: 2
+        upper_threshold: 100
+        lower_threshold: 10
+  - protocol: udp
+    address: 10.10.0.201
+    port: 53
+    scheduler: sh
+    flags: [sh-fallback, sh-port]
+    persistence:
+      timeout: 300
+      netmask: 255.255.255.0
+      engine: sip
+    destinations:
+    - address: 10.10.0.23
+      port: 53
+      forward: tunnel
+      tunnel: {type: gue, port: 6080, checksum: csum}
+    - {address: 10.10.0.24, port: 53, forward: local, weight: 0}
+  - fwmark: 7
+    scheduler: wlc
+    destinations: []
+";
+
+    /// The documents the quick reading must take: what show prints, the
+    /// benchmark's flow style, hand-written block style.
+    fn quick_documents() -> Vec<String> {
+        let table = parse(GOOD).unwrap();
+        let mut docs = vec![GOOD.to_string(), HAND_WRITTEN.to_string(), flow_style(3)];
+        for t in [table.clone(), with_counters(table)] {
+            for stats in [false, true] {
+                let doc = to_doc(&t, stats);
+                docs.push(serde_saphyr::to_string(&doc).unwrap());
+                docs.push(serde_json::to_string_pretty(&doc).unwrap());
+                docs.push(serde_json::to_string(&doc).unwrap());
+            }
+        }
+        docs
+    }
+
+    #[test]
+    fn show_output_and_usual_styles_are_read_quickly() {
+        for doc in quick_documents() {
+            let quick = read_quickly(&doc);
+            assert!(quick.is_some(), "not read quickly:\n{doc}");
+            assert_eq!(quick.map(Ok), Some(parse_located(&doc)), "{doc}");
+        }
+        assert_eq!(read_quickly(&flow_style(3)).unwrap().len(), 3);
+        assert_eq!(read_quickly(HAND_WRITTEN).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn what_the_quick_reading_does_not_know_goes_to_the_full_parser() {
+        let want = parse_located(GOOD).unwrap();
+        for (from, to) in [
+            ("port: 80", "port: 0x50"),
+            ("weight: 2", "weight: +2"),
+            ("timeout: 60", "timeout: 6_0"),
+            ("netmask: '64'", "netmask: \"6\\x34\""),
+            ("scheduler: rr", "scheduler: !!str rr"),
+            ("scheduler: rr", "scheduler: &s rr"),
+            ("weight: 2", "weight:\t2"),
+            ("services:\n", "---\nservices:\n"),
+            ("- fwmark: 7", "- fwmark: 7\n  stats: ~"),
+            ("address: 10.10.0.200", "address:\n    10.10.0.200"),
+            ("scheduler: sh\n", "scheduler: >-\n    sh\n"),
+        ] {
+            let doc = GOOD.replacen(from, to, 1);
+            assert_ne!(doc, GOOD, "{from:?} not in GOOD");
+            assert_eq!(read_quickly(&doc), None, "{doc}");
+            assert_eq!(parse(&doc), Ok(want.clone()), "{doc}");
+        }
+    }
+
+    /// The quick reading never takes a document that the full parser reads
+    /// differently (or refuses): every document one or two edits away from
+    /// the usual ones, with the characters that matter to YAML.
+    #[test]
+    fn the_quick_reading_agrees_with_the_full_parser() {
+        const CHARS: &[char] = &[
+            ' ', '\n', '-', ':', '#', '{', '}', '[', ']', ',', '"', '\'', '~', '.', '0', '9', 'a',
+            '&', '*', '!', '|', '>', '?', '%', '@', '\\', '\t',
+        ];
+        fn check(doc: &str) {
+            if let Some(quick) = read_quickly(doc) {
+                assert_eq!(Ok(quick), parse_located(doc), "read differently:\n{doc}");
+            }
+        }
+        fn edits(doc: &str, mut each: impl FnMut(String)) {
+            let at: Vec<usize> = doc.char_indices().map(|(i, _)| i).collect();
+            for &i in &at {
+                let next = i + doc[i..].chars().next().map_or(0, char::len_utf8);
+                each(format!("{}{}", &doc[..i], &doc[next..]));
+                for c in CHARS {
+                    each(format!("{}{c}{}", &doc[..i], &doc[i..]));
+                    each(format!("{}{c}{}", &doc[..i], &doc[next..]));
+                }
+            }
+        }
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut random = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut checked = 0;
+        let mut docs = quick_documents();
+        docs.sort();
+        docs.dedup();
+        for doc in docs.iter().filter(|d| d.len() < 1000) {
+            edits(doc, |d| {
+                check(&d);
+                checked += 1;
+            });
+            // Pairs of edits, at random.
+            for _ in 0..2000 {
+                let mut d = doc.clone();
+                for _ in 0..2 {
+                    let mut i = random(d.len() + 1);
+                    while !d.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    let c = CHARS[random(CHARS.len())];
+                    if random(2) == 0 {
+                        d.insert(i, c);
+                    } else if i < d.len() {
+                        d.remove(i);
+                    }
+                }
+                check(&d);
+                checked += 1;
+            }
+        }
+        eprintln!("{checked} documents checked");
+        assert!(checked > 150_000, "{checked}");
     }
 
     fn errors(text: &str) -> Vec<String> {

@@ -65,7 +65,10 @@ pub fn read<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S) -> Result<S::
     // Tabs, carriage returns, other control characters and anything beyond
     // ASCII (a byte-order mark, Unicode line breaks) are the full parser's
     // business.
-    if !text.bytes().all(|c| c == b'\n' || (b' '..=b'~').contains(&c)) {
+    if !text
+        .bytes()
+        .all(|c| c == b'\n' || (b' '..=b'~').contains(&c))
+    {
         return Err(Outside);
     }
     r.skip_to_content()?;
