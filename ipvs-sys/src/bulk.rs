@@ -1,4 +1,4 @@
-//! Bulk requests on a generic-netlink socket of their own: many changes in
+//! Bulk requests on generic-netlink sockets of their own: many changes in
 //! one datagram, and dumps read straight off the socket into a reused buffer.
 //!
 //! The kernel handles a request to a generic-netlink family while the sender
@@ -11,11 +11,14 @@
 //! datagram of replies. This is what makes a 50,000-change apply or a
 //! 10,000-service table read cost a few system calls per hundred entries
 //! instead of a few per entry.
+//!
+//! How large the kernel makes the datagrams of a dump matters too, see
+//! [`Size`].
 
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    DecodeError, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_generic::GenlMessage;
 use netlink_sys::{protocols::NETLINK_GENERIC, AsyncSocket, SocketAddr, TokioSocket};
@@ -29,39 +32,51 @@ use crate::message::IpvsMessage;
 /// (about 768 bytes of the default 208 KiB receive buffer); 256 fit.
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// Room for the largest datagram the kernel sends: dumps come in at most
-/// 32 KiB (`netlink_dump`).
-const RECV_BUFFER: usize = 64 * 1024;
-
 /// Dumps between two yields to the runtime, so that reading a large table
 /// does not hold up the caller's other tasks.
 const YIELD_EVERY: usize = 256;
 
-/// A generic-netlink socket for bulk requests to the IPVS family.
-pub(crate) struct Bulk {
+/// The receive buffer of a socket, which decides the size of the datagrams
+/// of the dumps it reads: the kernel makes each as large as the largest
+/// buffer the socket has offered to `recvmsg` (at least `NLMSG_GOODSIZE`, at
+/// most 32 KiB) and allocates that much, zeroed, for every datagram, the last
+/// one holding nothing but `NLMSG_DONE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Size {
+    /// For the destinations of one service: mostly two datagrams, the first
+    /// a few hundred bytes. `NLMSG_GOODSIZE` of a 4 KiB-page kernel (a page
+    /// less the 320-byte `skb_shared_info`), the smallest the kernel makes. A
+    /// kernel that sends more (larger pages) gets the large buffer from the
+    /// first datagram that did not fit on, and the dump is read again.
+    Small,
+    /// For all services: the kernel walks its service table from the start
+    /// for every datagram of that dump, so the fewer datagrams the better.
+    Large,
+}
+
+impl Size {
+    fn bytes(self) -> usize {
+        match self {
+            Size::Small => 4096 - 320,
+            Size::Large => 32 * 1024,
+        }
+    }
+}
+
+/// A non-blocking generic-netlink socket talking to the kernel, and its
+/// receive buffer.
+struct Channel {
     socket: TokioSocket,
-    family_id: u16,
-    seq: u32,
-    /// The datagram being built.
-    out: Vec<u8>,
-    /// The datagram last read.
+    /// The receive buffer (its length is what `recvmsg` is offered).
     inp: Vec<u8>,
+    /// The length of the datagram last read.
+    got: usize,
     /// False while an exchange is under way: if it never finished (its
     /// future was dropped, or the socket failed), replies may still be
     /// queued, so the socket is replaced before the next one.
     clean: bool,
 }
 
-impl std::fmt::Debug for Bulk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bulk")
-            .field("family_id", &self.family_id)
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A non-blocking generic-netlink socket talking to the kernel.
 fn open_socket() -> io::Result<TokioSocket> {
     let mut socket = TokioSocket::new(NETLINK_GENERIC)?;
     let inner = socket.socket_mut();
@@ -75,27 +90,120 @@ fn open_socket() -> io::Result<TokioSocket> {
 
 type Reply = NetlinkMessage<GenlMessage<IpvsMessage>>;
 
-impl Bulk {
-    /// Opens the socket (on the current tokio runtime).
-    pub(crate) fn open(family_id: u16) -> io::Result<Bulk> {
-        Ok(Bulk {
+impl Channel {
+    fn open(size: Size) -> io::Result<Channel> {
+        Ok(Channel {
             socket: open_socket()?,
-            family_id,
-            seq: 0,
-            out: Vec::with_capacity(64 * 1024),
-            inp: Vec::with_capacity(RECV_BUFFER),
+            inp: vec![0; size.bytes()],
+            got: 0,
             clean: true,
         })
     }
 
-    /// Starts an exchange, on a fresh socket if the last one did not finish.
-    fn begin(&mut self) -> io::Result<()> {
+    /// Starts an exchange by sending `datagram`, on a fresh socket if the
+    /// last exchange did not finish.
+    fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
         if !self.clean {
             self.socket = open_socket()?;
         }
         self.clean = false;
-        self.out.clear();
+        let sent = self.socket.socket_ref().send(datagram, 0)?;
+        if sent != datagram.len() {
+            return Err(io::Error::other(format!(
+                "sent {sent} of {} bytes",
+                datagram.len()
+            )));
+        }
         Ok(())
+    }
+
+    /// Reads the next datagram into `inp`, waiting for one if none is queued
+    /// (the kernel has always queued it already, see above). False if it did
+    /// not fit: the buffer is then enlarged, and the exchange must be redone.
+    async fn recv(&mut self) -> io::Result<bool> {
+        let size = self.inp.len();
+        let mut buf = &mut self.inp[..];
+        let n = match self.socket.socket_ref().recv(&mut buf, libc::MSG_TRUNC) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let socket = &self.socket;
+                std::future::poll_fn(|cx| socket.poll_recv(cx, &mut buf)).await?;
+                // Without MSG_TRUNC, a datagram that fills the buffer may
+                // have been cut: count it as cut.
+                match size - buf.len() {
+                    n if n == size => n + 1,
+                    n => n,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if n > size {
+            let large = Size::Large.bytes();
+            if size >= large {
+                return Err(io::Error::other(format!(
+                    "a {n}-byte datagram did not fit in {size} bytes"
+                )));
+            }
+            self.inp = vec![0; large];
+            self.got = 0;
+            return Ok(false);
+        }
+        self.got = n;
+        Ok(true)
+    }
+
+    /// The messages of the datagram last read.
+    fn replies(&self) -> impl Iterator<Item = Result<Reply, DecodeError>> + '_ {
+        let buf = &self.inp[..self.got];
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let rest = buf.get(at..).filter(|r| r.len() >= 16)?;
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len < 16 || len > rest.len() {
+                at = buf.len();
+                return Some(Err(format!(
+                    "a {len}-byte netlink message in {} bytes",
+                    rest.len()
+                )
+                .into()));
+            }
+            at += (len + 3) & !3;
+            Some(Reply::deserialize(&rest[..len]))
+        })
+    }
+}
+
+/// The sockets for bulk requests to the IPVS family.
+pub(crate) struct Bulk {
+    family_id: u16,
+    seq: u32,
+    /// The datagram being built.
+    out: Vec<u8>,
+    /// For changes and destination dumps.
+    small: Channel,
+    /// For service dumps; opened on first use.
+    large: Option<Channel>,
+}
+
+impl std::fmt::Debug for Bulk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bulk")
+            .field("family_id", &self.family_id)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bulk {
+    /// Opens the sockets (on the current tokio runtime).
+    pub(crate) fn open(family_id: u16) -> io::Result<Bulk> {
+        Ok(Bulk {
+            family_id,
+            seq: 0,
+            out: Vec::with_capacity(64 * 1024),
+            small: Channel::open(Size::Small)?,
+            large: None,
+        })
     }
 
     /// Appends a request to the datagram being built; its sequence number.
@@ -113,60 +221,6 @@ impl Bulk {
         self.out.resize(start + ((len + 3) & !3), 0);
         nl.serialize(&mut self.out[start..start + len]);
         self.seq
-    }
-
-    /// Sends the datagram built.
-    fn send(&self) -> io::Result<()> {
-        let sent = self.socket.socket_ref().send(&self.out, 0)?;
-        if sent != self.out.len() {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                self.out.len()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Reads the next datagram into `inp`, waiting for one if none is queued
-    /// (the kernel has always queued it already, see above).
-    async fn recv(&mut self) -> io::Result<()> {
-        self.inp.clear();
-        let n = match self.socket.socket_ref().recv(&mut self.inp, libc::MSG_TRUNC) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let (socket, inp) = (&self.socket, &mut self.inp);
-                std::future::poll_fn(|cx| socket.poll_recv(cx, inp)).await?;
-                self.inp.len()
-            }
-            Err(e) => return Err(e),
-        };
-        if n > self.inp.len() || n == self.inp.capacity() {
-            return Err(io::Error::other(format!(
-                "a {n}-byte datagram did not fit in {} bytes",
-                self.inp.capacity()
-            )));
-        }
-        Ok(())
-    }
-
-    /// The messages of the datagram last read.
-    fn replies(&self) -> impl Iterator<Item = Result<Reply, netlink_packet_core::DecodeError>> + '_ {
-        let buf = &self.inp[..];
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let rest = buf.get(at..).filter(|r| r.len() >= 16)?;
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len < 16 || len > rest.len() {
-                at = buf.len();
-                return Some(Err(format!(
-                    "a {len}-byte netlink message in {} bytes",
-                    rest.len()
-                )
-                .into()));
-            }
-            at += (len + 3) & !3;
-            Some(Reply::deserialize(&rest[..len]))
-        })
     }
 
     /// Makes `changes` in order, up to `window` (at most [`MAX_BATCH`]) in
@@ -203,7 +257,7 @@ impl Bulk {
         batch: &[Change],
         results: &mut [Result<(), IpvsError>],
     ) -> io::Result<()> {
-        self.begin()?;
+        self.out.clear();
         let first = self.seq.wrapping_add(1);
         for (i, change) in batch.iter().enumerate() {
             let flags = if i + 1 == batch.len() {
@@ -214,11 +268,16 @@ impl Bulk {
             self.push(change.message(), flags);
         }
         let last = self.seq;
-        self.send()?;
+        let chan = &mut self.small;
+        chan.send(&self.out)?;
         loop {
-            self.recv().await?;
+            if !chan.recv().await? {
+                // Refusals are small (NETLINK_CAP_ACK): this is a kernel
+                // that sends more than it should.
+                return Err(io::Error::other("a reply did not fit in the buffer"));
+            }
             let mut done = false;
-            for reply in self.replies() {
+            for reply in chan.replies() {
                 let reply = reply.map_err(|e| io::Error::other(e.to_string()))?;
                 let seq = reply.header.sequence_number;
                 let i = seq.wrapping_sub(first) as usize;
@@ -237,52 +296,62 @@ impl Bulk {
                 }
             }
             if done {
-                self.clean = true;
+                chan.clean = true;
                 return Ok(());
             }
         }
     }
 
-    /// Sends `request` as a dump and hands each reply's payload to `each`.
+    /// Sends `request` as a dump on the socket for `size` and hands each
+    /// reply's payload to `each`. False if a datagram did not fit in the
+    /// receive buffer: the buffer is larger now, and the dump must be read
+    /// again from the start.
     pub(crate) async fn dump(
         &mut self,
+        size: Size,
         request: IpvsMessage,
         op: Operation,
         target: &(dyn Fn() -> String + Sync),
-        each: &mut (dyn FnMut(IpvsMessage) -> Result<(), netlink_packet_core::DecodeError> + Send),
-    ) -> Result<(), IpvsError> {
-        self.begin().map_err(IpvsError::Socket)?;
+        each: &mut (dyn FnMut(IpvsMessage) -> Result<(), DecodeError> + Send),
+    ) -> Result<bool, IpvsError> {
+        self.out.clear();
         let seq = self.push(request, NLM_F_REQUEST | NLM_F_DUMP);
-        self.send().map_err(|e| IpvsError::Send {
+        let chan = match size {
+            Size::Small => &mut self.small,
+            Size::Large => match &mut self.large {
+                Some(chan) => chan,
+                empty => empty.insert(Channel::open(Size::Large).map_err(IpvsError::Socket)?),
+            },
+        };
+        chan.send(&self.out).map_err(|e| IpvsError::Send {
             op,
             target: target(),
             message: e.to_string(),
         })?;
+        let decode = |source| IpvsError::Decode {
+            op,
+            target: target(),
+            source,
+        };
         loop {
-            self.recv().await.map_err(IpvsError::Socket)?;
+            if !chan.recv().await.map_err(IpvsError::Socket)? {
+                // The rest of this dump is left on the socket, which is
+                // replaced before its next use (`Channel::send`).
+                return Ok(false);
+            }
             let mut end = None;
-            for reply in self.replies() {
-                let reply = reply.map_err(|source| IpvsError::Decode {
-                    op,
-                    target: target(),
-                    source,
-                })?;
+            for reply in chan.replies() {
+                let reply = reply.map_err(decode)?;
                 if reply.header.sequence_number != seq {
                     continue;
                 }
                 match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => {
-                        each(m.payload).map_err(|source| IpvsError::Decode {
-                            op,
-                            target: target(),
-                            source,
-                        })?;
-                    }
+                    NetlinkPayload::InnerMessage(m) => each(m.payload).map_err(decode)?,
                     NetlinkPayload::Done(d) => {
                         end = Some(if d.code < 0 {
                             Err(IpvsError::kernel(op, target(), -d.code))
                         } else {
-                            Ok(())
+                            Ok(true)
                         });
                     }
                     NetlinkPayload::Error(e) => {
@@ -294,7 +363,7 @@ impl Bulk {
                 }
             }
             if let Some(end) = end {
-                self.clean = true;
+                chan.clean = true;
                 return end;
             }
         }

@@ -11,7 +11,7 @@ use genetlink::{GenetlinkError, GenetlinkHandle};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::GenlMessage;
 
-use crate::bulk::Bulk;
+use crate::bulk::{Bulk, Size};
 use crate::error::{IpvsError, Operation};
 use crate::message::{IpvsCmd, IpvsMessage};
 use crate::nla::{IpvsNla, Nested};
@@ -451,45 +451,57 @@ impl IpvsHandle {
 }
 
 async fn services(bulk: &mut Bulk) -> Result<Vec<Service>, IpvsError> {
-    let mut out = Vec::new();
-    bulk.dump(
-        IpvsMessage::new(IpvsCmd::GetService, vec![]),
-        Operation::ListServices,
-        &String::new,
-        &mut |m| {
-            for nla in m.nlas {
-                if let IpvsNla::Service(s) = nla {
-                    out.push(Service::from_nlas(&s.nlas)?);
-                }
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    Ok(out)
+    loop {
+        let mut out = Vec::new();
+        let whole = bulk
+            .dump(
+                Size::Large,
+                IpvsMessage::new(IpvsCmd::GetService, vec![]),
+                Operation::ListServices,
+                &String::new,
+                &mut |m| {
+                    for nla in m.nlas {
+                        if let IpvsNla::Service(s) = nla {
+                            out.push(Service::from_nlas(&s.nlas)?);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if whole {
+            return Ok(out);
+        }
+    }
 }
 
 async fn destinations(bulk: &mut Bulk, key: &ServiceKey) -> Result<Vec<Destination>, IpvsError> {
     let family: Family = key.family();
-    let mut out = Vec::new();
-    bulk.dump(
-        IpvsMessage::new(
-            IpvsCmd::GetDest,
-            vec![IpvsNla::Service(Nested::new(key.to_nlas()))],
-        ),
-        Operation::ListDests,
-        &|| key.to_string(),
-        &mut |m| {
-            for nla in m.nlas {
-                if let IpvsNla::Dest(d) = nla {
-                    out.push(Destination::from_nlas(&d.nlas, family)?);
-                }
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    Ok(out)
+    loop {
+        let mut out = Vec::new();
+        let whole = bulk
+            .dump(
+                Size::Small,
+                IpvsMessage::new(
+                    IpvsCmd::GetDest,
+                    vec![IpvsNla::Service(Nested::new(key.to_nlas()))],
+                ),
+                Operation::ListDests,
+                &|| key.to_string(),
+                &mut |m| {
+                    for nla in m.nlas {
+                        if let IpvsNla::Dest(d) = nla {
+                            out.push(Destination::from_nlas(&d.nlas, family)?);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if whole {
+            return Ok(out);
+        }
+    }
 }
 
 fn decode_error(

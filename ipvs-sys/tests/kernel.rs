@@ -516,13 +516,16 @@ fn a_table_read_dropped_halfway_leaves_the_handle_usable() {
             let key = ServiceKey::tcp(IpAddr::V4(std::net::Ipv4Addr::from(0x0a14_0000 + i)), 80);
             changes.push(Change::AddService(Service::new(key, "rr")));
         }
-        assert!(ipvs.execute(&changes, DEFAULT_WINDOW).await.iter().all(|r| r.is_ok()));
+        assert!(ipvs
+            .execute(&changes, DEFAULT_WINDOW)
+            .await
+            .iter()
+            .all(|r| r.is_ok()));
         // Poll a table read once or twice, then drop it mid-way.
-        let table = ipvs.table();
-        futures::pin_mut!(table);
+        let mut table = Box::pin(ipvs.table());
         let waker = futures::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
-        let _ = table.as_mut().poll(&mut cx);
+        assert!(table.as_mut().poll(&mut cx).is_pending());
         drop(table);
         let table = ipvs.table().await.unwrap();
         assert_eq!(table.len(), 300);
