@@ -29,7 +29,8 @@ use ipvs_sys::{
     Tunnel, TunnelType,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_saphyr::Spanned;
 
 use super::plan::Entry;
@@ -39,34 +40,142 @@ pub const SCHEDULERS: &[&str] = &[
     "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos",
 ];
 
-/// The whole table, for output.
-#[derive(Debug, Serialize)]
-pub struct TableDoc {
-    /// Every service.
-    pub services: Vec<ServiceDoc>,
+// ---- writing ----------------------------------------------------------------
+//
+// The document of a table is a view of it: serialized straight from the
+// table read from the kernel, without a copy of it as strings.
+
+/// The whole table, for output (`show -o yaml|json`).
+#[derive(Debug, Clone, Copy)]
+pub struct TableDoc<'a> {
+    table: &'a [Entry],
+    with_stats: bool,
+}
+
+/// The document of a table read from the kernel.
+pub fn to_doc(table: &[Entry], with_stats: bool) -> TableDoc<'_> {
+    TableDoc { table, with_stats }
+}
+
+impl Serialize for TableDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut doc = s.serialize_struct("TableDoc", 1)?;
+        doc.serialize_field("services", &Services(*self))?;
+        doc.end()
+    }
+}
+
+/// The services of a table, for output.
+struct Services<'a>(TableDoc<'a>);
+
+impl Serialize for Services<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let with_stats = self.0.with_stats;
+        s.collect_seq(self.0.table.iter().map(|(service, dests)| ServiceDoc {
+            service,
+            dests,
+            with_stats,
+        }))
+    }
 }
 
 /// A service, for output.
-#[derive(Debug, Serialize)]
-pub struct ServiceDoc {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    protocol: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fwmark: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    family: Option<String>,
-    scheduler: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    flags: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    persistence: Option<PersistenceDoc>,
-    destinations: Vec<DestDoc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stats: Option<StatsDoc>,
+struct ServiceDoc<'a> {
+    service: &'a Service,
+    dests: &'a [Destination],
+    with_stats: bool,
+}
+
+impl Serialize for ServiceDoc<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let s = self.service;
+        let flags: Vec<&str> = flag_names(&s.scheduler)
+            .iter()
+            .filter(|(f, _)| s.flags.contains(*f))
+            .map(|(_, n)| *n)
+            .collect();
+        let persistence = s
+            .flags
+            .contains(ServiceFlags::PERSISTENT)
+            .then(|| PersistenceDoc {
+                timeout: s.timeout,
+                netmask: (s.netmask != Netmask::host(s.key.family()))
+                    .then(|| s.netmask.to_string()),
+                engine: s.persistence_engine.clone(),
+            });
+        let stats = s.stats.filter(|_| self.with_stats).map(StatsDoc::from);
+        let v6_mark = matches!(
+            s.key,
+            ServiceKey::Fwmark {
+                family: Family::V6,
+                ..
+            }
+        );
+        let fields = match s.key {
+            ServiceKey::Addr { .. } => 3,
+            ServiceKey::Fwmark { .. } => 1 + usize::from(v6_mark),
+        } + 2
+            + usize::from(!flags.is_empty())
+            + usize::from(persistence.is_some())
+            + usize::from(stats.is_some());
+        let mut doc = ser.serialize_struct("ServiceDoc", fields)?;
+        match s.key {
+            ServiceKey::Addr {
+                protocol,
+                addr,
+                port,
+            } => {
+                doc.serialize_field("protocol", &protocol.to_string().to_lowercase())?;
+                doc.serialize_field("address", &Shown(addr))?;
+                doc.serialize_field("port", &port)?;
+                doc.skip_field("fwmark")?;
+                doc.skip_field("family")?;
+            }
+            ServiceKey::Fwmark { mark, .. } => {
+                doc.skip_field("protocol")?;
+                doc.skip_field("address")?;
+                doc.skip_field("port")?;
+                doc.serialize_field("fwmark", &mark)?;
+                if v6_mark {
+                    doc.serialize_field("family", "ipv6")?;
+                } else {
+                    doc.skip_field("family")?;
+                }
+            }
+        }
+        doc.serialize_field("scheduler", &s.scheduler)?;
+        if flags.is_empty() {
+            doc.skip_field("flags")?;
+        } else {
+            doc.serialize_field("flags", &flags)?;
+        }
+        match &persistence {
+            Some(p) => doc.serialize_field("persistence", p)?,
+            None => doc.skip_field("persistence")?,
+        }
+        let with_stats = self.with_stats;
+        doc.serialize_field(
+            "destinations",
+            &Dests {
+                dests: self.dests,
+                with_stats,
+            },
+        )?;
+        match &stats {
+            Some(st) => doc.serialize_field("stats", st)?,
+            None => doc.skip_field("stats")?,
+        }
+        doc.end()
+    }
+}
+
+/// A value written as its `Display` text (an address).
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,27 +188,96 @@ struct PersistenceDoc {
     engine: Option<String>,
 }
 
-/// A destination, for output.
-#[derive(Debug, Serialize)]
-pub struct DestDoc {
-    address: String,
-    port: u16,
-    forward: String,
-    weight: i32,
-    #[serde(skip_serializing_if = "is_zero")]
-    upper_threshold: u32,
-    #[serde(skip_serializing_if = "is_zero")]
-    lower_threshold: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tunnel: Option<TunnelDoc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connections: Option<ConnectionsDoc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stats: Option<StatsDoc>,
+/// The destinations of a service, for output.
+struct Dests<'a> {
+    dests: &'a [Destination],
+    with_stats: bool,
 }
 
-fn is_zero(v: &u32) -> bool {
-    *v == 0
+impl Serialize for Dests<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let with_stats = self.with_stats;
+        s.collect_seq(self.dests.iter().map(|d| DestDoc { d, with_stats }))
+    }
+}
+
+/// A destination, for output.
+struct DestDoc<'a> {
+    d: &'a Destination,
+    with_stats: bool,
+}
+
+impl Serialize for DestDoc<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let d = self.d;
+        let (forward, tunnel) = match d.forward {
+            Forward::Masquerade => ("masquerade", None),
+            Forward::DirectRoute => ("route", None),
+            Forward::Local => ("local", None),
+            Forward::Bypass => ("bypass", None),
+            Forward::Tunnel(t) => (
+                "tunnel",
+                Some(TunnelDoc {
+                    kind: match t.kind {
+                        TunnelType::Ipip => "ipip".into(),
+                        TunnelType::Gue => "gue".into(),
+                        TunnelType::Gre => "gre".into(),
+                        TunnelType::Other(n) => n.to_string(),
+                    },
+                    port: t.port,
+                    checksum: match t.flags {
+                        0 => None,
+                        1 => Some("csum".into()),
+                        2 => Some("remcsum".into()),
+                        n => Some(n.to_string()),
+                    },
+                }),
+            ),
+        };
+        let connections = d
+            .counters
+            .filter(|_| self.with_stats)
+            .map(|c| ConnectionsDoc {
+                active: c.active,
+                inactive: c.inactive,
+                persistent: c.persistent,
+            });
+        let stats = d.stats.filter(|_| self.with_stats).map(StatsDoc::from);
+        let fields = 4
+            + usize::from(d.upper_threshold != 0)
+            + usize::from(d.lower_threshold != 0)
+            + usize::from(tunnel.is_some())
+            + usize::from(connections.is_some())
+            + usize::from(stats.is_some());
+        let mut doc = ser.serialize_struct("DestDoc", fields)?;
+        doc.serialize_field("address", &Shown(d.addr))?;
+        doc.serialize_field("port", &d.port)?;
+        doc.serialize_field("forward", forward)?;
+        doc.serialize_field("weight", &d.weight)?;
+        for (name, v) in [
+            ("upper_threshold", d.upper_threshold),
+            ("lower_threshold", d.lower_threshold),
+        ] {
+            if v == 0 {
+                doc.skip_field(name)?;
+            } else {
+                doc.serialize_field(name, &v)?;
+            }
+        }
+        match &tunnel {
+            Some(t) => doc.serialize_field("tunnel", t)?,
+            None => doc.skip_field("tunnel")?,
+        }
+        match &connections {
+            Some(c) => doc.serialize_field("connections", c)?,
+            None => doc.skip_field("connections")?,
+        }
+        match &stats {
+            Some(st) => doc.serialize_field("stats", st)?,
+            None => doc.skip_field("stats")?,
+        }
+        doc.end()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,116 +342,6 @@ fn flag_names(scheduler: &str) -> [(ServiceFlags, &'static str); 4] {
         (ServiceFlags::SCHED2, f2),
         (ServiceFlags::SCHED3, "flag-3"),
     ]
-}
-
-/// The document of a table read from the kernel.
-pub fn to_doc(table: &[Entry], with_stats: bool) -> TableDoc {
-    let services = table
-        .iter()
-        .map(|(s, dests)| {
-            let (protocol, address, port, fwmark, family) = match s.key {
-                ServiceKey::Addr {
-                    protocol,
-                    addr,
-                    port,
-                } => (
-                    Some(protocol.to_string().to_lowercase()),
-                    Some(addr.to_string()),
-                    Some(port),
-                    None,
-                    None,
-                ),
-                ServiceKey::Fwmark { family, mark } => (
-                    None,
-                    None,
-                    None,
-                    Some(mark),
-                    (family == Family::V6).then(|| "ipv6".to_string()),
-                ),
-            };
-            let flags = flag_names(&s.scheduler)
-                .iter()
-                .filter(|(f, _)| s.flags.contains(*f))
-                .map(|(_, n)| n.to_string())
-                .collect();
-            let persistence = s
-                .flags
-                .contains(ServiceFlags::PERSISTENT)
-                .then(|| PersistenceDoc {
-                    timeout: s.timeout,
-                    netmask: (s.netmask != Netmask::host(s.key.family()))
-                        .then(|| s.netmask.to_string()),
-                    engine: s.persistence_engine.clone(),
-                });
-            ServiceDoc {
-                protocol,
-                address,
-                port,
-                fwmark,
-                family,
-                scheduler: s.scheduler.clone(),
-                flags,
-                persistence,
-                destinations: dests.iter().map(|d| dest_doc(d, with_stats)).collect(),
-                stats: if with_stats {
-                    s.stats.map(StatsDoc::from)
-                } else {
-                    None
-                },
-            }
-        })
-        .collect();
-    TableDoc { services }
-}
-
-fn dest_doc(d: &Destination, with_stats: bool) -> DestDoc {
-    let (forward, tunnel) = match d.forward {
-        Forward::Masquerade => ("masquerade", None),
-        Forward::DirectRoute => ("route", None),
-        Forward::Local => ("local", None),
-        Forward::Bypass => ("bypass", None),
-        Forward::Tunnel(t) => (
-            "tunnel",
-            Some(TunnelDoc {
-                kind: match t.kind {
-                    TunnelType::Ipip => "ipip".into(),
-                    TunnelType::Gue => "gue".into(),
-                    TunnelType::Gre => "gre".into(),
-                    TunnelType::Other(n) => n.to_string(),
-                },
-                port: t.port,
-                checksum: match t.flags {
-                    0 => None,
-                    1 => Some("csum".into()),
-                    2 => Some("remcsum".into()),
-                    n => Some(n.to_string()),
-                },
-            }),
-        ),
-    };
-    DestDoc {
-        address: d.addr.to_string(),
-        port: d.port,
-        forward: forward.into(),
-        weight: d.weight,
-        upper_threshold: d.upper_threshold,
-        lower_threshold: d.lower_threshold,
-        tunnel,
-        connections: if with_stats {
-            d.counters.map(|c| ConnectionsDoc {
-                active: c.active,
-                inactive: c.inactive,
-                persistent: c.persistent,
-            })
-        } else {
-            None
-        },
-        stats: if with_stats {
-            d.stats.map(StatsDoc::from)
-        } else {
-            None
-        },
-    }
 }
 
 // ---- reading ----------------------------------------------------------------
