@@ -3,11 +3,15 @@
 
 use std::net::IpAddr;
 
-use futures::stream::{self, StreamExt};
+use std::sync::Arc;
+
+use futures::lock::Mutex;
+use futures::stream::StreamExt;
 use genetlink::{GenetlinkError, GenetlinkHandle};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::GenlMessage;
 
+use crate::bulk::{Bulk, Size};
 use crate::error::{IpvsError, Operation};
 use crate::message::{IpvsCmd, IpvsMessage};
 use crate::nla::{IpvsNla, Nested};
@@ -37,64 +41,67 @@ impl Change {
     /// The request message of this change, the operation it is, and what it
     /// acts on in ipvsadm's notation.
     pub fn to_message(&self) -> (IpvsMessage, Operation, String) {
+        (self.message(), self.operation(), self.target())
+    }
+
+    /// The request message of this change.
+    pub(crate) fn message(&self) -> IpvsMessage {
         match self {
-            Change::AddService(s) => (
-                IpvsMessage::new(
-                    IpvsCmd::NewService,
-                    vec![IpvsNla::Service(Nested::new(s.to_nlas()))],
-                ),
-                Operation::AddService,
-                s.key.to_string(),
+            Change::AddService(s) => IpvsMessage::new(
+                IpvsCmd::NewService,
+                vec![IpvsNla::Service(Nested::new(s.to_nlas()))],
             ),
-            Change::EditService(s) => (
-                IpvsMessage::new(
-                    IpvsCmd::SetService,
-                    vec![IpvsNla::Service(Nested::new(s.to_nlas()))],
-                ),
-                Operation::EditService,
-                s.key.to_string(),
+            Change::EditService(s) => IpvsMessage::new(
+                IpvsCmd::SetService,
+                vec![IpvsNla::Service(Nested::new(s.to_nlas()))],
             ),
-            Change::DelService(k) => (
-                IpvsMessage::new(
-                    IpvsCmd::DelService,
-                    vec![IpvsNla::Service(Nested::new(k.to_nlas()))],
-                ),
-                Operation::DelService,
-                k.to_string(),
+            Change::DelService(k) => IpvsMessage::new(
+                IpvsCmd::DelService,
+                vec![IpvsNla::Service(Nested::new(k.to_nlas()))],
             ),
-            Change::AddDest(k, d) => (
-                IpvsMessage::new(
-                    IpvsCmd::NewDest,
-                    vec![
-                        IpvsNla::Service(Nested::new(k.to_nlas())),
-                        IpvsNla::Dest(Nested::new(d.to_nlas())),
-                    ],
-                ),
-                Operation::AddDest,
-                dest_target(k, &d.addr, d.port),
+            Change::AddDest(k, d) => IpvsMessage::new(
+                IpvsCmd::NewDest,
+                vec![
+                    IpvsNla::Service(Nested::new(k.to_nlas())),
+                    IpvsNla::Dest(Nested::new(d.to_nlas())),
+                ],
             ),
-            Change::EditDest(k, d) => (
-                IpvsMessage::new(
-                    IpvsCmd::SetDest,
-                    vec![
-                        IpvsNla::Service(Nested::new(k.to_nlas())),
-                        IpvsNla::Dest(Nested::new(d.to_nlas())),
-                    ],
-                ),
-                Operation::EditDest,
-                dest_target(k, &d.addr, d.port),
+            Change::EditDest(k, d) => IpvsMessage::new(
+                IpvsCmd::SetDest,
+                vec![
+                    IpvsNla::Service(Nested::new(k.to_nlas())),
+                    IpvsNla::Dest(Nested::new(d.to_nlas())),
+                ],
             ),
-            Change::DelDest(k, addr, port) => (
-                IpvsMessage::new(
-                    IpvsCmd::DelDest,
-                    vec![
-                        IpvsNla::Service(Nested::new(k.to_nlas())),
-                        IpvsNla::Dest(Nested::new(Destination::key_nlas(addr, *port))),
-                    ],
-                ),
-                Operation::DelDest,
-                dest_target(k, addr, *port),
+            Change::DelDest(k, addr, port) => IpvsMessage::new(
+                IpvsCmd::DelDest,
+                vec![
+                    IpvsNla::Service(Nested::new(k.to_nlas())),
+                    IpvsNla::Dest(Nested::new(Destination::key_nlas(addr, *port))),
+                ],
             ),
+        }
+    }
+
+    /// The operation this change is.
+    pub(crate) fn operation(&self) -> Operation {
+        match self {
+            Change::AddService(_) => Operation::AddService,
+            Change::EditService(_) => Operation::EditService,
+            Change::DelService(_) => Operation::DelService,
+            Change::AddDest(..) => Operation::AddDest,
+            Change::EditDest(..) => Operation::EditDest,
+            Change::DelDest(..) => Operation::DelDest,
+        }
+    }
+
+    /// What this change acts on, in ipvsadm's notation.
+    pub(crate) fn target(&self) -> String {
+        match self {
+            Change::AddService(s) | Change::EditService(s) => s.key.to_string(),
+            Change::DelService(k) => k.to_string(),
+            Change::AddDest(k, d) | Change::EditDest(k, d) => dest_target(k, &d.addr, d.port),
+            Change::DelDest(k, addr, port) => dest_target(k, addr, *port),
         }
     }
 }
@@ -106,14 +113,20 @@ fn dest_target(k: &ServiceKey, addr: &IpAddr, port: u16) -> String {
     }
 }
 
-/// How many requests [`IpvsHandle::execute`] keeps in flight by default.
+/// How many requests [`IpvsHandle::execute`] sends at once by default (also
+/// the most it sends at once).
 pub const DEFAULT_WINDOW: usize = 256;
 
 /// A client of the kernel's IPVS in the caller's network namespace.
+///
+/// It holds two generic-netlink sockets: one (through `genetlink`) for single
+/// requests, one for bulk work (reading the whole table, making many
+/// changes), which clones of the handle share and take turns on.
 #[derive(Debug, Clone)]
 pub struct IpvsHandle {
     genl: GenetlinkHandle,
     family_id: u16,
+    bulk: Arc<Mutex<Bulk>>,
 }
 
 impl IpvsHandle {
@@ -132,9 +145,11 @@ impl IpvsHandle {
                 GenetlinkError::NetlinkError(io) => IpvsError::Socket(io),
                 other => IpvsError::Socket(std::io::Error::other(other.to_string())),
             })?;
+        let bulk = Bulk::open(family.id).map_err(IpvsError::Socket)?;
         Ok(IpvsHandle {
             genl,
             family_id: family.id,
+            bulk: Arc::new(Mutex::new(bulk)),
         })
     }
 
@@ -217,19 +232,8 @@ impl IpvsHandle {
 
     /// Every service (`ipvsadm -Ln`, without destinations).
     pub async fn services(&self) -> Result<Vec<Service>, IpvsError> {
-        let op = Operation::ListServices;
-        let replies = self
-            .request(IpvsMessage::new(IpvsCmd::GetService, vec![]), true, op, "")
-            .await?;
-        replies
-            .iter()
-            .flat_map(|m| m.nlas.iter())
-            .filter_map(|nla| match nla {
-                IpvsNla::Service(s) => Some(Service::from_nlas(&s.nlas)),
-                _ => None,
-            })
-            .map(|r| r.map_err(|source| decode_error(op, "", source)))
-            .collect()
+        let mut bulk = self.bulk.lock().await;
+        services(&mut bulk).await
     }
 
     /// One service (`ipvsadm -Ln -t ADDR:PORT`, without destinations).
@@ -254,45 +258,24 @@ impl IpvsHandle {
 
     /// The destinations of a service.
     pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<Destination>, IpvsError> {
-        let op = Operation::ListDests;
-        let target = key.to_string();
-        let msg = IpvsMessage::new(
-            IpvsCmd::GetDest,
-            vec![IpvsNla::Service(Nested::new(key.to_nlas()))],
-        );
-        let family: Family = key.family();
-        let replies = self.request(msg, true, op, &target).await?;
-        replies
-            .iter()
-            .flat_map(|m| m.nlas.iter())
-            .filter_map(|nla| match nla {
-                IpvsNla::Dest(d) => Some(Destination::from_nlas(&d.nlas, family)),
-                _ => None,
-            })
-            .map(|r| r.map_err(|source| decode_error(op, &target, source)))
-            .collect()
+        let mut bulk = self.bulk.lock().await;
+        destinations(&mut bulk, key).await
     }
 
-    /// Every service with its destinations, in the kernel's order. The
-    /// destination dumps run `window` at a time.
+    /// Every service with its destinations, in the kernel's order: one
+    /// service dump, then one destination dump per service, read on the bulk
+    /// socket one after the other (the kernel runs one dump per socket at a
+    /// time).
     pub async fn table(&self) -> Result<Vec<(Service, Vec<Destination>)>, IpvsError> {
-        let services = self.services().await?;
-        // Each future owns its key and a handle (a cheap clone), so the whole
-        // future is Send for any caller (no closure borrowing `self`).
-        let keys: Vec<ServiceKey> = services.iter().map(|s| s.key).collect();
-        let dests: Vec<Result<Vec<Destination>, IpvsError>> = stream::iter(keys)
-            .map(|k| {
-                let h = self.clone();
-                async move { h.destinations(&k).await }
-            })
-            .buffered(DEFAULT_WINDOW)
-            .collect()
-            .await;
-        services
-            .into_iter()
-            .zip(dests)
-            .map(|(s, d)| d.map(|d| (s, d)))
-            .collect()
+        let mut bulk = self.bulk.lock().await;
+        let services = services(&mut bulk).await?;
+        let mut table = Vec::with_capacity(services.len());
+        for (i, s) in services.into_iter().enumerate() {
+            Bulk::pace(i).await;
+            let dests = destinations(&mut bulk, &s.key).await?;
+            table.push((s, dests));
+        }
+        Ok(table)
     }
 
     /// Applies one change.
@@ -301,18 +284,14 @@ impl IpvsHandle {
         self.request(msg, false, op, &target).await.map(|_| ())
     }
 
-    /// Applies changes in order, keeping up to `window` requests in flight on
-    /// the socket (the kernel handles them one after another, in order). Every
-    /// change is attempted; the result of each, in order.
+    /// Applies changes in order, sending up to `window` (at most
+    /// [`DEFAULT_WINDOW`]) in one datagram; the kernel handles them one after
+    /// another, in order, and answers only the ones it refuses (and the last
+    /// of each datagram). Every change is attempted; the result of each, in
+    /// order.
     pub async fn execute(&self, changes: &[Change], window: usize) -> Vec<Result<(), IpvsError>> {
-        stream::iter(changes.to_vec())
-            .map(|c| {
-                let h = self.clone();
-                async move { h.apply(&c).await }
-            })
-            .buffered(window.max(1))
-            .collect()
-            .await
+        let mut bulk = self.bulk.lock().await;
+        bulk.execute(changes, window).await
     }
 
     /// `ipvsadm -A`.
@@ -471,6 +450,60 @@ impl IpvsHandle {
     }
 }
 
+async fn services(bulk: &mut Bulk) -> Result<Vec<Service>, IpvsError> {
+    loop {
+        let mut out = Vec::new();
+        let whole = bulk
+            .dump(
+                Size::Large,
+                IpvsMessage::new(IpvsCmd::GetService, vec![]),
+                Operation::ListServices,
+                &String::new,
+                &mut |m| {
+                    for nla in m.nlas {
+                        if let IpvsNla::Service(s) = nla {
+                            out.push(Service::from_nlas(&s.nlas)?);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if whole {
+            return Ok(out);
+        }
+    }
+}
+
+async fn destinations(bulk: &mut Bulk, key: &ServiceKey) -> Result<Vec<Destination>, IpvsError> {
+    let family: Family = key.family();
+    loop {
+        let mut out = Vec::new();
+        let whole = bulk
+            .dump(
+                Size::Small,
+                IpvsMessage::new(
+                    IpvsCmd::GetDest,
+                    vec![IpvsNla::Service(Nested::new(key.to_nlas()))],
+                ),
+                Operation::ListDests,
+                &|| key.to_string(),
+                &mut |m| {
+                    for nla in m.nlas {
+                        if let IpvsNla::Dest(d) = nla {
+                            out.push(Destination::from_nlas(&d.nlas, family)?);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if whole {
+            return Ok(out);
+        }
+    }
+}
+
 fn decode_error(
     op: Operation,
     target: &str,
@@ -480,5 +513,25 @@ fn decode_error(
         op,
         target: target.to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handle's futures can be spawned on a multi-threaded runtime (the
+    /// daemon does): a compile-time check.
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        #[expect(dead_code, reason = "only type-checked")]
+        fn check(h: &IpvsHandle, key: &ServiceKey) {
+            send(&h.table());
+            send(&h.services());
+            send(&h.destinations(key));
+            send(&h.execute(&[], 1));
+            send(&h.info());
+        }
     }
 }

@@ -8,11 +8,13 @@
 //!   conversions to and from attributes.
 //! - [`handle`]: an async client on tokio (genetlink resolves the family),
 //!   whose errors keep the errno and say which operation on which service
-//!   failed.
+//!   failed; bulk work (the whole table, many changes) goes through a socket
+//!   of its own that sends many changes in one datagram.
 //!
 //! No policy and no logging setup: callers decide what to program.
 #![deny(missing_docs)]
 
+mod bulk;
 pub mod constants;
 pub mod error;
 pub mod handle;

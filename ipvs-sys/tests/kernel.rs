@@ -451,3 +451,83 @@ fn a_pipelined_batch_programs_a_thousand_services() {
         assert_eq!(sh("ipvsadm -Sn | grep -c -- '-a '").trim(), "2000");
     });
 }
+
+#[test]
+#[ignore = "needs root and a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_batch_reports_each_refusal_at_its_change_and_makes_the_others() {
+    in_netns(|| async {
+        let ipvs = IpvsHandle::connect().await.unwrap();
+        let web = ServiceKey::tcp(ip("10.10.0.200"), 80);
+        let missing = ServiceKey::tcp(ip("10.10.0.201"), 80);
+        let d = |n: u8| Destination::new(ip(&format!("10.10.0.{n}")), 30080, Forward::Masquerade);
+        // Refusals in the middle of a datagram and as its last message, with
+        // windows that split the list differently.
+        let changes = vec![
+            Change::AddService(Service::new(web, "rr")),
+            Change::AddDest(web, d(21)),
+            Change::AddDest(web, d(21)),
+            Change::AddDest(missing, d(22)),
+            Change::AddDest(web, d(22)),
+            Change::DelDest(web, ip("10.10.0.99"), 1),
+        ];
+        for window in [1, 2, 4, DEFAULT_WINDOW] {
+            sh("ipvsadm -C");
+            let results = ipvs.execute(&changes, window).await;
+            let kinds: Vec<Option<ErrorKind>> = results
+                .iter()
+                .map(|r| r.as_ref().err().map(|e| e.kind().unwrap()))
+                .collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    None,
+                    None,
+                    Some(ErrorKind::Exists),
+                    Some(ErrorKind::NoSuchService),
+                    None,
+                    Some(ErrorKind::NoSuchDestination),
+                ],
+                "window {window}"
+            );
+            assert_eq!(
+                results[2].as_ref().unwrap_err().to_string(),
+                "adding destination 10.10.0.21:30080 of TCP 10.10.0.200:80: it exists already (errno 17)"
+            );
+            assert_eq!(
+                ipvsadm_rules(),
+                sorted(&[
+                    "-A -t 10.10.0.200:80 -s rr",
+                    "-a -t 10.10.0.200:80 -r 10.10.0.21:30080 -m -w 1",
+                    "-a -t 10.10.0.200:80 -r 10.10.0.22:30080 -m -w 1",
+                ]),
+                "window {window}"
+            );
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs root and a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_table_read_dropped_halfway_leaves_the_handle_usable() {
+    in_netns(|| async {
+        let ipvs = IpvsHandle::connect().await.unwrap();
+        let mut changes = Vec::new();
+        for i in 0..300u32 {
+            let key = ServiceKey::tcp(IpAddr::V4(std::net::Ipv4Addr::from(0x0a14_0000 + i)), 80);
+            changes.push(Change::AddService(Service::new(key, "rr")));
+        }
+        assert!(ipvs
+            .execute(&changes, DEFAULT_WINDOW)
+            .await
+            .iter()
+            .all(|r| r.is_ok()));
+        // Poll a table read once or twice, then drop it mid-way.
+        let mut table = Box::pin(ipvs.table());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(table.as_mut().poll(&mut cx).is_pending());
+        drop(table);
+        let table = ipvs.table().await.unwrap();
+        assert_eq!(table.len(), 300);
+    });
+}

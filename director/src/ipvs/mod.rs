@@ -110,10 +110,17 @@ pub async fn show(format: Format, stats: bool) -> Result<String> {
 }
 
 fn endpoint(addr: &IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
+    let mut s = String::new();
+    write_endpoint(&mut s, addr, port);
+    s
+}
+
+/// `ADDR:PORT` (`[ADDR]:PORT` for IPv6) at the end of `out`.
+fn write_endpoint(out: &mut String, addr: &IpAddr, port: u16) {
+    let _ = match addr {
+        IpAddr::V4(a) => write!(out, "{a}:{port}"),
+        IpAddr::V6(a) => write!(out, "[{a}]:{port}"),
+    };
 }
 
 fn service_line(s: &Service) -> String {
@@ -167,7 +174,12 @@ fn service_line(s: &Service) -> String {
 
 /// The table as `ipvsadm -Ln` (or `-Ln --stats`) prints it.
 pub fn render_table(info: &str, table: &[Entry], stats: bool) -> String {
-    let mut out = format!("{info}\n");
+    let lines = table.len() + table.iter().map(|(_, d)| d.len()).sum::<usize>();
+    let mut out = String::with_capacity(256 + lines * if stats { 80 } else { 64 });
+    out.push_str(info);
+    out.push('\n');
+    // Reused for every address, rather than one allocation per line.
+    let mut ep = String::with_capacity(64);
     if stats {
         out.push_str(
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
@@ -199,24 +211,20 @@ pub fn render_table(info: &str, table: &[Entry], stats: bool) -> String {
             let _ = writeln!(out, "{}", service_line(s));
         }
         for d in dests {
+            ep.clear();
+            write_endpoint(&mut ep, &d.addr, d.port);
             if stats {
                 let st = d.stats.unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  -> {:<29} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                    endpoint(&d.addr, d.port),
-                    st.conns,
-                    st.inpkts,
-                    st.outpkts,
-                    st.inbytes,
-                    st.outbytes
+                    "  -> {ep:<29} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes
                 );
             } else {
                 let c = d.counters.unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  -> {:<28} {:<7} {:<6} {:<10} {}",
-                    endpoint(&d.addr, d.port),
+                    "  -> {ep:<28} {:<7} {:<6} {:<10} {}",
                     d.forward.ipvsadm_name(),
                     d.weight,
                     c.active,
