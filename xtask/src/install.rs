@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::vm::VIRTME_NG_VERSION;
-
+/// virtme-ng version the runner installs.
+const VIRTME_NG_VERSION: &str = "1.42";
 /// matplotlib, for the benchmarks' charts.
 const MATPLOTLIB_VERSION: &str = "3.9.2";
 

@@ -5,6 +5,7 @@
 //! - `test`: every check CI runs, with one VM boot for all kernel tests.
 //! - `demo`: the lab with IPVS carrying traffic, end to end.
 
+mod build;
 mod install;
 mod test;
 mod vm;
@@ -262,7 +263,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     runs,
                 },
         } => {
-            test::cargo(&root, &["build", "--quiet", "--release", "-p", "director"])?;
+            build::cargo(&root, &["build", "--quiet", "--release", "-p", "director"])?;
             let director = vm::target_dir(&root).join("release").join("director");
             let out = vm::target_dir(&root).join("bench-ipvs.json");
             let argv: Vec<String> = vec![
@@ -310,8 +311,8 @@ fn bench_failover(
     if lab::lab::which("keepalived").is_none() {
         install::apt_install(&["keepalived"])?;
     }
-    test::build_lab_binaries(root, true)?;
-    let bench = test::build_tests(root, &[("director-tests", "failover_bench")], true)?;
+    build::build_lab_binaries(root, true)?;
+    let bench = build::build_tests(root, &[("director-tests", "failover_bench")], true)?;
     let exe = bench
         .first()
         .context("cargo built no failover benchmark")?
@@ -360,7 +361,7 @@ fn lab_env(root: &Path, build: bool) -> Result<LabEnv> {
     // In the VM the runner has built it on the host already (cargo is slow
     // under emulation).
     if build && std::env::var_os("DIRECTOR_IN_VM").is_none() {
-        test::cargo(
+        build::cargo(
             root,
             &[
                 "build",
@@ -390,7 +391,7 @@ fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
             let mut env = lab_env(root, true)?;
             if !no_directors {
                 if std::env::var_os("DIRECTOR_IN_VM").is_none() {
-                    test::cargo(root, &["build", "--quiet", "-p", "director"])?;
+                    build::cargo(root, &["build", "--quiet", "-p", "director"])?;
                 }
                 env.director = Some(vm::target_dir(root).join("debug").join("director"));
             }
@@ -585,8 +586,8 @@ fn print_vips(lab: &Lab) {
 }
 
 fn demo(root: &Path, opts: &vm::VmOptions) -> Result<i32> {
-    test::cargo(root, &["build", "--quiet", "-p", "director"])?;
-    test::cargo(
+    build::cargo(root, &["build", "--quiet", "-p", "director"])?;
+    build::cargo(
         root,
         &[
             "build",

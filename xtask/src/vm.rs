@@ -24,9 +24,6 @@ use nix::unistd::Pid;
 
 use crate::install;
 
-/// virtme-ng version the runner installs.
-pub const VIRTME_NG_VERSION: &str = "1.42";
-
 /// How to run the command.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -94,7 +91,7 @@ pub fn run(root: &Path, opts: &VmOptions, argv: &[String]) -> Result<VmOutcome> 
 /// Builds the lab's tools on the host, where cargo is fast, so that
 /// `cargo xtask lab ...` in the guest finds them ready.
 fn prebuild(root: &Path) -> Result<()> {
-    crate::test::cargo(
+    crate::build::cargo(
         root,
         &[
             "build",
