@@ -562,6 +562,31 @@ fn ipvs_changes_in(frame: &[u8], family_id: u16) -> Vec<&'static str> {
     found
 }
 
+/// A classic BPF program that accepts a frame only if it is generic netlink
+/// (the packet's protocol, which nlmon sets to the netlink protocol) and its
+/// first message is a request (`NLM_F_REQUEST`) of the IPVS family. BPF
+/// loads are big-endian and the netlink header is in host order.
+fn ipvs_request_filter(family_id: u16) -> Vec<libc::sock_filter> {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // BPF_LD|BPF_H|BPF_ABS, BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K,
+    // BPF_JMP|BPF_JSET|BPF_K, BPF_RET|BPF_K.
+    let (ldh, ldb, jeq, jset, ret) = (0x28, 0x30, 0x15, 0x45, 0x06);
+    // SKF_AD_OFF + SKF_AD_PROTOCOL: the packet's protocol, host order.
+    let protocol = 0xffff_f000;
+    let kind = u32::from(u16::from_be_bytes(family_id.to_ne_bytes()));
+    let flags_low_byte = if cfg!(target_endian = "little") { 6 } else { 7 };
+    vec![
+        op(ldh, 0, 0, protocol),
+        op(jeq, 0, 5, u32::from(NETLINK_GENERIC)),
+        op(ldh, 0, 0, 4),
+        op(jeq, 0, 3, kind),
+        op(ldb, 0, 0, flags_low_byte),
+        op(jset, 0, 1, u32::from(NLM_F_REQUEST)),
+        op(ret, 0, 0, 0x4_0000),
+        op(ret, 0, 0, 0),
+    ]
+}
+
 /// Reads every frame the nlmon device of this namespace copies and prints
 /// the IPVS changes among the generic-netlink ones. nlmon hands its frames
 /// to packet sockets as transmitted packets, which only sockets of
@@ -579,6 +604,14 @@ fn ipvs_ops(family_id: u16, ready_file: Option<PathBuf>) -> Result<()> {
         SockProtocol::EthAll,
     )
     .context("opening a packet socket (ETH_P_ALL)")?;
+    // Every frame of the namespace reaches an ETH_P_ALL socket, the
+    // daemon's table dumps and Raft traffic included: the kernel keeps only
+    // the IPVS requests, so that a busy namespace cannot overflow the
+    // socket's buffer while this process waits for a CPU.
+    let sock = socket2::Socket::from(sock);
+    sock.attach_filter(&ipvs_request_filter(family_id))
+        .context("attaching the socket filter")?;
+    let _ = sock.set_recv_buffer_size(4 << 20);
     if let Some(path) = ready_file {
         std::fs::write(&path, b"")
             .with_context(|| format!("writing the ready file {}", path.display()))?;
