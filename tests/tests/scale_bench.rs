@@ -238,16 +238,19 @@ fn log_tail(lab: &Lab, host: &Host) -> String {
 
 /// What a director's status says about the replicated state: services and
 /// VIPs with an owner (to tell a slow Raft from a slow kernel).
-fn state_summary(lab: &Lab, host: &Host) -> String {
+fn state_summary(lab: &Lab, host: &Host) -> (String, Value) {
     match director_status(lab, host) {
         Some(v) => {
             let services = v["services"].as_array().map_or(0, Vec::len);
             let owned = v["vips"].as_array().map_or(0, |a| {
                 a.iter().filter(|x| x["owner_name"].is_string()).count()
             });
-            format!("state: {services} services, {owned} VIPs with an owner")
+            (
+                format!("state: {services} services, {owned} VIPs with an owner"),
+                json!({"state_services": services, "vips_with_owner": owned}),
+            )
         }
-        None => "status: no answer".into(),
+        None => ("status: no answer".into(), json!({"status": null})),
     }
 }
 
@@ -293,6 +296,9 @@ struct Run {
     visible_ms: BTreeMap<String, (f64, f64)>,
     ops: BTreeMap<String, u64>,
     ops_detail: BTreeMap<String, Vec<String>>,
+    /// While converging, every 30 s: services in each kernel and what each
+    /// director's status says of the replicated state.
+    progress: Vec<Value>,
     /// Problems, by phase.
     problems: Vec<String>,
 }
@@ -322,6 +328,7 @@ impl Run {
             "change_ops": self.ops,
             "change_ops_detail": self.ops_detail,
             "change_ops_method": self.ops_method,
+            "converge_progress": self.progress,
             "problems": self.problems,
         })
     }
@@ -395,18 +402,19 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
+        let mut sample = serde_json::Map::new();
+        sample.insert("s".into(), json!(secs(at)));
         let counts: Vec<String> = directors()
             .iter()
             .zip(&tables)
             .map(|(h, t)| {
-                format!(
-                    "{} {}/{n} ({})",
-                    h.name(),
-                    t.services(),
-                    state_summary(lab, h)
-                )
+                let (text, mut state) = state_summary(lab, h);
+                state["kernel_services"] = json!(t.services());
+                sample.insert(h.name(), state);
+                format!("{} {}/{n} ({text})", h.name(), t.services())
             })
             .collect();
+        r.progress.push(Value::Object(sample));
         if at > limit {
             let logs: Vec<String> = directors()
                 .iter()
@@ -706,7 +714,7 @@ fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "met",
         Some(false) => "missed",
-        None => "not measured",
+        None => "not evaluated",
     }
 }
 
@@ -757,17 +765,17 @@ fn print_table(runs: &[Run]) {
                 .all(|v| *v < GOAL_IDLE_CPU_PERCENT)
         });
         let span = if r.at_rest == Some(false) {
-            "NOT converged"
+            "CPU while NOT converged"
         } else {
-            "idle"
+            "idle CPU"
         };
         row(
-            &format!("{span} CPU, % of one CPU"),
+            &format!("{span}, % of one CPU"),
             &|h| cell(&r.idle_cpu_percent, h, 2),
             "< 2 %",
             cpu_ok,
         );
-        let rss_ok = (r.peak_rss_mib.len() == 3)
+        let rss_ok = (r.at_rest == Some(true) && r.peak_rss_mib.len() == 3)
             .then(|| r.peak_rss_mib.values().all(|v| *v <= GOAL_RSS_MIB));
         row(
             &format!(
