@@ -13,6 +13,7 @@
 //!   the daemon's cooperation nor ptrace.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,42 @@ impl IpvsTable {
     pub fn destinations(&self) -> usize {
         self.destinations
     }
+}
+
+/// An IPv4 `ADDR:PORT` as `/proc/net/ip_vs` writes it (`0A0A00C8:0050`).
+pub fn ip_vs_hex(addr: SocketAddrV4) -> String {
+    format!("{:08X}:{:04X}", u32::from(*addr.ip()), addr.port())
+}
+
+/// The destinations of one virtual service in the text of `/proc/net/ip_vs`,
+/// as (address:port in hex, forwarding, weight); None when the service is
+/// not there. `protocol` is `TCP`, `UDP` or `SCTP`; `service` its address
+/// in hex ([`ip_vs_hex`]).
+pub fn ip_vs_destinations(
+    text: &str,
+    protocol: &str,
+    service: &str,
+) -> Option<Vec<(String, String, u32)>> {
+    let mut lines = text.lines();
+    lines.find(|l| {
+        let mut f = l.split_whitespace();
+        f.next() == Some(protocol) && f.next() == Some(service)
+    })?;
+    let mut dests = Vec::new();
+    for line in lines {
+        let Some(rest) = line.trim_start().strip_prefix("->") else {
+            break;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(addr), Some(fwd), Some(weight)) = (f.first(), f.get(1), f.get(2)) {
+            dests.push((
+                addr.to_string(),
+                fwd.to_string(),
+                weight.parse().unwrap_or(0),
+            ));
+        }
+    }
+    Some(dests)
 }
 
 /// `ipvsadm -Sn` in a lab host, its lines sorted (ipvsadm lists services in
@@ -333,6 +370,24 @@ TCP  0A0A00C8:0050 rr
         assert_ne!(IpvsTable::parse(&reweighted), t, "a weight does");
         let persistent = IP_VS.replace("persistent 75000", "persistent 90000");
         assert_ne!(IpvsTable::parse(&persistent), t, "so do the flags");
+    }
+
+    #[test]
+    fn one_service_and_its_destinations() {
+        let web = ip_vs_hex("10.10.0.200:80".parse().unwrap());
+        assert_eq!(web, "0A0A00C8:0050");
+        assert_eq!(
+            ip_vs_destinations(IP_VS, "TCP", &web),
+            Some(vec![
+                ("0A0A0016:7580".into(), "Masq".into(), 2),
+                ("0A0A0015:7580".into(), "Masq".into(), 1),
+            ])
+        );
+        assert_eq!(
+            ip_vs_destinations(IP_VS, "UDP", "0A0A00C9:0035"),
+            Some(vec![])
+        );
+        assert_eq!(ip_vs_destinations(IP_VS, "UDP", &web), None);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! - one change: one backend's weight changed in all three config files and
 //!   SIGHUP sent to all three (when the config has no per-backend weight yet,
 //!   one backend added to one service instead: also exactly one kernel
-//!   operation); the time until every kernel shows it (`ipvsadm -Ln -t` polled
-//!   in each namespace) and the IPVS changes each director made for it: the
+//!   operation); the time until every kernel shows it (the service polled in
+//!   `/proc/PID/net/ip_vs`, then checked with `ipvsadm -Ln -t`) and the IPVS
+//!   changes each director made for it: the
 //!   daemon's counter `director_reconcile_operations_total{reconciler="ipvs"}`
 //!   before and after when it exports one, otherwise every IPVS change request
 //!   its namespace sent to the kernel, seen on an nlmon device.
@@ -31,15 +32,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use lab::configs::{director_config_with_services, TimingProfile};
 use lab::measure::{
-    cpu_percent, ipvs_family_id, ipvsadm_saved_sorted, process_sample, prometheus_sum,
-    IpvsOpsWatch, IpvsTable, ProcessSample,
+    cpu_percent, ip_vs_destinations, ip_vs_hex, ipvs_family_id, ipvsadm_saved_sorted,
+    process_sample, prometheus_sum, IpvsOpsWatch, IpvsTable, ProcessSample,
 };
 use lab::scenario::director_status;
 use lab::watch::monotonic_ns;
@@ -172,8 +173,24 @@ impl Layout {
         format!("{vip}:{port}")
     }
 
+    /// Whether the changed service's destinations, as `/proc/net/ip_vs`
+    /// lists them, show `edit`.
+    fn shows(edit: Edit, dests: &[(String, String, u32)]) -> bool {
+        let hex = |b: &str| ip_vs_hex(b.parse().unwrap());
+        match edit {
+            Edit::Weight => {
+                let first = hex(&Self::backends()[0]);
+                dests.iter().any(|(a, _, w)| *a == first && *w == 2)
+            }
+            Edit::AddBackend => {
+                let added = hex(&Self::added_backend());
+                dests.iter().any(|(a, _, _)| *a == added)
+            }
+        }
+    }
+
     /// Whether `ipvsadm -Ln -t VIP:PORT` of the changed service shows `edit`.
-    fn shows(edit: Edit, listing: &str) -> bool {
+    fn ipvsadm_shows(edit: Edit, listing: &str) -> bool {
         match edit {
             Edit::Weight => {
                 let first = &Self::backends()[0];
@@ -292,7 +309,7 @@ struct Run {
     edit: Option<Edit>,
     ops_method: Option<String>,
     /// Milliseconds from SIGHUP until the first poll that saw the change
-    /// ended (an upper bound), and the poll before it started (lower).
+    /// ended (an upper bound), and until the poll before it started (lower).
     visible_ms: BTreeMap<String, (f64, f64)>,
     ops: BTreeMap<String, u64>,
     ops_detail: BTreeMap<String, Vec<String>>,
@@ -507,22 +524,25 @@ fn ops_counters(lab: &Lab) -> Option<Vec<f64>> {
 /// One poll of the changed service in one director: (start ns, end ns, seen).
 type Poll = (u64, u64, bool);
 
-/// Polls `ipvsadm -Ln -t TARGET` in `host` until it shows `edit` or
-/// `deadline` passes; waits at `start` after the first poll.
+/// Polls the changed service in `/proc/PID/net/ip_vs` (no process started,
+/// so the polls are close together) until it shows `edit` or `deadline`
+/// passes; waits at `start` after the first poll.
 fn poll_change(
-    lab: &Lab,
-    host: &str,
-    target: &str,
+    pid: i32,
+    layout: &Layout,
     edit: Edit,
     start: &Barrier,
     deadline: Instant,
 ) -> Vec<Poll> {
+    let (vip, port) = Layout::address(layout.changed());
+    let service = ip_vs_hex(SocketAddrV4::new(vip, u16::try_from(port).unwrap()));
+    let path = format!("/proc/{pid}/net/ip_vs");
     let once = || {
         let a = monotonic_ns();
-        let out = lab
-            .exec(host, &["ipvsadm", "-Ln", "-t", target])
-            .unwrap_or_default();
-        (a, monotonic_ns(), Layout::shows(edit, &out))
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let seen =
+            ip_vs_destinations(&text, "TCP", &service).is_some_and(|d| Layout::shows(edit, &d));
+        (a, monotonic_ns(), seen)
     };
     let mut polls = vec![once()];
     start.wait();
@@ -532,6 +552,7 @@ fn poll_change(
         if p.2 {
             break;
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
     polls
 }
@@ -587,14 +608,13 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
     let limit = Duration::from_secs(env_u64("SCALE_CHANGE_TIMEOUT_S", 60));
     let start = Barrier::new(4);
     let mut sighup_ns = 0;
+    let pids = pids(lab)?;
     let polls: Vec<Vec<Poll>> = std::thread::scope(|s| {
-        let handles: Vec<_> = directors()
-            .into_iter()
-            .map(|h| {
-                let (start, target) = (&start, &target);
-                s.spawn(move || {
-                    poll_change(lab, &h.name(), target, edit, start, Instant::now() + limit)
-                })
+        let handles: Vec<_> = pids
+            .iter()
+            .map(|pid| {
+                let start = &start;
+                s.spawn(move || poll_change(*pid, layout, edit, start, Instant::now() + limit))
             })
             .collect();
         start.wait();
@@ -624,6 +644,18 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
         }
     }
     std::thread::sleep(CHANGE_GRACE);
+    // The same in ipvsadm's words.
+    for h in directors() {
+        let listing = lab
+            .exec(&h.name(), &["ipvsadm", "-Ln", "-t", &target])
+            .unwrap_or_default();
+        if r.visible_ms.contains_key(&h.name()) && !Layout::ipvsadm_shows(edit, &listing) {
+            r.problems.push(format!(
+                "change: /proc/net/ip_vs of {} showed it, `ipvsadm -Ln -t {target}` does not",
+                h.name()
+            ));
+        }
+    }
     if let Some(before) = before {
         match ops_counters(lab) {
             Some(after) => {
