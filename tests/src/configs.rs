@@ -48,6 +48,20 @@ impl TimingProfile {
 /// The config of director (or witness) `host` in a lab of shape `spec`, with
 /// its state under `data_dir`.
 pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
+    director_config_with_services(spec, host, data_dir, "", &lab_services(spec))
+}
+
+/// The same config with `pools` (YAML list items, each line indented as under
+/// `pools:`) after the lab's pool, and `services` (the same) instead of the
+/// lab's two HTTP services: for generated configs such as the scale
+/// benchmark's.
+pub fn director_config_with_services(
+    spec: &LabSpec,
+    host: &Host,
+    data_dir: &Path,
+    pools: &str,
+    services: &str,
+) -> String {
     let voters: Vec<Host> = spec
         .hosts()
         .into_iter()
@@ -107,8 +121,23 @@ pub fn director_config(spec: &LabSpec, host: &Host, data_dir: &Path) -> String {
         s,
         "    addresses: [\"{first}-{last}\", \"{first6}-{last6}\"]"
     );
+    s.push_str(pools);
     s.push_str("defaults:\n  scheduler: rr\n  forwarding: nat\n");
     s.push_str("services:\n");
+    s.push_str(services);
+    s
+}
+
+/// The lab's static services: HTTP on port 80 at the first IPv4 and the
+/// first IPv6 address of the VIP range, over every node's NodePort.
+fn lab_services(spec: &LabSpec) -> String {
+    let first = topology::vip_v4(0)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let first6 = topology::vip_v6(0)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut s = String::new();
     s.push_str("  # The lab's HTTP service: the first address of the VIP range, port 80,\n");
     s.push_str("  # balanced over the node hosts' NodePort.\n");
     let _ = writeln!(s, "  - name: web\n    vip: {first}\n    scheduler: rr\n    ports:\n      - {{port: 80, protocol: tcp}}");

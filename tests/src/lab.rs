@@ -689,6 +689,59 @@ impl Lab {
         self.spawn_tracked(host, &director, &args, "director", "director", &socket)
     }
 
+    /// Starts `director run` on every host of `configs` at once, each with
+    /// its config text (written to [`Lab::director_config_path`]) instead of
+    /// the lab's own, and waits until every admin socket exists, at most
+    /// `ready_timeout` in all. For generated configs, such as the scale
+    /// benchmark's thousands of services, which take a while to load.
+    /// `director` becomes the lab's director binary; a later
+    /// [`Lab::start_host`] writes the lab's own config again.
+    pub fn start_directors_with_configs(
+        &mut self,
+        director: &Path,
+        configs: &[(Host, String)],
+        ready_timeout: Duration,
+    ) -> Result<(), LabError> {
+        self.env.director = Some(director.to_path_buf());
+        let mut started = Vec::new();
+        for (host, config) in configs {
+            let name = host.name();
+            self.host(&name)?;
+            if self.director_running(&name) {
+                return Err(LabError::AlreadyUp {
+                    what: format!("the director of {name} runs already"),
+                });
+            }
+            let path = self.director_config_path(host);
+            fs::write(&path, config).map_err(|source| LabError::Io {
+                op: "writing",
+                path: path.clone(),
+                source,
+            })?;
+            let socket = self.admin_socket(host);
+            let _ = fs::remove_file(&socket);
+            let args = vec!["run".into(), "--config".into(), path.into_os_string()];
+            let log = self.spawn(host, director, &args, "director", "director")?;
+            started.push((name, socket, log));
+        }
+        let start = Instant::now();
+        for (name, socket, log) in started {
+            let left = ready_timeout.saturating_sub(start.elapsed());
+            wait_ready(&name, "director", &socket, &log, left, ready_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// The PID of the host's running director, if the lab started one and it
+    /// still runs.
+    pub fn director_pid(&self, name: &str) -> Option<i32> {
+        self.state.processes.get(name).and_then(|ps| {
+            ps.iter()
+                .find(|p| p.what == "director" && process_matches(p))
+                .map(|p| p.pid)
+        })
+    }
+
     /// Writes `config` for the host and starts keepalived (VRRP only) with it,
     /// in the foreground, as the comparison peer of the failover benchmark.
     pub fn start_keepalived(&mut self, host: &Host, config: &str) -> Result<(), LabError> {
@@ -894,9 +947,8 @@ impl Lab {
         self.spawn_tracked(host, &labnet, &args, "nodeport-server", "labnet", &ready)
     }
 
-    /// Starts `program ARGS` in the host's namespace, its output appended to
-    /// `<prefix><host>-<comm>.log`, tracks it by PID as `what` (replacing an
-    /// earlier `what` of that host), and waits until `ready` exists.
+    /// Starts `program ARGS` in the host's namespace (see [`Lab::spawn`]) and
+    /// waits until `ready` exists.
     fn spawn_tracked(
         &mut self,
         host: &Host,
@@ -906,6 +958,28 @@ impl Lab {
         comm: &str,
         ready: &Path,
     ) -> Result<(), LabError> {
+        let log = self.spawn(host, program, args, what, comm)?;
+        wait_ready(
+            &host.name(),
+            what,
+            ready,
+            &log,
+            READY_TIMEOUT,
+            READY_TIMEOUT,
+        )
+    }
+
+    /// Starts `program ARGS` in the host's namespace, its output appended to
+    /// `<prefix><host>-<comm>.log`, and tracks it by PID as `what` (replacing
+    /// an earlier `what` of that host); its log file.
+    fn spawn(
+        &mut self,
+        host: &Host,
+        program: &Path,
+        args: &[std::ffi::OsString],
+        what: &str,
+        comm: &str,
+    ) -> Result<PathBuf, LabError> {
         let name = host.name();
         let spec = &self.state.spec;
         let log = self
@@ -943,7 +1017,7 @@ impl Lab {
         // Not waited for here: `ip netns exec` replaced itself by the program
         // under the same PID, which the state file now tracks.
         drop(child);
-        let entry = self.state.processes.entry(name.clone()).or_default();
+        let entry = self.state.processes.entry(name).or_default();
         entry.retain(|p| p.what != what);
         entry.push(Process {
             pid,
@@ -951,20 +1025,33 @@ impl Lab {
             comm: comm.into(),
         });
         self.save()?;
-        let start = Instant::now();
-        while !ready.exists() {
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(LabError::ServerNotReady {
-                    host: name,
-                    what: what.into(),
-                    secs: READY_TIMEOUT.as_secs(),
-                    log,
-                });
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        Ok(log)
     }
+}
+
+/// Waits until `ready` exists, at most `limit`; the error names the host's
+/// process, its log and `nominal`, the time it was given.
+fn wait_ready(
+    host: &str,
+    what: &str,
+    ready: &Path,
+    log: &Path,
+    limit: Duration,
+    nominal: Duration,
+) -> Result<(), LabError> {
+    let start = Instant::now();
+    while !ready.exists() {
+        if start.elapsed() > limit {
+            return Err(LabError::ServerNotReady {
+                host: host.to_string(),
+                what: what.into(),
+                secs: nominal.as_secs(),
+                log: log.to_path_buf(),
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// A lab that is torn down when dropped (also while panicking). For tests.

@@ -8,6 +8,7 @@
 
 pub mod configs;
 pub mod lab;
+pub mod measure;
 pub mod raftlab;
 pub mod scenario;
 pub mod topology;

@@ -52,14 +52,20 @@ pub fn fib_trie_has_local(text: &str, vip: IpAddr) -> bool {
 
 /// One running tool whose output lines are collected.
 #[derive(Debug)]
-struct Tool {
+pub(crate) struct Tool {
     label: String,
     child: Child,
     lines: JoinHandle<Vec<String>>,
 }
 
 impl Tool {
-    fn start(lab: &Lab, host: &str, args: &[String], label: &str) -> Result<Tool, LabError> {
+    /// Starts `labnet ARGS` in `host`.
+    pub(crate) fn start(
+        lab: &Lab,
+        host: &str,
+        args: &[String],
+        label: &str,
+    ) -> Result<Tool, LabError> {
         let labnet = lab.env().labnet.clone();
         let mut cmd = lab.command(host, &labnet.to_string_lossy())?;
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
@@ -80,7 +86,8 @@ impl Tool {
         })
     }
 
-    fn stop(mut self) -> (String, Vec<String>) {
+    /// Stops it (SIGTERM); its label and every line it printed.
+    pub(crate) fn stop(mut self) -> (String, Vec<String>) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
@@ -90,7 +97,7 @@ impl Tool {
 }
 
 /// Parses `KIND T_NS REST...` lines of one kind into (t, rest).
-fn events<'a>(lines: &'a [String], kind: &str) -> Vec<(u64, Vec<&'a str>)> {
+pub(crate) fn events<'a>(lines: &'a [String], kind: &str) -> Vec<(u64, Vec<&'a str>)> {
     lines
         .iter()
         .filter_map(|l| {

@@ -3,6 +3,7 @@
 //! - `vm -- CMD...`: run CMD as root under a real kernel with IPVS.
 //! - `lab up|down|exec|status`: the namespace lab.
 //! - `test`: every check CI runs, with one VM boot for all kernel tests.
+//! - `bench raft|ipvs|failover|scale`: benchmarks (they measure and report).
 //! - `demo`: the lab with IPVS carrying traffic, end to end.
 
 mod build;
@@ -111,6 +112,27 @@ enum BenchCmd {
         /// director-default, director-tuned), comma-separated.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Scale: three directors (release build) in the lab, all given the same
+    /// generated config of N static services x 4 backends: time until every
+    /// kernel holds the same table, idle CPU and memory, and one backend
+    /// changed by SIGHUP (time until all three kernels show it, kernel
+    /// operations per director). One VM run; writes target/bench-scale.json.
+    Scale {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Numbers of services, comma-separated; each is one lab run.
+        #[arg(long, default_value = "1000,10000")]
+        services: String,
+        /// Seconds the directors are watched at rest after converging.
+        #[arg(long, default_value_t = 60)]
+        idle_s: u64,
+        /// Seconds allowed from start until the three kernels agree.
+        #[arg(long, default_value_t = 900)]
+        converge_timeout_s: u64,
+        /// Seconds allowed for the change to show in all three kernels.
+        #[arg(long, default_value_t = 60)]
+        change_timeout_s: u64,
     },
 }
 
@@ -291,6 +313,25 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     only,
                 },
         } => bench_failover(&root, &vm, runs, partition_s, only),
+        Cmd::Bench {
+            bench:
+                BenchCmd::Scale {
+                    vm,
+                    services,
+                    idle_s,
+                    converge_timeout_s,
+                    change_timeout_s,
+                },
+        } => bench_scale(
+            &root,
+            &vm,
+            &ScaleLimits {
+                services,
+                idle_s,
+                converge_timeout_s,
+                change_timeout_s,
+            },
+        ),
         Cmd::Demo { vm, inside } => {
             if inside {
                 demo_inside(&root)
@@ -348,6 +389,99 @@ fn bench_failover(
         .status()
         .context("drawing the failover chart")?;
     Ok(status.code().unwrap_or(1))
+}
+
+/// What `bench scale` measures, and how long each phase may take.
+#[derive(Debug)]
+struct ScaleLimits {
+    services: String,
+    idle_s: u64,
+    converge_timeout_s: u64,
+    change_timeout_s: u64,
+}
+
+/// Seconds a director has to open its admin socket (it loads the whole
+/// generated config first).
+const SCALE_READY_TIMEOUT_S: u64 = 300;
+
+fn bench_scale(root: &Path, vm: &VmArgs, limits: &ScaleLimits) -> Result<i32> {
+    let counts: Vec<u32> = limits
+        .services
+        .split(',')
+        .map(|s| s.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--services {:?}: comma-separated numbers", limits.services))?;
+    if counts.is_empty() || counts.contains(&0) {
+        anyhow::bail!("--services: at least one number, none of them 0");
+    }
+    // The guest runs the host's tools: ipvsadm lists the tables, genl
+    // (iproute2) names the IPVS family for the nlmon watch.
+    if lab::lab::which("ipvsadm").is_none() {
+        install::apt_install(&["ipvsadm"])?;
+    }
+    build::build_lab_binaries(root, true)?;
+    let bench = build::build_tests(root, &[("director-tests", "scale_bench")], true)?;
+    let exe = bench
+        .first()
+        .context("cargo built no scale benchmark")?
+        .to_string_lossy()
+        .into_owned();
+    let out = vm::target_dir(root).join("bench-scale.json");
+    let _ = std::fs::remove_file(&out);
+    // Every phase has its own limit inside; the VM's must cover them all.
+    let per_run = SCALE_READY_TIMEOUT_S
+        + limits.converge_timeout_s
+        + limits.idle_s
+        + limits.change_timeout_s
+        + 180;
+    let mut opts = vm.options();
+    let needed = Duration::from_secs(120 + per_run * counts.len() as u64);
+    if opts.timeout < needed {
+        eprintln!(
+            "xtask: the VM timeout is raised to {} s to cover every phase's limit",
+            needed.as_secs()
+        );
+        opts.timeout = needed;
+    }
+    let argv: Vec<String> = vec![
+        "env".into(),
+        format!("SCALE_SERVICES={}", limits.services),
+        format!("SCALE_IDLE_S={}", limits.idle_s),
+        format!("SCALE_READY_TIMEOUT_S={SCALE_READY_TIMEOUT_S}"),
+        format!("SCALE_CONVERGE_TIMEOUT_S={}", limits.converge_timeout_s),
+        format!("SCALE_CHANGE_TIMEOUT_S={}", limits.change_timeout_s),
+        format!("SCALE_REVISION={}", revision(root)),
+        format!("SCALE_OUT={}", out.display()),
+        exe,
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ];
+    let code = vm::run(root, &opts, &argv)?.code;
+    if out.is_file() {
+        println!("results: {}", out.display());
+    }
+    Ok(code)
+}
+
+/// The checkout's commit, with `-dirty` when it has uncommitted changes.
+fn revision(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() => format!("{commit}-dirty"),
+        _ => commit,
+    }
 }
 
 /// The checkout: the parent of this crate's folder.

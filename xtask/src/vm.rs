@@ -172,7 +172,10 @@ fn run_in_vm(
     let timed_out = loop {
         out.pump(&mut std::io::stdout());
         err.pump(&mut std::io::stderr());
-        if child.try_wait().context("waiting for the VM")?.is_some() {
+        // vng has been seen to exit while its qemu (same process group)
+        // ran on with the command: the VM is over when the group is empty.
+        if child.try_wait().context("waiting for the VM")?.is_some() && killpg(pgid, None).is_err()
+        {
             break false;
         }
         if start.elapsed() > opts.timeout {

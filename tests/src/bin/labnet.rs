@@ -8,6 +8,8 @@
 //!   connection, and a JSON tally of which node answered how often.
 //! - `labnet ping`, `labnet arp-watch`, `labnet route-watch`: the observers of
 //!   `lab::watch` (client-visible outage, ARP answers, local routes).
+//! - `labnet ipvs-ops --family-id ID`: every change to IPVS that a process of
+//!   this namespace asks the kernel for, seen on an nlmon device.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -128,6 +130,18 @@ enum Cmd {
         #[arg(long, default_value = "eth0")]
         interface: String,
     },
+    /// Print `op T_NS COMMAND` for every IPVS request that changes the table
+    /// (a service or destination added, edited or deleted, ...) sent to the
+    /// kernel in this namespace. Needs an nlmon device that is up here
+    /// (`ip link add nlmon0 type nlmon`); reads (dumps) are not printed.
+    IpvsOps {
+        /// The IPVS generic-netlink family id (`genl ctrl get name IPVS`).
+        #[arg(long)]
+        family_id: u16,
+        /// File created once the capture socket is open.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -168,6 +182,10 @@ fn main() -> Result<()> {
             interface,
         } => route_watch(vip, &interface, Duration::from_millis(interval_ms)),
         Cmd::NeighListen { addr, interface } => neigh_listen(addr, &interface),
+        Cmd::IpvsOps {
+            family_id,
+            ready_file,
+        } => ipvs_ops(family_id, ready_file),
     }
 }
 
@@ -560,6 +578,127 @@ fn tcp_tally(target: &str, count: u32, hold: Duration) -> Result<()> {
     Ok(())
 }
 
+/// NETLINK_GENERIC: nlmon gives each frame its netlink protocol as the
+/// packet's protocol.
+const NETLINK_GENERIC: u16 = 16;
+/// The hardware type of an nlmon device (`ARPHRD_NETLINK`).
+const ARPHRD_NETLINK: u16 = 824;
+/// `nlmsg_flags` bit of a request (as opposed to a reply from the kernel).
+const NLM_F_REQUEST: u16 = 1;
+
+/// The IPVS commands that change the kernel's state, by number
+/// (`include/uapi/linux/ip_vs.h`); the others only read.
+fn ipvs_change(cmd: u8) -> Option<&'static str> {
+    Some(match cmd {
+        1 => "IPVS_CMD_NEW_SERVICE",
+        2 => "IPVS_CMD_SET_SERVICE",
+        3 => "IPVS_CMD_DEL_SERVICE",
+        5 => "IPVS_CMD_NEW_DEST",
+        6 => "IPVS_CMD_SET_DEST",
+        7 => "IPVS_CMD_DEL_DEST",
+        9 => "IPVS_CMD_NEW_DAEMON",
+        10 => "IPVS_CMD_DEL_DAEMON",
+        12 => "IPVS_CMD_SET_CONFIG",
+        16 => "IPVS_CMD_ZERO",
+        17 => "IPVS_CMD_FLUSH",
+        _ => return None,
+    })
+}
+
+/// The IPVS changes among the generic-netlink messages of one captured
+/// frame: each message is `nlmsghdr` (len, type, flags, seq, pid) then
+/// `genlmsghdr` (cmd, version, reserved).
+fn ipvs_changes_in(frame: &[u8], family_id: u16) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    let mut rest = frame;
+    while rest.len() >= 20 {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        let flags = u16::from_ne_bytes([rest[6], rest[7]]);
+        if len < 20 || len > rest.len() {
+            break;
+        }
+        if kind == family_id && flags & NLM_F_REQUEST != 0 {
+            if let Some(name) = ipvs_change(rest[16]) {
+                found.push(name);
+            }
+        }
+        let next = (len + 3) & !3;
+        rest = rest.get(next..).unwrap_or_default();
+    }
+    found
+}
+
+/// A classic BPF program that accepts a frame only if it is generic netlink
+/// (the packet's protocol, which nlmon sets to the netlink protocol) and its
+/// first message is a request (`NLM_F_REQUEST`) of the IPVS family. BPF
+/// loads are big-endian and the netlink header is in host order.
+fn ipvs_request_filter(family_id: u16) -> Vec<libc::sock_filter> {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // BPF_LD|BPF_H|BPF_ABS, BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K,
+    // BPF_JMP|BPF_JSET|BPF_K, BPF_RET|BPF_K.
+    let (ldh, ldb, jeq, jset, ret) = (0x28, 0x30, 0x15, 0x45, 0x06);
+    // SKF_AD_OFF + SKF_AD_PROTOCOL: the packet's protocol, host order.
+    let protocol = 0xffff_f000;
+    let kind = u32::from(u16::from_be_bytes(family_id.to_ne_bytes()));
+    let flags_low_byte = if cfg!(target_endian = "little") { 6 } else { 7 };
+    vec![
+        op(ldh, 0, 0, protocol),
+        op(jeq, 0, 5, u32::from(NETLINK_GENERIC)),
+        op(ldh, 0, 0, 4),
+        op(jeq, 0, 3, kind),
+        op(ldb, 0, 0, flags_low_byte),
+        op(jset, 0, 1, u32::from(NLM_F_REQUEST)),
+        op(ret, 0, 0, 0x4_0000),
+        op(ret, 0, 0, 0),
+    ]
+}
+
+/// Reads every frame the nlmon device of this namespace copies and prints
+/// the IPVS changes among the generic-netlink ones. nlmon hands its frames
+/// to packet sockets as transmitted packets, which only sockets of
+/// `ETH_P_ALL` see; the frame's protocol and hardware type come with its
+/// source address.
+fn ipvs_ops(family_id: u16, ready_file: Option<PathBuf>) -> Result<()> {
+    use nix::sys::socket::{
+        recvfrom, socket, AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType,
+    };
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::empty(),
+        SockProtocol::EthAll,
+    )
+    .context("opening a packet socket (ETH_P_ALL)")?;
+    // Every frame of the namespace reaches an ETH_P_ALL socket, the
+    // daemon's table dumps and Raft traffic included: the kernel keeps only
+    // the IPVS requests, so that a busy namespace cannot overflow the
+    // socket's buffer while this process waits for a CPU.
+    let sock = socket2::Socket::from(sock);
+    sock.attach_filter(&ipvs_request_filter(family_id))
+        .context("attaching the socket filter")?;
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    if let Some(path) = ready_file {
+        std::fs::write(&path, b"")
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let (n, from) = recvfrom::<LinkAddr>(sock.as_raw_fd(), &mut buf)
+            .context("reading from the packet socket")?;
+        let generic = from.is_some_and(|a| {
+            a.hatype() == ARPHRD_NETLINK && u16::from_be(a.protocol()) == NETLINK_GENERIC
+        });
+        if !generic {
+            continue;
+        }
+        for name in ipvs_changes_in(&buf[..n.min(buf.len())], family_id) {
+            emit(format_args!("op {} {name}", monotonic_ns()))?;
+        }
+    }
+}
+
 fn fetch(addr: SocketAddr, path: &str) -> Result<()> {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("connect")?;
@@ -599,4 +738,44 @@ fn one_get(addr: SocketAddr, timeout: Duration) -> Result<String> {
         bail!("status line {:?}", head.lines().next().unwrap_or_default());
     }
     Ok(body.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request `ipvsadm -e -t 10.10.0.200:80 -r 10.10.0.21:30080 -m -w 3`
+    /// sends (strace -x -e trace=sendmsg, Debian's ipvsadm 1.31 on kernel
+    /// 6.1), with the IPVS family id 0x20 it had there, and before it the
+    /// `IPVS_CMD_GET_INFO` it asks first.
+    #[test]
+    fn a_destination_edit_is_one_change_and_reads_are_none() {
+        let header = |len: u32, flags: u16| {
+            let mut h = Vec::new();
+            h.extend_from_slice(&len.to_ne_bytes());
+            h.extend_from_slice(&0x20u16.to_ne_bytes());
+            h.extend_from_slice(&flags.to_ne_bytes());
+            h.extend_from_slice(&1_795_975_101u32.to_ne_bytes());
+            h.extend_from_slice(&1_287_651_480u32.to_ne_bytes());
+            h
+        };
+        let payload: &[u8] = b"\x06\x01\x00\x00\x54\x00\x01\x80\x06\x00\x01\x00\x02\x00\x00\x00\x06\x00\x02\x00\x06\x00\x00\x00\x14\x00\x03\x00\x0a\x0a\x00\xc8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x06\x00\x04\x00\x00\x50\x00\x00\x05\x00\x06\x00\x00\x00\x00\x00\x0c\x00\x07\x00\x00\x00\x00\x00\xff\xff\xff\xff\x08\x00\x08\x00\x00\x00\x00\x00\x08\x00\x09\x00\xff\xff\xff\xff\x60\x00\x02\x80\x06\x00\x0b\x00\x02\x00\x00\x00\x14\x00\x01\x00\x0a\x0a\x00\x15\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x06\x00\x02\x00\x75\x80\x00\x00\x08\x00\x03\x00\x00\x00\x00\x00\x08\x00\x04\x00\x03\x00\x00\x00\x05\x00\x0d\x00\x00\x00\x00\x00\x06\x00\x0e\x00\x00\x00\x00\x00\x06\x00\x0f\x00\x00\x00\x00\x00\x08\x00\x05\x00\x00\x00\x00\x00\x08\x00\x06\x00\x00\x00\x00\x00";
+        // NLM_F_REQUEST | NLM_F_ACK
+        let mut edit = header(200, 0x5);
+        edit.extend_from_slice(payload);
+        assert_eq!(ipvs_changes_in(&edit, 0x20), vec!["IPVS_CMD_SET_DEST"]);
+        let mut info = header(20, 0x5);
+        info.extend_from_slice(b"\x0f\x01\x00\x00");
+        assert!(ipvs_changes_in(&info, 0x20).is_empty(), "GET_INFO reads");
+        assert!(ipvs_changes_in(&edit, 0x21).is_empty(), "another family");
+        // The kernel's answer to a dump carries NEW_DEST without NLM_F_REQUEST.
+        let mut reply = header(200, 0x2);
+        reply.extend_from_slice(payload);
+        reply[16] = 5;
+        assert!(ipvs_changes_in(&reply, 0x20).is_empty(), "a reply");
+        // Two messages in one frame, the second an edit.
+        let mut both = info.clone();
+        both.extend_from_slice(&edit);
+        assert_eq!(ipvs_changes_in(&both, 0x20), vec!["IPVS_CMD_SET_DEST"]);
+    }
 }
