@@ -3,9 +3,14 @@
 //! kernel for, and counters from its Prometheus endpoint.
 //!
 //! - The IPVS table of a director's namespace is read from
-//!   `/proc/PID/net/ip_vs` (the namespace of process PID), one file read with
-//!   no process started, so it can be polled while thousands of services
-//!   converge; `ipvsadm -Sn` gives the same table in ipvsadm's own words.
+//!   kernel over netlink from a thread that lives in that namespace
+//!   ([`NetnsIpvs`]), so it can be polled while thousands of services
+//!   converge without starting a process; `ipvsadm -Sn` gives the same table
+//!   in ipvsadm's own words. Not from `/proc/PID/net/ip_vs`: with services in
+//!   several namespaces, the kernel's listing (6.1) skips services whenever
+//!   it is read in more than one `read` call (a page each), because it
+//!   resumes at a position counted over every namespace's services and looks
+//!   it up among this namespace's only.
 //! - CPU time is `utime + stime` of `/proc/PID/stat` (every thread of the
 //!   process), memory `VmRSS` and `VmHWM` of `/proc/PID/status`.
 //! - [`IpvsOpsWatch`] sees every IPVS change any process of a namespace sends
@@ -13,8 +18,10 @@
 //!   the daemon's cooperation nor ptrace.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddrV4};
+
+use ipvs_sys::{Destination, IpvsHandle, Service, ServiceKey};
+
 use std::time::{Duration, Instant};
 
 use crate::lab::{run, Lab, LabError};
@@ -126,16 +133,30 @@ impl IpvsTable {
         t
     }
 
-    /// The table of the network namespace of process `pid`.
-    pub fn of_process(pid: i32) -> Result<IpvsTable, LabError> {
-        let path = PathBuf::from(format!("/proc/{pid}/net/ip_vs"));
-        std::fs::read_to_string(&path)
-            .map(|text| IpvsTable::parse(&text))
-            .map_err(|source| LabError::Io {
-                op: "reading",
-                path,
-                source,
-            })
+    /// The table as read over netlink, in the same words as [`parse`]
+    /// (addresses as `/proc/net/ip_vs` writes them).
+    ///
+    /// [`parse`]: IpvsTable::parse
+    pub fn from_dump(table: &[(Service, Vec<Destination>)]) -> IpvsTable {
+        let mut t = IpvsTable::default();
+        for (s, dests) in table {
+            let service = key_words(&s.key);
+            t.entries.insert(format!(
+                "S {service} {} flags {:?} timeout {} netmask {:?}",
+                s.scheduler, s.flags, s.timeout, s.netmask
+            ));
+            t.services += 1;
+            for d in dests {
+                t.entries.insert(format!(
+                    "D {service} {} {:?} {}",
+                    dest_words(d),
+                    d.forward,
+                    d.weight
+                ));
+                t.destinations += 1;
+            }
+        }
+        t
     }
 
     /// Number of virtual services.
@@ -146,6 +167,159 @@ impl IpvsTable {
     /// Number of destinations, over all services.
     pub fn destinations(&self) -> usize {
         self.destinations
+    }
+}
+
+/// A service key as `/proc/net/ip_vs` writes it (`TCP 0A0A00C8:0050`).
+fn key_words(key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Addr {
+            protocol,
+            addr,
+            port,
+        } => format!("{} {}", protocol_word(*protocol), addr_port_hex(*addr, *port)),
+        ServiceKey::Fwmark { mark, .. } => format!("FWM {mark:08X}"),
+    }
+}
+
+fn protocol_word(p: ipvs_sys::Protocol) -> &'static str {
+    match p {
+        ipvs_sys::Protocol::Tcp => "TCP",
+        ipvs_sys::Protocol::Udp => "UDP",
+        ipvs_sys::Protocol::Sctp => "SCTP",
+        _ => "OTHER",
+    }
+}
+
+fn addr_port_hex(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => ip_vs_hex(SocketAddrV4::new(a, port)),
+        IpAddr::V6(a) => format!("[{a}]:{port:04X}"),
+    }
+}
+
+/// A destination's address as `/proc/net/ip_vs` writes it.
+pub fn dest_words(d: &Destination) -> String {
+    addr_port_hex(d.addr, d.port)
+}
+
+type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &IpvsHandle) + Send>;
+
+/// An IPVS netlink client inside the network namespace of a process: a
+/// thread that entered the namespace, with its own runtime and sockets
+/// (a netlink socket belongs to the namespace it was opened in). Requests
+/// run on that thread, one at a time.
+#[derive(Debug)]
+pub struct NetnsIpvs {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetnsIpvs {
+    /// Enters the network namespace of `pid` on a new thread and connects.
+    pub fn open(pid: i32) -> Result<NetnsIpvs, String> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (ready, opened) = std::sync::mpsc::channel::<Result<(), String>>();
+        let thread = std::thread::spawn(move || {
+            let setup = || -> Result<(tokio::runtime::Runtime, IpvsHandle), String> {
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                    .map_err(|e| format!("opening the network namespace of {pid}: {e}"))?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("entering the network namespace of {pid}: {e}"))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("a runtime: {e}"))?;
+                let handle = rt
+                    .block_on(IpvsHandle::connect())
+                    .map_err(|e| format!("IPVS in the namespace of {pid}: {e}"))?;
+                Ok((rt, handle))
+            };
+            match setup() {
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+                Ok((rt, handle)) => {
+                    let _ = ready.send(Ok(()));
+                    for job in queue {
+                        job(&rt, &handle);
+                    }
+                }
+            }
+        });
+        opened
+            .recv()
+            .map_err(|_| format!("the IPVS thread for {pid} ended"))??;
+        Ok(NetnsIpvs {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&tokio::runtime::Runtime, &IpvsHandle) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .as_ref()
+            .ok_or("closed")?
+            .send(Box::new(move |rt, h| {
+                let _ = tx.send(f(rt, h));
+            }))
+            .map_err(|_| "the IPVS thread ended".to_string())?;
+        rx.recv().map_err(|_| "the IPVS thread ended".to_string())
+    }
+
+    /// How many virtual services the kernel holds (one service dump).
+    pub fn service_count(&self) -> Result<usize, String> {
+        self.run(|rt, h| rt.block_on(h.services()).map(|s| s.len()))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The whole table (a service dump and a destination dump per service).
+    pub fn table(&self) -> Result<IpvsTable, String> {
+        self.run(|rt, h| rt.block_on(h.table()))?
+            .map(|t| IpvsTable::from_dump(&t))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The destinations of one service as (address as `/proc/net/ip_vs`
+    /// writes it, forwarding, weight); None when the service is not there.
+    pub fn destinations(
+        &self,
+        key: ServiceKey,
+    ) -> Result<Option<Vec<(String, String, u32)>>, String> {
+        self.run(move |rt, h| rt.block_on(h.destinations(&key)))?
+            .map(|d| {
+                Some(
+                    d.iter()
+                        .map(|d| {
+                            (
+                                dest_words(d),
+                                format!("{:?}", d.forward),
+                                u32::try_from(d.weight).unwrap_or(0),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .or_else(|e| {
+                if e.kind() == Some(ipvs_sys::ErrorKind::NoSuchService) {
+                    Ok(None)
+                } else {
+                    Err(e.to_string())
+                }
+            })
+    }
+}
+
+impl Drop for NetnsIpvs {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! - convergence: from starting the three daemons until every director's
 //!   kernel holds all N services and the three tables are equal (polled from
-//!   `/proc/PID/net/ip_vs`, then confirmed with `ipvsadm -Sn` in each
+//!   netlink from inside each director's namespace, then confirmed with `ipvsadm -Sn` in each
 //!   director's namespace);
 //! - idle: the CPU each director uses over the next IDLE seconds (percent of
 //!   one CPU, all threads), its peak (VmHWM) and steady (VmRSS) memory;
@@ -15,7 +15,7 @@
 //!   SIGHUP sent to all three (when the config has no per-backend weight yet,
 //!   one backend added to one service instead: also exactly one kernel
 //!   operation); the time until every kernel shows it (the service polled in
-//!   `/proc/PID/net/ip_vs`, then checked with `ipvsadm -Ln -t`) and the IPVS
+//!   over netlink, then checked with `ipvsadm -Ln -t`) and the IPVS
 //!   changes each director made for it: the
 //!   daemon's counter `director_reconcile_operations_total{reconciler="ipvs"}`
 //!   before and after when it exports one, otherwise every IPVS change request
@@ -32,15 +32,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use ipvs_sys::ServiceKey;
 use lab::configs::{director_config_with_services, TimingProfile};
 use lab::measure::{
-    cpu_percent, ip_vs_destinations, ip_vs_hex, ipvs_family_id, ipvsadm_saved_sorted,
-    process_sample, prometheus_sum, IpvsOpsWatch, IpvsTable, ProcessSample,
+    cpu_percent, ip_vs_hex, ipvs_family_id, ipvsadm_saved_sorted, process_sample, prometheus_sum,
+    IpvsOpsWatch, IpvsTable, NetnsIpvs, ProcessSample,
 };
 use lab::scenario::director_status;
 use lab::watch::monotonic_ns;
@@ -173,7 +174,7 @@ impl Layout {
         format!("{vip}:{port}")
     }
 
-    /// Whether the changed service's destinations, as `/proc/net/ip_vs`
+    /// Whether the changed service's destinations, with addresses as `/proc/net/ip_vs`
     /// lists them, show `edit`.
     fn shows(edit: Edit, dests: &[(String, String, u32)]) -> bool {
         let hex = |b: &str| ip_vs_hex(b.parse().unwrap());
@@ -262,8 +263,18 @@ fn state_summary(lab: &Lab, host: &Host) -> (String, Value) {
             let owned = v["vips"].as_array().map_or(0, |a| {
                 a.iter().filter(|x| x["owner_name"].is_string()).count()
             });
+            let ipvs = v["reconcilers"]
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["name"] == "ipvs"))
+                .map(|r| {
+                    format!(
+                        "; ipvs reconciler: {} passes, {} operations, {} errors, {} resyncs, last error {}",
+                        r["passes"], r["operations"], r["errors"], r["resyncs"], r["last_error"]
+                    )
+                })
+                .unwrap_or_default();
             (
-                format!("state: {services} services, {owned} VIPs with an owner"),
+                format!("state: {services} services, {owned} VIPs with an owner{ipvs}"),
                 json!({"state_services": services, "vips_with_owner": owned}),
             )
         }
@@ -386,11 +397,28 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
         t0.elapsed().as_secs_f64()
     );
     let mut last_report = Instant::now();
+    let kernels: Vec<NetnsIpvs> = pids(lab)?
+        .iter()
+        .map(|p| NetnsIpvs::open(*p))
+        .collect::<Result<_, _>>()?;
     loop {
         let pids = pids(lab)?;
-        let tables: Vec<IpvsTable> = pids
+        // The service count first (one dump); the whole table only once a
+        // kernel holds every service.
+        let counts: Vec<usize> = kernels
             .iter()
-            .map(|p| IpvsTable::of_process(*p).unwrap_or_default())
+            .map(|k| k.service_count().unwrap_or(0))
+            .collect();
+        let tables: Vec<IpvsTable> = kernels
+            .iter()
+            .zip(&counts)
+            .map(|(k, c)| {
+                if *c == n {
+                    k.table().unwrap_or_default()
+                } else {
+                    IpvsTable::default()
+                }
+            })
             .collect();
         let at = t0.elapsed();
         let complete = |t: &IpvsTable| t.services() == n && t.destinations() == n * BACKENDS;
@@ -423,12 +451,12 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
         sample.insert("s".into(), json!(secs(at)));
         let counts: Vec<String> = directors()
             .iter()
-            .zip(&tables)
-            .map(|(h, t)| {
+            .zip(&counts)
+            .map(|(h, c)| {
                 let (text, mut state) = state_summary(lab, h);
-                state["kernel_services"] = json!(t.services());
+                state["kernel_services"] = json!(c);
                 sample.insert(h.name(), state);
-                format!("{} {}/{n} ({text})", h.name(), t.services())
+                format!("{} {c}/{n} ({text})", h.name())
             })
             .collect();
         r.progress.push(Value::Object(sample));
@@ -461,7 +489,7 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
     r.ipvsadm_equal = Some(equal);
     if !equal {
         r.problems.push(format!(
-            "converge: /proc/net/ip_vs agreed but `ipvsadm -Sn` differs ({} services listed in d1; lines {}/{}/{})",
+            "converge: the netlink dumps agreed but `ipvsadm -Sn` differs ({} services listed in d1; lines {}/{}/{})",
             services_listed,
             saved[0].len(),
             saved[1].len(),
@@ -487,9 +515,30 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
     );
     let pids = pids(lab)?;
     let before: Vec<Option<ProcessSample>> = pids.iter().map(|p| process_sample(*p)).collect();
+    // SCALE_PROFILE=DIR: a CPU profile of each director over the window
+    // (`perf record`, read afterwards with `perf report -i DIR/perf-dN.data`).
+    let profilers: Vec<std::process::Child> = match std::env::var_os("SCALE_PROFILE") {
+        Some(dir) => directors()
+            .iter()
+            .zip(&pids)
+            .filter_map(|(h, p)| {
+                let out = Path::new(&dir).join(format!("perf-{}.data", h.name()));
+                std::process::Command::new("perf")
+                    .args(["record", "-q", "-F", "199", "-g", "-p", &p.to_string(), "-o"])
+                    .arg(out)
+                    .args(["--", "sleep", &span.as_secs().to_string()])
+                    .spawn()
+                    .ok()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let t = Instant::now();
     std::thread::sleep(span);
     let elapsed = t.elapsed();
+    for mut p in profilers {
+        let _ = p.wait();
+    }
     for ((h, p), b) in directors().iter().zip(&pids).zip(&before) {
         let (Some(b), Some(a)) = (b, process_sample(*p)) else {
             return Err(format!(
@@ -524,7 +573,7 @@ fn ops_counters(lab: &Lab) -> Option<Vec<f64>> {
 /// One poll of the changed service in one director: (start ns, end ns, seen).
 type Poll = (u64, u64, bool);
 
-/// Polls the changed service in `/proc/PID/net/ip_vs` (no process started,
+/// Polls the changed service over netlink (no process started,
 /// so the polls are close together) until it shows `edit` or `deadline`
 /// passes; waits at `start` after the first poll.
 fn poll_change(
@@ -535,13 +584,19 @@ fn poll_change(
     deadline: Instant,
 ) -> Vec<Poll> {
     let (vip, port) = Layout::address(layout.changed());
-    let service = ip_vs_hex(SocketAddrV4::new(vip, u16::try_from(port).unwrap()));
-    let path = format!("/proc/{pid}/net/ip_vs");
+    let key = ServiceKey::Addr {
+        protocol: ipvs_sys::Protocol::Tcp,
+        addr: vip.into(),
+        port: u16::try_from(port).unwrap(),
+    };
+    let kernel = NetnsIpvs::open(pid).unwrap();
     let once = || {
         let a = monotonic_ns();
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let seen =
-            ip_vs_destinations(&text, "TCP", &service).is_some_and(|d| Layout::shows(edit, &d));
+        let seen = kernel
+            .destinations(key)
+            .ok()
+            .flatten()
+            .is_some_and(|d| Layout::shows(edit, &d));
         (a, monotonic_ns(), seen)
     };
     let mut polls = vec![once()];
@@ -651,7 +706,7 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
             .unwrap_or_default();
         if r.visible_ms.contains_key(&h.name()) && !Layout::ipvsadm_shows(edit, &listing) {
             r.problems.push(format!(
-                "change: /proc/net/ip_vs of {} showed it, `ipvsadm -Ln -t {target}` does not",
+                "change: the netlink dump of {} showed it, `ipvsadm -Ln -t {target}` does not",
                 h.name()
             ));
         }
