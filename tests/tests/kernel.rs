@@ -644,8 +644,14 @@ fn persistence_flags_reach_the_kernel_and_drift_is_repaired() {
         "7",
     ]);
     run(&["ipvsadm", "-A", "-t", "192.0.2.9:99", "-s", "rr"]);
+    // And its SNAT table (nftables), and a table that is not its own.
+    run(&["nft", "list", "table", "inet", "director_snat"]);
+    run(&["nft", "delete", "table", "inet", "director_snat"]);
+    run(&["nft", "add", "table", "inet", "someone_else"]);
     // Repaired within a resync interval (30 s by default).
     wait_for("the repair", 75, || {
+        lab.exec("d1", &["nft", "list", "table", "inet", "director_snat"])
+            .ok()?;
         let t = lab.exec("d1", &["ipvsadm", "-Ln"]).ok()?;
         let web = t.split("TCP  10.10.0.200:80").nth(1)?;
         let web = web.split("TCP ").next()?;
@@ -665,6 +671,16 @@ fn persistence_flags_reach_the_kernel_and_drift_is_repaired() {
         .cloned()
         .expect("the ipvs reconciler in status");
     assert!(ipvs["drift_repairs"].as_u64() >= Some(1), "{ipvs}");
+    let nft = status["reconcilers"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["name"] == "nft"))
+        .cloned()
+        .expect("the nft reconciler in status");
+    assert!(nft["drift_repairs"].as_u64() >= Some(1), "{nft}");
+    lab.exec("d1", &["nft", "list", "table", "inet", "someone_else"])
+        .expect("a table that is not the director's is left alone");
+    lab.exec("d1", &["nft", "delete", "table", "inet", "someone_else"])
+        .unwrap();
     let log = std::fs::read_to_string(lab.director_log(&Host::director(1))).unwrap();
     assert!(
         log.contains("behind the director's back"),

@@ -522,13 +522,28 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
             .iter()
             .zip(&pids)
             .filter_map(|(h, p)| {
-                let out = Path::new(&dir).join(format!("perf-{}.data", h.name()));
-                std::process::Command::new("perf")
-                    .args(["record", "-q", "-F", "199", "-g", "-p", &p.to_string(), "-o"])
-                    .arg(out)
-                    .args(["--", "sleep", &span.as_secs().to_string()])
-                    .spawn()
-                    .ok()
+                let _ = std::fs::copy("/proc/kallsyms", Path::new(&dir).join("kallsyms"));
+                let strace = std::env::var_os("SCALE_STRACE").is_some();
+                let out = Path::new(&dir).join(format!(
+                    "{}-{}.{}",
+                    if strace { "strace" } else { "perf" },
+                    h.name(),
+                    if strace { "txt" } else { "data" }
+                ));
+                let mut cmd = if strace {
+                    let mut c = std::process::Command::new("timeout");
+                    c.args(["-s", "INT", &span.as_secs().to_string()])
+                        .args(["strace", "-c", "-f", "-p", &p.to_string(), "-o"])
+                        .arg(out);
+                    c
+                } else {
+                    let mut c = std::process::Command::new("perf");
+                    c.args(["record", "-q", "-F", "199", "-g", "-p", &p.to_string(), "-o"])
+                        .arg(out)
+                        .args(["--", "sleep", &span.as_secs().to_string()]);
+                    c
+                };
+                cmd.spawn().ok()
             })
             .collect(),
         None => Vec::new(),

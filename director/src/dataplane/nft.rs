@@ -10,7 +10,10 @@
 //! Each table is written whole and atomically (`nft -f`). To tell later
 //! whether a table is still as written, the reconciler keeps the kernel's
 //! own listing of it taken right after writing: a listing that differs at a
-//! resync was changed behind its back.
+//! resync was changed behind its back. A resync first asks the kernel for
+//! the ruleset's generation (one netlink request, [`generation`]), which
+//! every change to any nftables table moves: while it has not moved since
+//! the last listing, nothing is listed (no `nft` process is started).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -171,6 +174,8 @@ pub struct Nft {
     /// Each table's script and the kernel's listing of it, taken at the
     /// first observation after writing it (None until then).
     written: BTreeMap<&'static str, (String, Option<String>)>,
+    /// The ruleset generation of the last listing, and what it found.
+    listed: Option<(u32, Tables)>,
 }
 
 impl Nft {
@@ -180,28 +185,14 @@ impl Nft {
             node,
             gate,
             written: BTreeMap::new(),
+            listed: None,
         }
     }
-}
 
-impl Reconciler for Nft {
-    type State = Tables;
-    type Op = NftOp;
-
-    fn name(&self) -> &'static str {
-        "nft"
-    }
-
-    fn desired(&mut self) -> Desired<Tables> {
-        Desired::steady(desired(&self.node.state(), &self.gate.closed()))
-    }
-
-    fn plan(&self, desired: &Tables, observed: &Tables) -> Vec<NftOp> {
-        plan(desired, observed)
-    }
-
-    async fn observe(&mut self) -> Result<Tables, OpError> {
+    /// Lists both tables with `nft` (on a blocking thread).
+    async fn list_tables(&mut self) -> Result<Tables, OpError> {
         let mut t = Tables::new();
+
         for name in [SNAT, DRAIN] {
             let listing = tokio::task::spawn_blocking(move || list(name))
                 .await
@@ -226,8 +217,44 @@ impl Reconciler for Nft {
         }
         Ok(t)
     }
+}
+
+impl Reconciler for Nft {
+    type State = Tables;
+    type Op = NftOp;
+
+    fn name(&self) -> &'static str {
+        "nft"
+    }
+
+    fn desired(&mut self) -> Desired<Tables> {
+        Desired::steady(desired(&self.node.state(), &self.gate.closed()))
+    }
+
+    fn plan(&self, desired: &Tables, observed: &Tables) -> Vec<NftOp> {
+        plan(desired, observed)
+    }
+
+    async fn observe(&mut self) -> Result<Tables, OpError> {
+        // A generation that cannot be read (no nf_tables yet) only means
+        // listing every time.
+        let generation = tokio::task::spawn_blocking(generation)
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|g| g)
+            .ok();
+        if let (Some(g), Some((seen, tables))) = (generation, &self.listed) {
+            if g == *seen {
+                return Ok(tables.clone());
+            }
+        }
+        let tables = self.list_tables().await?;
+        self.listed = generation.map(|g| (g, tables.clone()));
+        Ok(tables)
+    }
 
     async fn apply(&mut self, ops: Vec<NftOp>) -> Result<(), OpError> {
+        self.listed = None;
         for op in ops {
             match op {
                 NftOp::Write(name, script) => {
@@ -261,6 +288,66 @@ impl Reconciler for Nft {
         }
         Ok(())
     }
+}
+
+/// The nftables ruleset generation (`NFT_MSG_GETGEN`), which the kernel
+/// moves on every committed change to any table: one request and its answer
+/// on a netlink socket, no process started.
+pub fn generation() -> std::io::Result<u32> {
+    use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+    // nlmsghdr: length, type (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN),
+    // flags (NLM_F_REQUEST), sequence, port; then nfgenmsg: family
+    // (AF_UNSPEC), version (NFNETLINK_V0), resource id.
+    const GETGEN: u16 = (10 << 8) | 16;
+    const NEWGEN: u16 = (10 << 8) | 15;
+    const NLMSG_ERROR: u16 = 2;
+    const NFTA_GEN_ID: u16 = 1;
+    let mut request = Vec::with_capacity(20);
+    request.extend_from_slice(&20u32.to_ne_bytes());
+    request.extend_from_slice(&GETGEN.to_ne_bytes());
+    request.extend_from_slice(&1u16.to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[0, 0, 0, 0]);
+    let socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.send(&request, 0)?;
+    let mut reply = vec![0u8; 4096];
+    let n = socket.recv(&mut &mut reply[..], 0)?;
+    let reply = reply.get(..n).unwrap_or_default();
+    let bad = |what: &str| std::io::Error::other(format!("nftables generation: {what}"));
+    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let len = reply
+        .get(0..4)
+        .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]) as usize)
+        .ok_or_else(|| bad("a short answer"))?;
+    let message = reply.get(..len).ok_or_else(|| bad("a cut answer"))?;
+    match u16_at(message, 4) {
+        Some(NEWGEN) => {}
+        Some(NLMSG_ERROR) => {
+            let code = message
+                .get(16..20)
+                .map(|x| i32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+                .unwrap_or(0);
+            return Err(std::io::Error::from_raw_os_error(-code));
+        }
+        _ => return Err(bad("an unexpected answer")),
+    }
+    // Attributes after the 16-byte header and the 4-byte nfgenmsg.
+    let mut at = 20;
+    while let (Some(alen), Some(kind)) = (u16_at(message, at), u16_at(message, at + 2)) {
+        let alen = usize::from(alen);
+        if alen < 4 {
+            break;
+        }
+        if kind & 0x3fff == NFTA_GEN_ID {
+            let v = message
+                .get(at + 4..at + 8)
+                .ok_or_else(|| bad("a cut generation id"))?;
+            return Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        }
+        at += (alen + 3) & !3;
+    }
+    Err(bad("no generation id in the answer"))
 }
 
 /// Runs `script` through nft on a blocking thread (the runtime's thread
