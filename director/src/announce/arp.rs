@@ -132,7 +132,7 @@ impl ArpSocket {
         let config = pnet_datalink::Config {
             channel_type: pnet_datalink::ChannelType::Layer3(ETH_P_ARP),
             promiscuous: false,
-            read_timeout: Some(std::time::Duration::from_millis(100)),
+            read_timeout: Some(super::READ_TIMEOUT),
             socket_fd: Some(socket.into_raw_fd()),
             ..Default::default()
         };

@@ -23,6 +23,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use self::arp::ArpSocket;
+
+/// How long a responder thread waits for a packet before it looks whether
+/// it should stop: its wake-ups at rest, and its delay at shutdown.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(500);
 use self::hold::HoldRule;
 use self::ndp::NdpSocket;
 use crate::config::ConfigCell;

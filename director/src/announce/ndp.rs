@@ -12,7 +12,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::time::Duration;
 
 /// ICMPv6 type of a neighbour solicitation.
 pub const NEIGHBOR_SOLICITATION: u8 = 135;
@@ -87,7 +86,7 @@ impl NdpSocket {
         s.set_unicast_hops_v6(255)?;
         s.set_multicast_if_v6(ifindex)?;
         s.set_multicast_loop_v6(false)?;
-        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        s.set_read_timeout(Some(super::READ_TIMEOUT))?;
         Ok(NdpSocket {
             sock: s.into(),
             ifindex,
