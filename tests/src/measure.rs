@@ -177,7 +177,11 @@ fn key_words(key: &ServiceKey) -> String {
             protocol,
             addr,
             port,
-        } => format!("{} {}", protocol_word(*protocol), addr_port_hex(*addr, *port)),
+        } => format!(
+            "{} {}",
+            protocol_word(*protocol),
+            addr_port_hex(*addr, *port)
+        ),
         ServiceKey::Fwmark { mark, .. } => format!("FWM {mark:08X}"),
     }
 }

@@ -538,9 +538,18 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
                     c
                 } else {
                     let mut c = std::process::Command::new("perf");
-                    c.args(["record", "-q", "-F", "199", "-g", "-p", &p.to_string(), "-o"])
-                        .arg(out)
-                        .args(["--", "sleep", &span.as_secs().to_string()]);
+                    c.args([
+                        "record",
+                        "-q",
+                        "-F",
+                        "199",
+                        "-g",
+                        "-p",
+                        &p.to_string(),
+                        "-o",
+                    ])
+                    .arg(out)
+                    .args(["--", "sleep", &span.as_secs().to_string()]);
                     c
                 };
                 cmd.spawn().ok()

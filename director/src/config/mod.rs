@@ -79,8 +79,17 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// The port on the VIP.
     pub port: u16,
-    /// Backends as address and port.
-    pub backends: Vec<SocketAddr>,
+    /// Backends as address and port, with their IPVS weight.
+    pub backends: Vec<Backend>,
+}
+
+/// One backend of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    /// Address and port (a node and its NodePort).
+    pub addr: SocketAddr,
+    /// IPVS weight, 0..=65535 (default 1; 0 takes no new connections).
+    pub weight: u32,
 }
 
 /// Where a static service's VIP comes from.
@@ -302,6 +311,52 @@ mod tests {
         for m in &e {
             assert!(!m.starts_with("0:0"), "{m}");
         }
+    }
+
+    #[test]
+    fn a_backend_may_carry_a_weight() {
+        let weighted = LAB_D1.replacen(
+            "\"10.10.0.22:30080\"",
+            "{address: \"10.10.0.22:30080\", weight: 3}",
+            1,
+        );
+        assert_ne!(weighted, LAB_D1);
+        let c = parse(&weighted).unwrap();
+        let b = &c.services[0].ports[0].backends;
+        assert_eq!(
+            b.iter()
+                .map(|b| (b.addr.to_string(), b.weight))
+                .collect::<Vec<_>>(),
+            [
+                ("10.10.0.21:30080".to_string(), 1),
+                ("10.10.0.22:30080".to_string(), 3)
+            ]
+        );
+        let bad = LAB_D1.replacen(
+            "\"10.10.0.22:30080\"",
+            "{address: \"10.10.0.22:30080\", weight: 70000}",
+            1,
+        );
+        let e = errors(&bad);
+        assert!(
+            e.iter()
+                .any(|m| m
+                    .contains("services[0].backends[1].weight: 70000 is out of range 0..=65535")),
+            "{e:?}"
+        );
+        assert!(!e.iter().any(|m| m.starts_with("0:0")), "{e:?}");
+        let bad = LAB_D1.replacen("\"10.10.0.22:30080\"", "{adress: \"10.10.0.22:30080\"}", 1);
+        let e = errors(&bad);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("services[0].backends[1].adress: unknown field")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("services[0].backends[1].address: missing")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ struct ServiceIn {
     #[serde(default)]
     ports: Vec<Spanned<PortIn>>,
     #[serde(default)]
-    backends: Vec<Spanned<String>>,
+    backends: Vec<Spanned<BackendIn>>,
     scheduler: Option<Spanned<String>>,
     scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
     forwarding: Option<Spanned<String>>,
@@ -127,7 +127,25 @@ struct PortIn {
     port: Option<Spanned<i64>>,
     protocol: Option<Spanned<String>>,
     #[serde(default)]
-    backends: Vec<Spanned<String>>,
+    backends: Vec<Spanned<BackendIn>>,
+}
+
+/// A backend: `"ADDRESS:PORT"` (weight 1), or `{address: "ADDRESS:PORT",
+/// weight: N}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BackendIn {
+    Address(String),
+    Weighted(WeightedIn),
+}
+
+#[derive(Debug, Deserialize)]
+struct WeightedIn {
+    address: Option<String>,
+    weight: Option<i64>,
+    /// Anything else, reported by name.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 type Errors = crate::problems::Problems;
@@ -700,7 +718,7 @@ fn services(
             timeout_s: persistence_s,
             netmask,
         });
-        let shared: Vec<SocketAddr> = s
+        let shared: Vec<Backend> = s
             .value
             .backends
             .iter()
@@ -737,7 +755,7 @@ fn services(
                     }
                 },
             };
-            let mut backends: Vec<SocketAddr> = p
+            let mut backends: Vec<Backend> = p
                 .value
                 .backends
                 .iter()
@@ -883,15 +901,48 @@ fn netmask(m: &Spanned<i64>, field: &str, errs: &mut Errors) -> Option<u8> {
     })
 }
 
-fn backend(b: &Spanned<String>, field: &str, errs: &mut Errors) -> Option<SocketAddr> {
-    match b.value.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 0 => Some(a),
+fn backend(b: &Spanned<BackendIn>, field: &str, errs: &mut Errors) -> Option<Backend> {
+    let (text, weight) = match &b.value {
+        BackendIn::Address(text) => (text, 1),
+        BackendIn::Weighted(w) => {
+            for key in w.unknown.keys() {
+                errs.at(
+                    b,
+                    format!("{field}.{key}"),
+                    "unknown field (a backend has address and weight)",
+                );
+            }
+            let weight = match w.weight {
+                None => 1,
+                Some(n) => match u32::try_from(n) {
+                    Ok(n) if n <= 65_535 => n,
+                    _ => {
+                        errs.at(
+                            b,
+                            format!("{field}.weight"),
+                            format!("{n} is out of range 0..=65535"),
+                        );
+                        return None;
+                    }
+                },
+            };
+            match &w.address {
+                Some(text) => (text, weight),
+                None => {
+                    errs.at(b, format!("{field}.address"), "missing");
+                    return None;
+                }
+            }
+        }
+    };
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Some(Backend { addr, weight }),
         Ok(_) => {
             errs.at(b, field, "a backend needs a port other than 0");
             None
         }
         Err(_) => {
-            errs.at(b, field, format!("{:?} is not ADDRESS:PORT", b.value));
+            errs.at(b, field, format!("{text:?} is not ADDRESS:PORT"));
             None
         }
     }

@@ -36,9 +36,9 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
                         .backends
                         .iter()
                         .map(|b| Backend {
-                            address: b.ip(),
-                            port: b.port(),
-                            weight: 1,
+                            address: b.addr.ip(),
+                            port: b.addr.port(),
+                            weight: b.weight,
                         })
                         .collect(),
                 })
