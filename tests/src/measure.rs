@@ -207,6 +207,10 @@ pub fn dest_words(d: &Destination) -> String {
     addr_port_hex(d.addr, d.port)
 }
 
+/// A destination as (address as `/proc/net/ip_vs` writes it, forwarding,
+/// weight).
+pub type DestWords = (String, String, u32);
+
 type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &IpvsHandle) + Send>;
 
 /// An IPVS netlink client inside the network namespace of a process: a
@@ -293,7 +297,7 @@ impl NetnsIpvs {
     pub fn destinations(
         &self,
         key: ServiceKey,
-    ) -> Result<Option<Vec<(String, String, u32)>>, String> {
+    ) -> Result<Option<Vec<DestWords>>, String> {
         self.run(move |rt, h| rt.block_on(h.destinations(&key)))?
             .map(|d| {
                 Some(

@@ -41,6 +41,9 @@ struct Results {
     failed_runs: Vec<String>,
     two_owner_ms: Option<f64>,
     partition_summary: String,
+    /// director only: per run, whether the killed owner was also the Raft
+    /// leader (its death then needs an election before the VIP can move).
+    owner_led: Vec<bool>,
 }
 
 impl Results {
@@ -68,6 +71,7 @@ impl Results {
             "failed_runs": self.failed_runs,
             "two_owner_ms": self.two_owner_ms,
             "partition": self.partition_summary,
+            "owner_was_raft_leader": self.owner_led,
         })
     }
 }
@@ -197,6 +201,9 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
             continue;
         };
         let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+        let led = director_status(&lab, &all[0])
+            .and_then(|s| s["leader_name"].as_str().map(|l| l == owner))
+            .unwrap_or(false);
         let outcome = measure(
             &mut lab,
             |lab| lab.kill_host(&owner),
@@ -205,7 +212,10 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
             },
         );
         match outcome {
-            Ok(ms) => r.outages_ms.push(ms),
+            Ok(ms) => {
+                r.outages_ms.push(ms);
+                r.owner_led.push(led);
+            }
             Err(e) => r.failed_runs.push(format!("run {i}: {e}")),
         }
         lab.start_host(&owner).unwrap();
@@ -302,6 +312,22 @@ fn failover_director_vs_keepalived() {
                 ratios.insert(label.into(), json!(km / dm));
             }
         }
+    }
+    for r in results.iter().filter(|r| !r.owner_led.is_empty()) {
+        let split = |led: bool| -> Vec<String> {
+            r.outages_ms
+                .iter()
+                .zip(&r.owner_led)
+                .filter(|(_, l)| **l == led)
+                .map(|(ms, _)| format!("{ms:.0}"))
+                .collect()
+        };
+        println!(
+            "{}: outages when the owner was also the Raft leader: [{}] ms; when it was not: [{}] ms",
+            r.name,
+            split(true).join(", "),
+            split(false).join(", ")
+        );
     }
     for r in &results {
         for f in &r.failed_runs {

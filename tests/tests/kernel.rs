@@ -812,3 +812,65 @@ fn a_director_frozen_while_taking_a_vip_sends_nothing_for_it_after_resuming() {
     );
     lab.down().expect("lab down");
 }
+
+/// With every CPU of the VM kept busy (one spinning process per CPU) for
+/// HOG_S seconds (default 60), three directors at the daemon's default
+/// timing (lease 300 ms, renew 40 ms) keep their leases: the VIP keeps its
+/// owner and epoch, and no director logs a lapsed lease.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_cpu_hog_moves_no_vip_at_the_default_timing() {
+    let hog_s: u64 = std::env::var("HOG_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let spec = LabSpec::new(3, 2)
+        .with_prefix("k-hog-")
+        .with_timing(lab::configs::TimingProfile::Default);
+    let lab = LabGuard::up(spec, env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    let before = wait_for("a settled owner", 120, || settled(&lab, &all));
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut hogs: Vec<std::process::Child> = (0..cpus)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .expect("a CPU hog")
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let mut moved = None;
+    while start.elapsed() < std::time::Duration::from_secs(hog_s) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Some(now) = agreed_owner(&lab, &all) {
+            if now != before {
+                moved = Some((start.elapsed(), now));
+                break;
+            }
+        }
+    }
+    for h in &mut hogs {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    let lapsed: Vec<String> = all
+        .iter()
+        .filter(|h| {
+            std::fs::read_to_string(lab.director_log(h))
+                .is_ok_and(|l| l.contains("ownership lease lapsed"))
+        })
+        .map(|h| h.name())
+        .collect();
+    lab.down().expect("lab down");
+    assert_eq!(
+        moved, None,
+        "{cpus} CPU hogs: the VIP moved from {before:?}"
+    );
+    assert!(
+        lapsed.is_empty(),
+        "{cpus} CPU hogs: leases lapsed on {lapsed:?}"
+    );
+}

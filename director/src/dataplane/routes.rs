@@ -46,6 +46,8 @@ pub struct VipRoutes {
     config: Arc<ConfigCell>,
     /// What the last `desired` held: the NDP groups follow it.
     held: BTreeSet<IpAddr>,
+    /// Whether the last `desired` saw the ownership lease held.
+    lease: Option<bool>,
 }
 
 impl VipRoutes {
@@ -63,6 +65,7 @@ impl VipRoutes {
             node,
             config,
             held: BTreeSet::new(),
+            lease: None,
         }
     }
 
@@ -84,6 +87,16 @@ impl Reconciler for VipRoutes {
     fn desired(&mut self) -> Desired<BTreeSet<IpAddr>> {
         let rule = self.announcer.rule();
         self.held = rule.held();
+        let lease = self.node.holds_lease();
+        match (self.lease, lease) {
+            (Some(true), false) => {
+                tracing::warn!("ownership lease lapsed: answering for no VIP until it is renewed")
+            }
+            (Some(false), true) => tracing::info!("ownership lease regained"),
+            (None, true) => tracing::info!("ownership lease held"),
+            _ => {}
+        }
+        self.lease = Some(lease);
         // A lease is granted or renewed without a change of the committed
         // state: while none is held, look again every renewal interval (a
         // pass without a change costs no kernel call); while one is, the

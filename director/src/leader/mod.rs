@@ -221,13 +221,16 @@ pub async fn run(
             assign(&state, &live)
         };
         assigned = moves.is_empty().then(|| (state.clone(), live));
-        for cmd in moves {
-            if let Command::SetOwner { vip, director, .. } = &cmd {
+        for cmd in &moves {
+            if let Command::SetOwner { vip, director, .. } = cmd {
                 tracing::info!(%vip, owner = director, "moving VIP");
             }
-            if let Err(e) = node.propose(cmd).await {
-                tracing::debug!(error = %e, "owner move not committed");
-            }
+        }
+        // All the moves of a round in few log entries: thousands of VIPs
+        // placed at start (or leaving a dead director) are a few commits,
+        // not one each (every commit wakes every director's reconcilers).
+        if !moves.is_empty() && !propose_all(&node, moves).await {
+            tracing::debug!("owner moves not all committed; the next round looks again");
         }
         // The moves are in the log: a fenced director that comes back may be
         // granted a lease again (it must apply them before the lease counts).
