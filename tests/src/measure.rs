@@ -294,10 +294,7 @@ impl NetnsIpvs {
 
     /// The destinations of one service as (address as `/proc/net/ip_vs`
     /// writes it, forwarding, weight); None when the service is not there.
-    pub fn destinations(
-        &self,
-        key: ServiceKey,
-    ) -> Result<Option<Vec<DestWords>>, String> {
+    pub fn destinations(&self, key: ServiceKey) -> Result<Option<Vec<DestWords>>, String> {
         self.run(move |rt, h| rt.block_on(h.destinations(&key)))?
             .map(|d| {
                 Some(
