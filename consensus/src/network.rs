@@ -333,6 +333,100 @@ pub struct Peer {
     /// halfway leaves it set): such a connection is never reused, or the
     /// next caller would read this reply as its own.
     busy: bool,
+    /// How many bytes of log entries one AppendEntries request may carry
+    /// (see [`EntryBudget`]).
+    budget: EntryBudget,
+    /// An AppendEntries call with entries is under way; still set at the
+    /// next call when openraft gave up on it (its own timeout cancelled it).
+    sending_entries: bool,
+}
+
+/// The size of the log entries one AppendEntries request carries.
+///
+/// openraft gives an AppendEntries call one heartbeat interval (40 ms at
+/// the default timing) and, when it times out, sends the same entries
+/// again: a follower far behind (thousands of services committed at start)
+/// would be sent megabytes that never arrive in time, again and again,
+/// while the leader spends its CPU encoding them. So a request carries a
+/// prefix of the entries of at most `bytes` (always at least one entry) and
+/// reports the prefix as a partial success; the budget halves after a
+/// request with entries timed out and doubles after one that arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryBudget {
+    /// Bytes of encoded entries per request.
+    pub bytes: usize,
+}
+
+impl EntryBudget {
+    /// Where the budget starts.
+    pub const START: usize = 64 * 1024;
+    /// It never shrinks below this (one entry is always sent).
+    pub const MIN: usize = 4 * 1024;
+    /// It never grows above this.
+    pub const MAX: usize = 1024 * 1024;
+
+    fn shrink(&mut self) {
+        self.bytes = (self.bytes / 2).max(Self::MIN);
+    }
+
+    fn grow(&mut self) {
+        self.bytes = self.bytes.saturating_mul(2).min(Self::MAX);
+    }
+}
+
+impl Default for EntryBudget {
+    fn default() -> Self {
+        EntryBudget { bytes: Self::START }
+    }
+}
+
+/// Counts the bytes written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `value` as the transport and the log encode it, in bytes
+/// (`usize::MAX` if it cannot be encoded).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    let mut c = Counter(0);
+    match serde_json::to_writer(&mut c, value) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Keeps the longest prefix of `entries` whose encoding fits in `budget`
+/// bytes (at least one entry); returns the log id of the last entry kept
+/// when some were left out.
+fn trim_entries(
+    entries: &mut Vec<openraft::Entry<TypeConfig>>,
+    budget: usize,
+) -> Option<openraft::LogId<NodeId>> {
+    let mut used: usize = 0;
+    let mut keep = 0;
+    for e in entries.iter() {
+        let len = encoded_len(e);
+        if keep > 0 && used.saturating_add(len) > budget {
+            break;
+        }
+        used = used.saturating_add(len);
+        keep += 1;
+    }
+    let keep = keep.max(1);
+    if keep >= entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
 }
 
 impl Drop for Peer {
@@ -369,7 +463,14 @@ impl Peer {
             tls,
             pool: None,
             busy: false,
+            budget: EntryBudget::default(),
+            sending_entries: false,
         }
+    }
+
+    /// The current entry budget of AppendEntries requests to this peer.
+    pub fn entry_budget(&self) -> EntryBudget {
+        self.budget
     }
 
     /// Asks the target (the leader) to renew `from`'s lease.
@@ -485,7 +586,7 @@ impl Peer {
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         if !rpc.entries.is_empty() && self.faults.blocks_entries(self.from, self.target) {
@@ -494,8 +595,32 @@ impl RaftNetwork<TypeConfig> for Peer {
                 "log entries lost (injected)",
             )));
         }
-        match self.call(Request::Append(rpc), option.hard_ttl()).await {
-            Ok(Reply::Append(Ok(r))) => Ok(r),
+        if std::mem::take(&mut self.sending_entries) {
+            // The last one never finished: it was too big for the time.
+            self.budget.shrink();
+        }
+        let carries = !rpc.entries.is_empty();
+        let sent_up_to = trim_entries(&mut rpc.entries, self.budget.bytes);
+        self.sending_entries = carries;
+        let result = self.call(Request::Append(rpc), option.hard_ttl()).await;
+        self.sending_entries = false;
+        match result {
+            Ok(Reply::Append(Ok(r))) => {
+                if carries {
+                    self.budget.grow();
+                }
+                // The follower took the prefix: report that much.
+                Ok(match (r, sent_up_to) {
+                    (AppendEntriesResponse::Success, Some(last)) => {
+                        AppendEntriesResponse::PartialSuccess(Some(last))
+                    }
+                    (r, _) => r,
+                })
+            }
+            Err(e) if carries && e.kind() == std::io::ErrorKind::TimedOut => {
+                self.budget.shrink();
+                Err(self.unreachable(e))
+            }
             Ok(Reply::Append(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -587,6 +712,49 @@ mod tests {
             .unwrap()
             .unwrap()
             .term
+    }
+
+    fn entries(n: u64, size: usize) -> Vec<openraft::Entry<TypeConfig>> {
+        (1..=n)
+            .map(|i| openraft::Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+                payload: openraft::EntryPayload::Normal(crate::Command::PutDirector(
+                    crate::state::Director {
+                        id: 1,
+                        name: "x".repeat(size),
+                        address: "10.10.0.11:7946".into(),
+                        role: crate::state::Role::Data,
+                    },
+                )),
+            })
+            .collect()
+    }
+
+    /// A request keeps the longest prefix that fits the budget, never less
+    /// than one entry, and names the last entry it kept.
+    #[test]
+    fn entries_are_trimmed_to_the_budget() {
+        let one = encoded_len(&entries(1, 1000)[0]);
+        let mut e = entries(10, 1000);
+        assert_eq!(trim_entries(&mut e, 3 * one + one / 2), Some(e[2].log_id));
+        assert_eq!(e.len(), 3);
+        let mut e = entries(10, 1000);
+        assert_eq!(trim_entries(&mut e, 1), Some(e[0].log_id));
+        assert_eq!(e.len(), 1);
+        let mut e = entries(10, 1000);
+        assert_eq!(trim_entries(&mut e, 11 * one), None);
+        assert_eq!(e.len(), 10);
+        let mut e = entries(0, 1000);
+        assert_eq!(trim_entries(&mut e, 1), None);
+        let mut b = EntryBudget::default();
+        for _ in 0..20 {
+            b.shrink();
+        }
+        assert_eq!(b.bytes, EntryBudget::MIN);
+        for _ in 0..20 {
+            b.grow();
+        }
+        assert_eq!(b.bytes, EntryBudget::MAX);
     }
 
     #[tokio::test]

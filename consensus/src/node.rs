@@ -218,6 +218,10 @@ impl Node {
             heartbeat_interval: config.timing.heartbeat_ms,
             election_timeout_min: config.timing.election_min_ms,
             election_timeout_max: config.timing.election_max_ms,
+            // The log store is read this many entries at a time for a
+            // follower; the transport sends what fits its byte budget
+            // (`network::EntryBudget`), so a larger read is wasted work.
+            max_payload_entries: 32,
             ..Default::default()
         }
         .validate()
@@ -383,6 +387,31 @@ impl Node {
             .map_err(write_error)
     }
 
+    /// Proposes `cmds` as consecutive log entries, in order, without waiting
+    /// for one to commit before sending the next (they replicate and apply
+    /// together); returns their responses, or the first error (the entries
+    /// before it may have been committed).
+    pub async fn propose_all(&self, cmds: Vec<Command>) -> Result<Vec<Response>, ConsensusError> {
+        let mut pending = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let rx = self
+                .raft
+                .client_write_ff(cmd)
+                .await
+                .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+            pending.push(rx);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for rx in pending {
+            match rx.await {
+                Ok(Ok(r)) => out.push(r.data),
+                Ok(Err(e)) => return Err(write_error(RaftError::APIError(e))),
+                Err(e) => return Err(ConsensusError::Raft(e.to_string())),
+            }
+        }
+        Ok(out)
+    }
+
     /// Commits this director's own draining flag through the leader (here if
     /// it leads, else over the transport). Only a director itself sets it:
     /// the leader moves a draining owner's VIPs without waiting for its lease,
@@ -511,7 +540,12 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
-        result
+        // What was applied since the last write (the log has it too).
+        let flushed = self
+            .machine
+            .flush()
+            .map_err(|e| ConsensusError::Storage(e.to_string()));
+        result.and(flushed)
     }
 }
 

@@ -15,6 +15,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -38,6 +39,8 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_APPLIED: &str = "applied";
 const KEY_SNAPSHOT: &str = "snapshot";
+/// redb's page cache.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 type SError = StorageError<NodeId>;
 
@@ -47,7 +50,12 @@ fn any(e: impl std::fmt::Display) -> AnyError {
 
 /// Opens (or creates) the database of one director.
 pub fn open(path: &Path) -> Result<Arc<Database>, SError> {
-    let db = Database::create(path)
+    // redb caches up to 1 GiB of pages by default; the log and the state
+    // are read back rarely (a lagging follower, a restart), so a small
+    // cache keeps a director's memory to what it uses.
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
         .map_err(|e| StorageIOError::write(any(format!("opening {}: {e}", path.display()))))?;
     // Create the tables so that readers never meet a missing one.
     let txn = db
@@ -266,26 +274,123 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The replicated state machine, persisted after every applied batch.
+/// The applied state is written to disk at most this often. Between two
+/// writes the log holds what was applied (openraft re-applies the committed
+/// entries after the stored state at start), so a crash loses nothing; at
+/// ten thousand services a write is megabytes, and every commit writing it
+/// would cost more than the commit itself.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(1000);
+
+/// When the applied state was last written, and whether a write is due.
+#[derive(Debug, Default)]
+struct Persisted {
+    last: Option<std::time::Instant>,
+    /// A delayed write is scheduled.
+    scheduled: bool,
+}
+
+/// The replicated state machine, written to disk at most every
+/// [`PERSIST_EVERY`] (and at shutdown and with every snapshot).
 #[derive(Debug, Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
     applied: Arc<Mutex<Applied>>,
     changes: watch::Sender<Arc<ClusterState>>,
+    persisted: Arc<Mutex<Persisted>>,
 }
 
 impl StateMachineStore {
-    /// The state machine in `db`, recovered from its last applied state.
+    /// The state machine in `db`, recovered from its last written state or
+    /// its snapshot, whichever is newer (the log after it is re-applied).
     pub fn new(db: Arc<Database>) -> Result<Self, SError> {
-        let applied: Applied = get(&db, MACHINE, KEY_APPLIED)
+        let mut applied: Applied = get(&db, MACHINE, KEY_APPLIED)
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?
             .unwrap_or_default();
+        let snapshot: Option<StoredSnapshot> = get(&db, MACHINE, KEY_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        if let Some(s) = snapshot {
+            if s.meta.last_log_id > applied.last_applied {
+                applied = serde_json::from_slice(&s.data).map_err(|e| {
+                    StorageIOError::read_snapshot(Some(s.meta.signature()), any(e))
+                })?;
+            }
+        }
         let (changes, _) = watch::channel(Arc::new(applied.state.clone()));
         Ok(StateMachineStore {
             db,
             applied: Arc::new(Mutex::new(applied)),
             changes,
+            persisted: Arc::default(),
         })
+    }
+
+    /// Writes the applied state now.
+    pub fn flush(&self) -> Result<(), SError> {
+        let a = self.lock()?;
+        put(&self.db, MACHINE, KEY_APPLIED, &*a)
+            .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        if let Ok(mut p) = self.persisted.lock() {
+            p.last = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Writes the applied state now if the last write is old enough, or
+    /// schedules one for when it is.
+    fn persist_soon(&self) -> Result<(), SError> {
+        let wait = {
+            let Ok(mut p) = self.persisted.lock() else {
+                return self.flush();
+            };
+            let due = p
+                .last
+                .map_or(Duration::ZERO, |t| PERSIST_EVERY.saturating_sub(t.elapsed()));
+            if due.is_zero() {
+                None
+            } else if p.scheduled {
+                return Ok(());
+            } else {
+                p.scheduled = true;
+                Some(due)
+            }
+        };
+        match wait {
+            None => self.flush(),
+            Some(due) => {
+                // Weak: a store dropped meanwhile (shutdown) has flushed
+                // already, and its database must close.
+                let (db, applied, persisted) = (
+                    Arc::downgrade(&self.db),
+                    Arc::downgrade(&self.applied),
+                    Arc::downgrade(&self.persisted),
+                );
+                let changes = self.changes.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(due).await;
+                    let (Some(db), Some(applied), Some(persisted)) =
+                        (db.upgrade(), applied.upgrade(), persisted.upgrade())
+                    else {
+                        return;
+                    };
+                    let store = StateMachineStore {
+                        db,
+                        applied,
+                        changes,
+                        persisted,
+                    };
+                    if let Ok(mut p) = store.persisted.lock() {
+                        p.scheduled = false;
+                    }
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.flush() {
+                            tracing::warn!(error = %e, "writing the applied state failed; the log keeps it");
+                        }
+                    })
+                    .await;
+                });
+                Ok(())
+            }
+        }
     }
 
     /// The committed state as applied here.
@@ -356,7 +461,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (responses, snapshot) = {
+        let (responses, state) = {
             let mut a = self.lock()?;
             let mut responses = Vec::new();
             for entry in entries {
@@ -370,11 +475,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            (responses, a.clone())
+            (responses, a.state.clone())
         };
-        put(&self.db, MACHINE, KEY_APPLIED, &snapshot)
-            .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
-        self.changes.send_replace(Arc::new(snapshot.state));
+        self.changes.send_replace(Arc::new(state));
+        self.persist_soon()?;
         Ok(responses)
     }
 

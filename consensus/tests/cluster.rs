@@ -257,3 +257,65 @@ async fn two_data_directors_and_a_witness_survive_the_loss_of_one_director() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A follower that was away while the leader committed megabytes of log
+/// catches up, although openraft gives each AppendEntries call only one
+/// heartbeat interval (40 ms) and the backlog takes far longer than that to
+/// encode, send and store in one request (the transport sends it in
+/// prefixes that fit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_on_a_backlog_too_big_for_one_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        voters.insert(id, l.local_addr().unwrap().to_string());
+    }
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(id, &voters, dir.path()).await);
+    }
+    for n in &nodes {
+        n.wait_for_leader(WAIT).await.unwrap();
+    }
+    let leader = nodes[0].leader().unwrap();
+    let idx = nodes.iter().position(|n| n.id() != leader).unwrap();
+    let away = nodes.remove(idx);
+    let away_id = away.id();
+    away.shutdown().await.unwrap();
+    // 300 entries of about 100 KB each (openraft's default maximum of
+    // entries per request): 30 MB that one request cannot carry in 40 ms.
+    // Each rewrites the same director, so the state itself stays small.
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let last = 300;
+    for i in 1..=last {
+        let cmd = Command::PutDirector(Director {
+            id: 1,
+            name: format!("{i}-{}", "x".repeat(100_000)),
+            address: "10.10.0.11:7946".into(),
+            role: Role::Data,
+        });
+        assert_eq!(propose(&refs, cmd).await, Response::Ok);
+    }
+    let back = start(away_id, &voters, dir.path()).await;
+    let done = format!("{last}-");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !back
+        .state()
+        .directors
+        .get(&1)
+        .is_some_and(|d| d.name.starts_with(&done))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower did not catch up within 60 s: applied {:?} of {:?}",
+            back.metrics().last_applied,
+            nodes[0].metrics().last_log_index
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    back.shutdown().await.unwrap();
+}

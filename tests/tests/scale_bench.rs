@@ -310,6 +310,9 @@ struct Run {
     converged_s: Option<f64>,
     /// CPU seconds each director had used when they converged.
     converge_cpu_s: BTreeMap<String, f64>,
+    /// Seconds from start until every VIP had an owner on all three and
+    /// exactly one director answered for each.
+    placed_s: Option<f64>,
     ipvsadm_equal: Option<bool>,
     /// Whether CPU and memory were measured at rest (false: after the
     /// convergence timed out, while the directors still worked).
@@ -345,6 +348,7 @@ impl Run {
             "complete_s": self.complete_s,
             "converged_s": self.converged_s,
             "converge_cpu_s": self.converge_cpu_s,
+            "placed_s": self.placed_s,
             "ipvsadm_sn_equal": self.ipvsadm_equal,
             "cpu_memory_at_rest": self.at_rest,
             "idle_cpu_percent_of_one_cpu": self.idle_cpu_percent,
@@ -478,6 +482,49 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
             counts.join(", ")
         );
         last_report = Instant::now();
+    }
+    // Then the VIPs: an owner for each in every director's view, and each
+    // held by exactly one director (routes added, announced); only then is
+    // the cluster at rest.
+    loop {
+        let views: Vec<Option<Value>> = directors()
+            .iter()
+            .map(|h| director_status(lab, h))
+            .collect();
+        let owned = |v: &Value| {
+            v["vips"].as_array().map_or(0, |a| {
+                a.iter().filter(|x| x["owner_name"].is_string()).count()
+            })
+        };
+        let held: usize = views
+            .iter()
+            .flatten()
+            .map(|v| {
+                v["vips"].as_array().map_or(0, |a| {
+                    a.iter().filter(|x| x["held_here"] == true).count()
+                })
+            })
+            .sum();
+        let at = t0.elapsed();
+        if views.iter().all(|v| v.as_ref().is_some_and(|v| owned(v) == n)) && held == n {
+            r.placed_s = Some(secs(at));
+            println!(
+                "[{n}] every VIP owned and held by one director after {:.1} s",
+                at.as_secs_f64()
+            );
+            // Let the last gratuitous bursts end.
+            std::thread::sleep(Duration::from_secs(2));
+            break;
+        }
+        if at > limit {
+            r.problems.push(format!(
+                "placement: after {} s, VIPs with an owner: {:?}, held: {held} of {n}",
+                limit.as_secs(),
+                views.iter().map(|v| v.as_ref().map(owned)).collect::<Vec<_>>()
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     // The same in ipvsadm's words.
     let saved: Vec<Vec<String>> = directors()
@@ -867,6 +914,12 @@ fn print_table(runs: &[Run]) {
         row(
             "CPU used until then, s",
             &|h| cell(&r.converge_cpu_s, h, 1),
+            "",
+            None,
+        );
+        row(
+            "every VIP owned and held, s after start",
+            &|_| r.placed_s.map(|v| format!("{v:.1}")).unwrap_or("not reached".into()),
             "",
             None,
         );

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::state::{ClusterState, Director, Role, VirtualService};
+use consensus::network::encoded_len;
 use consensus::{Command, Node};
 use tokio::sync::watch;
 
@@ -26,9 +27,41 @@ use crate::sources::{self, Wanted};
 
 pub use owners::{assign, Liveness};
 
-/// Commands are committed in entries of at most this many (see
-/// `Command::Batch`).
-const BATCH: usize = 512;
+/// Commands are committed in entries (see `Command::Batch`) of about this
+/// many bytes, encoded: small enough that the leader can send one to a
+/// follower well within a heartbeat interval (openraft's time for an
+/// AppendEntries call), however many services change at once.
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// Splits `cmds` into entries of at most [`BATCH_BYTES`] (a bigger single
+/// command is an entry of its own), in order.
+fn batches(cmds: Vec<Command>) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut current: Vec<Command> = Vec::new();
+    let mut size = 0;
+    for cmd in cmds {
+        // The command and the comma that separates it from the next.
+        let len = encoded_len(&cmd).saturating_add(1);
+        if !current.is_empty() && size + len > BATCH_BYTES {
+            out.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(cmd);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out.into_iter()
+        .map(|mut b| {
+            if b.len() == 1 {
+                b.remove(0)
+            } else {
+                Command::Batch(b)
+            }
+        })
+        .collect()
+}
 
 /// The commands that make the committed state hold the configured members
 /// and the sources' services (and drop services a source no longer has).
@@ -113,21 +146,13 @@ pub fn liveness(node: &Node, state: &ClusterState, config: &Config) -> Liveness 
 /// Proposes `cmds` in batches; false when a proposal failed (leadership
 /// lost, quorum gone): the caller tries again on its next round.
 async fn propose_all(node: &Node, cmds: Vec<Command>) -> bool {
-    let mut cmds = cmds;
-    while !cmds.is_empty() {
-        let rest = cmds.split_off(cmds.len().min(BATCH));
-        let cmd = if cmds.len() == 1 {
-            cmds.remove(0)
-        } else {
-            Command::Batch(std::mem::take(&mut cmds))
-        };
-        if let Err(e) = node.propose(cmd).await {
+    match node.propose_all(batches(cmds)).await {
+        Ok(_) => true,
+        Err(e) => {
             tracing::debug!(error = %e, "proposal failed; retried on the next round");
-            return false;
+            false
         }
-        cmds = rest;
     }
-    true
 }
 
 /// The leader's loop: keeps the catalogue in the state and commits owner
@@ -301,6 +326,31 @@ mod tests {
             assert_eq!(apply(&mut s, c), consensus::Response::Ok);
         }
         s
+    }
+
+    /// Thousands of commands become entries of bounded size, in order.
+    #[test]
+    fn commands_are_proposed_in_entries_of_bounded_size() {
+        let cmds: Vec<Command> = (0..5000u32)
+            .map(|i| Command::SetOwner {
+                vip: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                director: 2,
+                expected_epoch: 0,
+            })
+            .collect();
+        let entries = batches(cmds.clone());
+        assert!(entries.len() > 1, "{}", entries.len());
+        let mut flat = Vec::new();
+        for e in entries {
+            assert!(encoded_len(&e) <= BATCH_BYTES + 32, "{}", encoded_len(&e));
+            match e {
+                Command::Batch(b) => flat.extend(b),
+                one => flat.push(one),
+            }
+        }
+        assert_eq!(flat, cmds);
+        assert_eq!(batches(cmds[..1].to_vec()), cmds[..1].to_vec());
+        assert!(batches(Vec::new()).is_empty());
     }
 
     #[test]
