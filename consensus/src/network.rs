@@ -145,6 +145,51 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>>
     Ok(body)
 }
 
+/// Frames read from a connection without losing bytes when a read is
+/// cancelled: what came in stays here for the next call.
+#[derive(Debug, Default)]
+struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl FrameBuf {
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next whole frame's body. Cancel-safe: a read that did not
+    /// complete consumed nothing (tokio's `read`), and what did come in is
+    /// kept.
+    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(head) = self.buf.get(..4) {
+                let mut len = [0u8; 4];
+                len.copy_from_slice(head);
+                let len = u32::from_be_bytes(len) as usize;
+                if len > MAX_FRAME {
+                    return Err(std::io::Error::other(format!(
+                        "frame of {len} bytes exceeds {MAX_FRAME}"
+                    )));
+                }
+                if self.buf.len() >= 4 + len {
+                    let body = self.buf[4..4 + len].to_vec();
+                    self.buf.drain(..4 + len);
+                    return Ok(body);
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = r.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a reply",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 /// The server side of one node.
 #[derive(Clone)]
 pub struct Server {
@@ -329,10 +374,18 @@ pub struct Peer {
     tls: Tls,
     /// Where the connection comes from and goes back to, if pooled.
     pool: Option<Pool>,
+    /// What came in on the connection and was not used yet: a call
+    /// cancelled in the middle of a reply loses no byte of it.
+    inbox: FrameBuf,
+    /// A request is being written (a call cancelled now leaves half a
+    /// frame: that connection is closed).
+    writing: bool,
     /// A request was written and its reply not read yet (a call cancelled
-    /// halfway leaves it set): such a connection is never reused, or the
-    /// next caller would read this reply as its own.
-    busy: bool,
+    /// while waiting leaves it set), since when: the next call on this
+    /// client reads that reply first and drops it, so no caller takes
+    /// another's reply; a connection whose late reply has not come within
+    /// [`LATE_REPLY`] is closed. Never given back to the pool while set.
+    late: Option<std::time::Instant>,
     /// How many bytes of log entries one AppendEntries request may carry
     /// (see [`EntryBudget`]).
     budget: EntryBudget,
@@ -340,6 +393,10 @@ pub struct Peer {
     /// next call when openraft gave up on it (its own timeout cancelled it).
     sending_entries: bool,
 }
+
+/// How long a client waits, over its next calls, for the late reply of a
+/// call it gave up on before it closes the connection.
+pub const LATE_REPLY: Duration = Duration::from_secs(2);
 
 /// The size of the log entries one AppendEntries request carries.
 ///
@@ -431,7 +488,7 @@ fn trim_entries(
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        if self.busy {
+        if self.writing || self.late.is_some() || !self.inbox.is_empty() {
             return;
         }
         if let (Some(pool), Some(stream)) = (&self.pool, self.stream.take()) {
@@ -462,7 +519,9 @@ impl Peer {
             faults,
             tls,
             pool: None,
-            busy: false,
+            inbox: FrameBuf::default(),
+            writing: false,
+            late: None,
             budget: EntryBudget::default(),
             sending_entries: false,
         }
@@ -496,17 +555,35 @@ impl Peer {
         }
     }
 
-    /// One request and its reply on the current connection; `busy` while
-    /// the reply is outstanding.
+    /// Drops the connection and whatever was pending on it.
+    fn disconnect(&mut self) {
+        self.stream = None;
+        self.inbox = FrameBuf::default();
+        self.writing = false;
+        self.late = None;
+    }
+
+    /// One request and its reply on the current connection. The late reply
+    /// of a call given up on comes first: it is read and dropped. Keeping
+    /// the connection matters: the peer is still working on that request (a
+    /// follower storing entries), and a new connection would cost a TLS
+    /// handshake inside the next call's short time (openraft gives
+    /// AppendEntries one heartbeat interval).
     async fn exchange(&mut self, body: &[u8]) -> Result<Vec<u8>, std::io::Error> {
         let stream = self
             .stream
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no connection"))?;
-        self.busy = true;
+        if self.late.is_some() {
+            self.inbox.next(stream).await?;
+            self.late = None;
+        }
+        self.writing = true;
         write_frame(stream, body).await?;
-        let frame = read_frame(stream).await?;
-        self.busy = false;
+        self.writing = false;
+        self.late = Some(std::time::Instant::now());
+        let frame = self.inbox.next(stream).await?;
+        self.late = None;
         Ok(frame)
     }
 
@@ -523,11 +600,10 @@ impl Peer {
             request,
         };
         let body = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
-        if self.busy {
-            // The last call was cancelled after writing: its reply may still
-            // come on this connection.
-            self.stream = None;
-            self.busy = false;
+        if self.writing || self.late.is_some_and(|since| since.elapsed() > LATE_REPLY) {
+            // Half a request went out, or a reply that late is not coming:
+            // a new connection.
+            self.disconnect();
         }
         let result = tokio::time::timeout(timeout, async {
             // An idle connection from the pool may have been closed by the
@@ -540,15 +616,14 @@ impl Peer {
                 if self.stream.is_some() {
                     match self.exchange(&body).await {
                         Ok(frame) => return Ok(frame),
-                        Err(_) => {
-                            self.stream = None;
-                            self.busy = false;
-                        }
+                        Err(_) => self.disconnect(),
                     }
                 }
             }
             if self.stream.is_none() {
-                self.stream = Some(self.tls.connect(&self.addr).await?);
+                let stream = self.tls.connect(&self.addr).await?;
+                self.disconnect();
+                self.stream = Some(stream);
             }
             self.exchange(&body).await
         })
@@ -556,13 +631,11 @@ impl Peer {
         let frame = match result {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
-                self.stream = None;
-                self.busy = false;
+                self.disconnect();
                 return Err(e);
             }
             Err(_) => {
-                self.stream = None;
-                self.busy = false;
+                // The connection stays; what is pending on it is noted.
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no reply from node {} within {timeout:?}", self.target),
@@ -769,27 +842,48 @@ mod tests {
     }
 
     /// A call cancelled after its request was written leaves a reply on the
-    /// way: that connection is never used again, so no caller reads a reply
-    /// meant for another request.
+    /// way: the next call on that client reads it first and drops it, on the
+    /// same connection, so no caller takes a reply meant for another
+    /// request; a client dropped with a reply on the way does not give its
+    /// connection back to the pool.
     #[tokio::test]
-    async fn a_connection_with_a_reply_on_the_way_is_not_reused() {
+    async fn a_late_reply_is_dropped_never_taken_for_another() {
         let (addr, accepted) = leader(Duration::from_millis(200)).await;
         let pool = Pool::default();
         let mut p = peer(&addr, &pool);
         assert_eq!(term(&mut p).await, 1);
         let cut = tokio::time::timeout(Duration::from_millis(50), term(&mut p)).await;
         assert!(cut.is_err());
-        // The same client: a new connection, its first request.
-        assert_eq!(term(&mut p).await, 101);
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The same client, the same connection: 2 was the late reply.
+        assert_eq!(term(&mut p).await, 3);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // A client dropped halfway does not give its connection back.
         let mut q = peer(&addr, &pool);
         let cut = tokio::time::timeout(Duration::from_millis(50), term(&mut q)).await;
         assert!(cut.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
         drop(q);
         drop(p);
         let mut r = peer(&addr, &pool);
-        // p's connection (its second request) came back; q's did not.
-        assert_eq!(term(&mut r).await, 102);
+        // p's connection came back; q's did not.
+        assert_eq!(term(&mut r).await, 4);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A frame read cancelled halfway loses nothing: the next read returns
+    /// the whole frame.
+    #[tokio::test]
+    async fn a_cancelled_read_keeps_what_came_in() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let mut inbox = FrameBuf::default();
+        a.write_all(&[0, 0]).await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(20), inbox.next(&mut b)).await;
+        assert!(cut.is_err());
+        a.write_all(&[0, 3, b'a']).await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(20), inbox.next(&mut b)).await;
+        assert!(cut.is_err());
+        a.write_all(b"bc").await.unwrap();
+        assert_eq!(inbox.next(&mut b).await.unwrap(), b"abc");
+        assert!(inbox.is_empty());
     }
 }

@@ -387,31 +387,6 @@ impl Node {
             .map_err(write_error)
     }
 
-    /// Proposes `cmds` as consecutive log entries, in order, without waiting
-    /// for one to commit before sending the next (they replicate and apply
-    /// together); returns their responses, or the first error (the entries
-    /// before it may have been committed).
-    pub async fn propose_all(&self, cmds: Vec<Command>) -> Result<Vec<Response>, ConsensusError> {
-        let mut pending = Vec::with_capacity(cmds.len());
-        for cmd in cmds {
-            let rx = self
-                .raft
-                .client_write_ff(cmd)
-                .await
-                .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-            pending.push(rx);
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for rx in pending {
-            match rx.await {
-                Ok(Ok(r)) => out.push(r.data),
-                Ok(Err(e)) => return Err(write_error(RaftError::APIError(e))),
-                Err(e) => return Err(ConsensusError::Raft(e.to_string())),
-            }
-        }
-        Ok(out)
-    }
-
     /// Commits this director's own draining flag through the leader (here if
     /// it leads, else over the transport). Only a director itself sets it:
     /// the leader moves a draining owner's VIPs without waiting for its lease,

@@ -15,8 +15,8 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -310,9 +310,8 @@ impl StateMachineStore {
             .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
         if let Some(s) = snapshot {
             if s.meta.last_log_id > applied.last_applied {
-                applied = serde_json::from_slice(&s.data).map_err(|e| {
-                    StorageIOError::read_snapshot(Some(s.meta.signature()), any(e))
-                })?;
+                applied = serde_json::from_slice(&s.data)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(s.meta.signature()), any(e)))?;
             }
         }
         let (changes, _) = watch::channel(Arc::new(applied.state.clone()));
@@ -342,9 +341,9 @@ impl StateMachineStore {
             let Ok(mut p) = self.persisted.lock() else {
                 return self.flush();
             };
-            let due = p
-                .last
-                .map_or(Duration::ZERO, |t| PERSIST_EVERY.saturating_sub(t.elapsed()));
+            let due = p.last.map_or(Duration::ZERO, |t| {
+                PERSIST_EVERY.saturating_sub(t.elapsed())
+            });
             if due.is_zero() {
                 None
             } else if p.scheduled {

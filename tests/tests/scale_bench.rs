@@ -500,13 +500,17 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
             .iter()
             .flatten()
             .map(|v| {
-                v["vips"].as_array().map_or(0, |a| {
-                    a.iter().filter(|x| x["held_here"] == true).count()
-                })
+                v["vips"]
+                    .as_array()
+                    .map_or(0, |a| a.iter().filter(|x| x["held_here"] == true).count())
             })
             .sum();
         let at = t0.elapsed();
-        if views.iter().all(|v| v.as_ref().is_some_and(|v| owned(v) == n)) && held == n {
+        if views
+            .iter()
+            .all(|v| v.as_ref().is_some_and(|v| owned(v) == n))
+            && held == n
+        {
             r.placed_s = Some(secs(at));
             println!(
                 "[{n}] every VIP owned and held by one director after {:.1} s",
@@ -520,11 +524,16 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
             r.problems.push(format!(
                 "placement: after {} s, VIPs with an owner: {:?}, held: {held} of {n}",
                 limit.as_secs(),
-                views.iter().map(|v| v.as_ref().map(owned)).collect::<Vec<_>>()
+                views
+                    .iter()
+                    .map(|v| v.as_ref().map(owned))
+                    .collect::<Vec<_>>()
             ));
             break;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // A status answer at this size is large: do not make the poll
+        // itself the load.
+        std::thread::sleep(Duration::from_secs(2));
     }
     // The same in ipvsadm's words.
     let saved: Vec<Vec<String>> = directors()
@@ -919,7 +928,11 @@ fn print_table(runs: &[Run]) {
         );
         row(
             "every VIP owned and held, s after start",
-            &|_| r.placed_s.map(|v| format!("{v:.1}")).unwrap_or("not reached".into()),
+            &|_| {
+                r.placed_s
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or("not reached".into())
+            },
             "",
             None,
         );

@@ -85,7 +85,60 @@ pub struct Announcer {
     /// Gratuitous ARPs and unsolicited advertisements sent.
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Hands bursts to the one thread that sends them (dropped first at
+    /// the end, which ends that thread).
+    bursts: Mutex<Option<std::sync::mpsc::Sender<Burst>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// One announcement burst: a packet now and then every `interval` until
+/// `count` were sent, each sent only if the hold rule says yes just then.
+struct Burst {
+    vip: IpAddr,
+    count: u32,
+    sent: u32,
+    interval: Duration,
+    /// Sends one packet if the rule allows it now; false when it did not.
+    send: Box<dyn Fn() -> bool + Send>,
+}
+
+/// The burst thread: sends every burst's packets when they are due (one
+/// thread however many VIPs are taken at once; thousands at start).
+fn run_bursts(rx: std::sync::mpsc::Receiver<Burst>, sent: Arc<AtomicU64>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut due: BTreeMap<(std::time::Instant, u64), Burst> = BTreeMap::new();
+    let mut seq = 0u64;
+    loop {
+        let now = std::time::Instant::now();
+        let next = match due.first_key_value() {
+            Some(((at, _), _)) => rx.recv_timeout(at.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(b) => {
+                seq += 1;
+                due.insert((std::time::Instant::now(), seq), b);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Some(entry) = due.first_entry() {
+            if entry.key().0 > std::time::Instant::now() {
+                break;
+            }
+            let mut b = entry.remove();
+            if !(b.send)() {
+                tracing::info!(vip = %b.vip, sent = b.sent, "announcement stopped: the VIP is no longer held here");
+                continue;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+            b.sent += 1;
+            if b.sent < b.count {
+                seq += 1;
+                due.insert((std::time::Instant::now() + b.interval, seq), b);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Announcer {
@@ -161,14 +214,27 @@ impl Announcer {
                     })?,
             );
         }
+        let sent = Arc::new(AtomicU64::new(0));
+        let (bursts, rx) = std::sync::mpsc::channel();
+        let counter = sent.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("announce".into())
+                .spawn(move || run_bursts(rx, counter))
+                .map_err(|source| StartError::Thread {
+                    name: "announce",
+                    source,
+                })?,
+        );
         Ok(Announcer {
             tx,
             ndp,
             mac,
             rule,
             announced: Mutex::new(BTreeMap::new()),
-            sent: Arc::new(AtomicU64::new(0)),
+            sent,
             stop,
+            bursts: Mutex::new(Some(bursts)),
             threads,
         })
     }
@@ -197,7 +263,6 @@ impl Announcer {
         }
         tracing::info!(%vip, packets = count, "announcing");
         let rule = self.rule.clone();
-        let sent = self.sent.clone();
         // Sends one packet if the rule allows it now; false when it did not.
         let send: Box<dyn Fn() -> bool + Send> = match vip {
             IpAddr::V4(v4) => {
@@ -226,22 +291,20 @@ impl Announcer {
                 None => return,
             },
         };
-        let spawned = std::thread::Builder::new()
-            .name("announce".into())
-            .spawn(move || {
-                for i in 0..count {
-                    if !send() {
-                        tracing::info!(%vip, sent = i, "announcement stopped: the VIP is no longer held here");
-                        return;
-                    }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if i + 1 < count {
-                        std::thread::sleep(interval);
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(%vip, error = %e, "cannot start the announcement thread");
+        let burst = Burst {
+            vip,
+            count,
+            sent: 0,
+            interval,
+            send,
+        };
+        let queued = self
+            .bursts
+            .lock()
+            .ok()
+            .and_then(|b| b.as_ref().map(|tx| tx.send(burst).is_ok()));
+        if queued != Some(true) {
+            tracing::warn!(%vip, "announcement not sent: the announcer is stopping");
         }
     }
 
@@ -270,6 +333,10 @@ impl Announcer {
 impl Drop for Announcer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Ends the burst thread.
+        if let Ok(mut b) = self.bursts.lock() {
+            b.take();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

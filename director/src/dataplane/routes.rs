@@ -48,6 +48,10 @@ pub struct VipRoutes {
     held: BTreeSet<IpAddr>,
     /// Whether the last `desired` saw the ownership lease held.
     lease: Option<bool>,
+    /// The state and the hold permission `held` was computed from: the
+    /// same inputs give the same set, so a wake-up at rest does not walk
+    /// every VIP again.
+    held_from: Option<(Arc<consensus::ClusterState>, bool)>,
 }
 
 impl VipRoutes {
@@ -66,6 +70,7 @@ impl VipRoutes {
             config,
             held: BTreeSet::new(),
             lease: None,
+            held_from: None,
         }
     }
 
@@ -86,7 +91,16 @@ impl Reconciler for VipRoutes {
 
     fn desired(&mut self) -> Desired<BTreeSet<IpAddr>> {
         let rule = self.announcer.rule();
-        self.held = rule.held();
+        let state = self.node.state();
+        let may_hold = rule.may_hold();
+        let same = self
+            .held_from
+            .as_ref()
+            .is_some_and(|(s, m)| Arc::ptr_eq(s, &state) && *m == may_hold);
+        if !same {
+            self.held = crate::announce::hold::held(&state, self.node.id(), may_hold);
+            self.held_from = Some((state, may_hold));
+        }
         let lease = self.node.holds_lease();
         match (self.lease, lease) {
             (Some(true), false) => {

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consensus::state::{ClusterState, Director, Role, VirtualService};
 use consensus::network::encoded_len;
+use consensus::state::{ClusterState, Director, Role, VirtualService};
 use consensus::{Command, Node};
 use tokio::sync::watch;
 
@@ -146,13 +146,16 @@ pub fn liveness(node: &Node, state: &ClusterState, config: &Config) -> Liveness 
 /// Proposes `cmds` in batches; false when a proposal failed (leadership
 /// lost, quorum gone): the caller tries again on its next round.
 async fn propose_all(node: &Node, cmds: Vec<Command>) -> bool {
-    match node.propose_all(batches(cmds)).await {
-        Ok(_) => true,
-        Err(e) => {
+    // One entry at a time: each is committed and applied before the next
+    // goes out, so the leader's applied index (which its quorum rounds, and
+    // so every lease grant, wait for) never falls far behind its log.
+    for cmd in batches(cmds) {
+        if let Err(e) = node.propose(cmd).await {
             tracing::debug!(error = %e, "proposal failed; retried on the next round");
-            false
+            return false;
         }
     }
+    true
 }
 
 /// The leader's loop: keeps the catalogue in the state and commits owner

@@ -290,13 +290,16 @@ pub async fn build(d: &Daemon) -> Status {
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
+    let by_vip: BTreeMap<std::net::IpAddr, &consensus::state::VirtualService> =
+        state.services.values().map(|v| (v.vip, v)).collect();
     let services = crate::dataplane::ipvs::desired(&state)
         .iter()
         .map(|(s, dests)| {
             let programmed = kernel.get(&s.key);
-            let vs = state.services.values().find(
-                |v| matches!(s.key, ipvs_sys::ServiceKey::Addr { addr, .. } if addr == v.vip),
-            );
+            let vs = match s.key {
+                ipvs_sys::ServiceKey::Addr { addr, .. } => by_vip.get(&addr).copied(),
+                ipvs_sys::ServiceKey::Fwmark { .. } => None,
+            };
             ServiceStatus {
                 service: s.key.to_string(),
                 scheduler: s.scheduler.clone(),
