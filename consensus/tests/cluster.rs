@@ -23,6 +23,17 @@ fn director(id: NodeId) -> Command {
     })
 }
 
+/// Loopback addresses for voters 1..=n (ports reserved by binding and
+/// releasing them).
+fn loopback_voters(n: NodeId) -> BTreeMap<NodeId, String> {
+    (1..=n)
+        .map(|id| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (id, l.local_addr().unwrap().to_string())
+        })
+        .collect()
+}
+
 async fn start(id: NodeId, voters: &BTreeMap<NodeId, String>, dir: &Path) -> Node {
     let listener = TcpListener::bind(&voters[&id]).await.unwrap();
     Node::start(
@@ -72,12 +83,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_survive_the_leader_and_restart_from_disk() {
     let dir = tempfile::tempdir().unwrap();
-    // Reserve three loopback ports.
-    let mut voters = BTreeMap::new();
-    for id in 1..=3u64 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        voters.insert(id, l.local_addr().unwrap().to_string());
-    }
+    let voters = loopback_voters(3);
     let n1 = start(1, &voters, dir.path()).await;
     let n2 = start(2, &voters, dir.path()).await;
     let n3 = start(3, &voters, dir.path()).await;
@@ -161,11 +167,7 @@ async fn a_node_outside_the_voters_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directors_join_and_leave_at_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let mut voters = BTreeMap::new();
-    for id in 1..=4u64 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        voters.insert(id, l.local_addr().unwrap().to_string());
-    }
+    let voters = loopback_voters(4);
     // The group starts as 1, 2, 3; node 4 knows the group but is not in it.
     let first: BTreeMap<NodeId, String> = voters
         .iter()
@@ -209,11 +211,7 @@ async fn directors_join_and_leave_at_runtime() {
 async fn two_data_directors_and_a_witness_survive_the_loss_of_one_director() {
     use consensus::state::{Director, Role};
     let dir = tempfile::tempdir().unwrap();
-    let mut voters = BTreeMap::new();
-    for id in 1..=3u64 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        voters.insert(id, l.local_addr().unwrap().to_string());
-    }
+    let voters = loopback_voters(3);
     let mut nodes = Vec::new();
     for id in 1..=3 {
         nodes.push(start(id, &voters, dir.path()).await);
@@ -266,11 +264,7 @@ async fn two_data_directors_and_a_witness_survive_the_loss_of_one_director() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_catches_up_on_a_backlog_too_big_for_one_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
-    let mut voters = BTreeMap::new();
-    for id in 1..=3u64 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        voters.insert(id, l.local_addr().unwrap().to_string());
-    }
+    let voters = loopback_voters(3);
     let mut nodes = Vec::new();
     for id in 1..=3 {
         nodes.push(start(id, &voters, dir.path()).await);

@@ -254,15 +254,20 @@ fn log_tail(lab: &Lab, host: &Host) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
+/// How many VIPs have an owner in a director's status document.
+fn vips_with_owner(status: &Value) -> usize {
+    status["vips"].as_array().map_or(0, |a| {
+        a.iter().filter(|x| x["owner_name"].is_string()).count()
+    })
+}
+
 /// What a director's status says about the replicated state: services and
 /// VIPs with an owner (to tell a slow Raft from a slow kernel).
 fn state_summary(lab: &Lab, host: &Host) -> (String, Value) {
     match director_status(lab, host) {
         Some(v) => {
             let services = v["services"].as_array().map_or(0, Vec::len);
-            let owned = v["vips"].as_array().map_or(0, |a| {
-                a.iter().filter(|x| x["owner_name"].is_string()).count()
-            });
+            let owned = vips_with_owner(&v);
             let ipvs = v["reconcilers"]
                 .as_array()
                 .and_then(|a| a.iter().find(|r| r["name"] == "ipvs"))
@@ -491,11 +496,6 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
             .iter()
             .map(|h| director_status(lab, h))
             .collect();
-        let owned = |v: &Value| {
-            v["vips"].as_array().map_or(0, |a| {
-                a.iter().filter(|x| x["owner_name"].is_string()).count()
-            })
-        };
         let held: usize = views
             .iter()
             .flatten()
@@ -508,7 +508,7 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
         let at = t0.elapsed();
         if views
             .iter()
-            .all(|v| v.as_ref().is_some_and(|v| owned(v) == n))
+            .all(|v| v.as_ref().is_some_and(|v| vips_with_owner(v) == n))
             && held == n
         {
             r.placed_s = Some(secs(at));
@@ -526,7 +526,7 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
                 limit.as_secs(),
                 views
                     .iter()
-                    .map(|v| v.as_ref().map(owned))
+                    .map(|v| v.as_ref().map(vips_with_owner))
                     .collect::<Vec<_>>()
             ));
             break;
