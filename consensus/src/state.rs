@@ -76,6 +76,42 @@ pub struct VirtualService {
     pub persistence: Option<Persistence>,
     /// The ports.
     pub ports: Vec<ServicePort>,
+    /// The Kubernetes Service it serves (None: a static service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// The Kubernetes Service a virtual service serves, and where its address
+/// came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service's UID (the allocation is keyed by it).
+    pub uid: String,
+    /// Where the VIP came from.
+    pub address: AddressFrom,
+}
+
+/// Where a VIP came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFrom {
+    /// A pool, by name.
+    Pool(String),
+    /// The Service asked for it.
+    Requested,
+}
+
+impl std::fmt::Display for AddressFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressFrom::Pool(p) => write!(f, "pool {p}"),
+            AddressFrom::Requested => write!(f, "requested"),
+        }
+    }
 }
 
 /// Who holds a VIP.
@@ -286,6 +322,7 @@ mod tests {
             scheduler_flags: BTreeSet::new(),
             forwarding: Forwarding::Nat,
             persistence: None,
+            origin: None,
             ports: vec![ServicePort {
                 protocol: Protocol::Tcp,
                 port: 80,

@@ -25,6 +25,7 @@ use crate::dataplane::{ipvs, sysctl};
 use crate::ops::drain::{Drainer, DRAIN_ON_STOP};
 use crate::ops::status::OwnerClock;
 use crate::ops::{admin, metrics, Daemon};
+use crate::sources::kubernetes;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,32 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
     tasks.push(tokio::spawn(
         drainer.clone().keep_in_service(stop_rx.clone()),
     ));
+    // The Kubernetes source: watches on every director (a new leader has
+    // the view at hand); only the leader writes.
+    let mut kube = None;
+    let (decisions_tx, decisions_rx) =
+        watch::channel(Arc::new(crate::leader::Decisions::default()));
+    if let Some(k) = config.get().kubernetes.clone() {
+        match kubernetes::connect(&k).await {
+            Ok(client) => {
+                let (source, watches) = kubernetes::Source::start(client, stop_rx.clone());
+                tasks.extend(watches);
+                tasks.push(tokio::spawn(kubernetes::writer::run(
+                    node.clone(),
+                    source.clone(),
+                    me.name.clone(),
+                    decisions_rx,
+                    stop_rx.clone(),
+                )));
+                tracing::info!(kubeconfig = %k.kubeconfig.display(), class = %k.class, "watching Kubernetes");
+                kube = Some(source);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "Kubernetes Services are not served: their virtual services stay as they are until a restart with a working kubeconfig"
+            ),
+        }
+    }
     let clock = Arc::new(OwnerClock::default());
     let daemon = Daemon {
         node: node.clone(),
@@ -186,6 +213,7 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
         announcer: announcer.clone(),
         clock: clock.clone(),
         reconcilers,
+        kube: kube.clone(),
     };
     {
         let (d, p, s) = (daemon.clone(), admin_path.clone(), stop_rx.clone());
@@ -206,6 +234,8 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
         node.clone(),
         config.clone(),
         clock,
+        kube.clone(),
+        decisions_tx,
         stop_rx.clone(),
     )));
 

@@ -3,7 +3,7 @@
 //! docs/configuration.md; every problem is reported with file, line, column
 //! and field, and a file with problems is never used.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,9 +59,41 @@ pub struct Pool {
     pub name: String,
     /// Inclusive ranges (a single address is a range of one).
     pub ranges: Vec<(IpAddr, IpAddr)>,
+    /// Whether a Kubernetes Service that names no pool and no address may
+    /// get an address from it (`auto_assign`, default true).
+    pub auto_assign: bool,
+    /// The namespaces whose Services may use it (empty: every namespace).
+    pub namespaces: BTreeSet<String>,
+    /// Labels a Service must carry to use it (empty: any Service).
+    pub service_labels: BTreeMap<String, String>,
 }
 
 impl Pool {
+    /// A pool of `ranges` open to every Service.
+    pub fn new(name: impl Into<String>, ranges: Vec<(IpAddr, IpAddr)>) -> Pool {
+        Pool {
+            name: name.into(),
+            ranges,
+            auto_assign: true,
+            namespaces: BTreeSet::new(),
+            service_labels: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a Service in `namespace` with `labels` may use the pool.
+    pub fn admits(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        (self.namespaces.is_empty() || self.namespaces.contains(namespace))
+            && self
+                .service_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether the pool has addresses of the family of `v6`.
+    pub fn has_family(&self, v6: bool) -> bool {
+        self.ranges.iter().any(|(a, _)| a.is_ipv6() == v6)
+    }
+
     /// Whether `ip` is in the pool.
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.ranges.iter().any(|(a, b)| match (a, b, ip) {
@@ -120,6 +152,40 @@ pub struct StaticService {
     pub persistence: Option<Persistence>,
 }
 
+/// How a virtual service is balanced: what `defaults:` gives every
+/// service, and what a Kubernetes Service gets before its annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// IPVS scheduler.
+    pub scheduler: Scheduler,
+    /// Its flags.
+    pub scheduler_flags: BTreeSet<SchedulerFlag>,
+    /// How IPVS forwards to the backends.
+    pub forwarding: Forwarding,
+    /// Client persistence.
+    pub persistence: Option<Persistence>,
+}
+
+/// The Kubernetes source (`kubernetes:`): director serves the cluster's
+/// `type: LoadBalancer` Services of its class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubernetes {
+    /// The kubeconfig file the directors reach the API server with.
+    pub kubeconfig: PathBuf,
+    /// Its context (None: the file's current context).
+    pub context: Option<String>,
+    /// The `spec.loadBalancerClass` director serves (`director.io/ipvs`).
+    pub class: String,
+    /// Whether Services without a class are served too.
+    pub claim_unclassed: bool,
+    /// Per Service (`namespace/name`): the settings of `defaults:` with the
+    /// YAML override applied.
+    pub services: BTreeMap<String, ServiceSettings>,
+}
+
+/// The default `kubernetes.class`.
+pub const KUBERNETES_CLASS: &str = "director.io/ipvs";
+
 /// Gratuitous ARP / unsolicited NA announcements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Announce {
@@ -161,8 +227,12 @@ pub struct Config {
     pub reconcile_resync: Duration,
     /// VIP pools.
     pub pools: Vec<Pool>,
+    /// What `defaults:` gives a service.
+    pub defaults: ServiceSettings,
     /// Static services.
     pub services: Vec<StaticService>,
+    /// The Kubernetes source, if configured.
+    pub kubernetes: Option<Kubernetes>,
 }
 
 impl Config {
@@ -188,6 +258,12 @@ impl Config {
         check("admin_socket", self.admin_socket == new.admin_socket);
         check("metrics", self.metrics == new.metrics);
         check("reconcile", self.reconcile_resync == new.reconcile_resync);
+        let api = |c: &Config| {
+            c.kubernetes
+                .as_ref()
+                .map(|k| (k.kubeconfig.clone(), k.context.clone()))
+        };
+        check("kubernetes.kubeconfig", api(self) == api(new));
         changed
     }
 }

@@ -36,6 +36,30 @@ struct FileIn {
     defaults: Option<Spanned<DefaultsIn>>,
     #[serde(default)]
     services: Vec<Spanned<ServiceIn>>,
+    kubernetes: Option<Spanned<KubernetesIn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesIn {
+    kubeconfig: Option<Spanned<String>>,
+    context: Option<Spanned<String>>,
+    class: Option<Spanned<String>>,
+    claim_unclassed: Option<Spanned<bool>>,
+    #[serde(default)]
+    services: Vec<Spanned<KubeServiceIn>>,
+}
+
+/// A per-Service override of `defaults:` (`kubernetes.services[]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubeServiceIn {
+    service: Option<Spanned<String>>,
+    scheduler: Option<Spanned<String>>,
+    scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
+    forwarding: Option<Spanned<String>>,
+    persistence_s: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +116,9 @@ struct PoolIn {
     name: Option<Spanned<String>>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
+    auto_assign: Option<Spanned<bool>>,
+    namespaces: Option<Spanned<Vec<Spanned<String>>>>,
+    service_labels: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +264,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let defaults = Defaults::parse(doc.defaults.as_ref(), &mut errs);
     let reconcile_resync = reconcile(&doc, &mut errs);
     let services = services(&doc, &mut errs, &pools, &pool_names, &defaults);
+    let kubernetes = kubernetes(&doc, &mut errs, &defaults);
 
     if !errs.list.is_empty() {
         return Err(errs.list);
@@ -255,7 +283,9 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         drain_connection_wait,
         reconcile_resync,
         pools,
+        defaults: defaults.settings(),
         services,
+        kubernetes,
     })
 }
 
@@ -568,7 +598,22 @@ fn pools(doc: &FileIn, errs: &mut Errors) -> (Vec<Pool>, BTreeSet<String>) {
                 "a pool needs at least one address",
             );
         }
-        pools.push(Pool { name, ranges });
+        let mut pool = Pool::new(name, ranges);
+        if let Some(a) = &p.value.auto_assign {
+            pool.auto_assign = a.value;
+        }
+        if let Some(ns) = &p.value.namespaces {
+            for (j, n) in ns.value.iter().enumerate() {
+                if n.value.is_empty() {
+                    errs.at(n, format!("{path}.namespaces[{j}]"), "empty namespace");
+                }
+                pool.namespaces.insert(n.value.clone());
+            }
+        }
+        if let Some(l) = &p.value.service_labels {
+            pool.service_labels = l.value.clone();
+        }
+        pools.push(pool);
     }
     (pools, pool_names)
 }
@@ -825,6 +870,19 @@ struct Defaults {
 }
 
 impl Defaults {
+    /// As the settings a service gets.
+    fn settings(&self) -> ServiceSettings {
+        ServiceSettings {
+            scheduler: self.scheduler,
+            scheduler_flags: self.scheduler_flags.clone(),
+            forwarding: self.forwarding,
+            persistence: (self.persistence_s > 0).then_some(Persistence {
+                timeout_s: self.persistence_s,
+                netmask: self.persistence_netmask,
+            }),
+        }
+    }
+
     /// The `defaults:` section; what it leaves out is rr, nat, no persistence.
     fn parse(d: Option<&Spanned<DefaultsIn>>, errs: &mut Errors) -> Defaults {
         let mut out = Defaults {
@@ -858,6 +916,138 @@ impl Defaults {
         }
         out
     }
+}
+
+/// The `kubernetes` part of the file.
+fn kubernetes(doc: &FileIn, errs: &mut Errors, defaults: &Defaults) -> Option<Kubernetes> {
+    let k = doc.kubernetes.as_ref()?;
+    let kubeconfig = match &k.value.kubeconfig {
+        Some(p) if !p.value.is_empty() => PathBuf::from(&p.value),
+        _ => {
+            errs.at(
+                k,
+                "kubernetes.kubeconfig",
+                "missing (the path of the directors' kubeconfig)",
+            );
+            PathBuf::new()
+        }
+    };
+    let class = match &k.value.class {
+        Some(c) => {
+            if !qualified_name(&c.value) {
+                errs.at(
+                    c,
+                    "kubernetes.class",
+                    format!(
+                        "{:?} is not a label-style qualified name (like director.io/ipvs)",
+                        c.value
+                    ),
+                );
+            }
+            c.value.clone()
+        }
+        None => KUBERNETES_CLASS.to_string(),
+    };
+    let mut services = BTreeMap::new();
+    for (i, s) in k.value.services.iter().enumerate() {
+        let path = format!("kubernetes.services[{i}]");
+        let key = match &s.value.service {
+            Some(n) => {
+                let ok = n.value.split_once('/').is_some_and(|(ns, name)| {
+                    !ns.is_empty() && !name.is_empty() && !name.contains('/')
+                });
+                if !ok {
+                    errs.at(
+                        n,
+                        format!("{path}.service"),
+                        format!("{:?} is not NAMESPACE/NAME", n.value),
+                    );
+                    continue;
+                }
+                n.value.clone()
+            }
+            None => {
+                errs.at(s, format!("{path}.service"), "missing (NAMESPACE/NAME)");
+                continue;
+            }
+        };
+        let mut set = defaults.settings();
+        let o = &s.value;
+        if let Some(v) = &o.scheduler {
+            if let Some(x) = word(v, &format!("{path}.scheduler"), errs) {
+                set.scheduler = x;
+            }
+        }
+        if let Some(v) = &o.scheduler_flags {
+            if let Some(f) = flags(v, &format!("{path}.scheduler_flags"), errs) {
+                set.scheduler_flags = f;
+            }
+        }
+        if let Err(e) = check_flags(set.scheduler, &set.scheduler_flags) {
+            errs.at(s, format!("{path}.scheduler_flags"), e.to_string());
+        }
+        if let Some(v) = &o.forwarding {
+            if let Some(x) = word(v, &format!("{path}.forwarding"), errs) {
+                set.forwarding = x;
+            }
+        }
+        let mut timeout = set.persistence.map_or(0, |p| p.timeout_s);
+        let mut mask = set.persistence.and_then(|p| p.netmask);
+        if let Some(p) = &o.persistence_s {
+            timeout = int::<u32>(p, format!("{path}.persistence_s"), "0..", errs).unwrap_or(0);
+        }
+        if let Some(m) = &o.persistence_netmask {
+            mask = netmask(m, &format!("{path}.persistence_netmask"), errs);
+        }
+        set.persistence = (timeout > 0).then_some(Persistence {
+            timeout_s: timeout,
+            netmask: mask,
+        });
+        if services.insert(key.clone(), set).is_some() {
+            errs.at(
+                s,
+                format!("{path}.service"),
+                format!("duplicate override for {key:?}"),
+            );
+        }
+    }
+    Some(Kubernetes {
+        kubeconfig,
+        context: k.value.context.as_ref().map(|c| c.value.clone()),
+        class,
+        claim_unclassed: k.value.claim_unclassed.as_ref().is_some_and(|c| c.value),
+        services,
+    })
+}
+
+/// A Kubernetes qualified name: an optional DNS prefix and `/`, then a name
+/// of at most 63 alphanumerics, `-`, `_` or `.` that starts and ends
+/// alphanumeric (the form `spec.loadBalancerClass` takes).
+pub fn qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 /// One of a typed set of words (scheduler, forwarding, ...).

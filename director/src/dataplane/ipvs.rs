@@ -188,7 +188,7 @@ mod tests {
         let mut s = ClusterState::default();
         let config = crate::config::parse(include_str!("../../../tests/lab/d1.yaml")).unwrap();
         let wanted = crate::sources::statics::wanted(&config);
-        for c in crate::leader::catalogue(&config, &wanted, &s) {
+        for c in crate::leader::catalogue(&config, &wanted, &s, None).cmds {
             consensus::apply(&mut s, c);
         }
         s

@@ -420,6 +420,7 @@ mod tests {
                 scheduler_flags: BTreeSet::new(),
                 forwarding: Forwarding::Nat,
                 persistence: None,
+                origin: None,
                 ports: vec![ServicePort {
                     protocol: Protocol::Tcp,
                     port: 80,

@@ -10,33 +10,88 @@ use consensus::state::ClusterState;
 use crate::config::Pool;
 use crate::sources::VipRequest;
 
-/// The VIP for service `name`: the requested address, or the address it
-/// already has from its pool, or the pool's first free address. None when
-/// the pool is unknown or full.
+/// Why a service has no VIP (it stays pending; a Kubernetes Service gets a
+/// Warning Event saying so).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Pending {
+    /// The named pool does not exist.
+    #[error("no pool named {0:?}")]
+    UnknownPool(String),
+    /// No pool may give it an address of this family.
+    #[error("no pool with {family} addresses admits this Service")]
+    NoPool {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+    /// Every pool it may use is full.
+    #[error("no free address in pool {}", .0.join(", "))]
+    Exhausted(Vec<String>),
+    /// The address it asks for belongs to another service.
+    #[error("{vip} is already allocated to {holder}")]
+    Taken {
+        /// The address.
+        vip: IpAddr,
+        /// Who has it.
+        holder: String,
+    },
+}
+
+/// The VIP for service `name`: the requested address (unless another
+/// service has it), or the address it already has from its pools, or the
+/// first free address of its pools.
 pub fn choose(
     name: &str,
     request: &VipRequest,
     pools: &[Pool],
     state: &ClusterState,
     taken: &BTreeSet<IpAddr>,
-) -> Option<IpAddr> {
+) -> Result<IpAddr, Pending> {
+    let current = state.services.get(name).map(|v| v.vip);
     match request {
-        VipRequest::Address(ip) => Some(*ip),
-        VipRequest::Pool(pool) => {
-            let pool = pools.iter().find(|p| &p.name == pool)?;
-            match state.services.get(name).map(|v| v.vip) {
-                Some(ip) if pool.contains(&ip) => Some(ip),
-                _ => first_free(pool, taken),
+        VipRequest::Address(ip) => match state.allocations.get(ip) {
+            Some(holder) if holder != name => Err(Pending::Taken {
+                vip: *ip,
+                holder: holder.clone(),
+            }),
+            _ => Ok(*ip),
+        },
+        VipRequest::Pool { name: pool, v6 } => {
+            let p = pools
+                .iter()
+                .find(|p| &p.name == pool)
+                .ok_or_else(|| Pending::UnknownPool(pool.clone()))?;
+            match current {
+                Some(ip) if p.contains(&ip) && v6.is_none_or(|v6| ip.is_ipv6() == v6) => Ok(ip),
+                _ => {
+                    first_free(p, taken, *v6).ok_or_else(|| Pending::Exhausted(vec![pool.clone()]))
+                }
             }
+        }
+        VipRequest::Pools { keep, assign, v6 } => {
+            let named = |n: &String| pools.iter().find(|p| &p.name == n);
+            if let Some(ip) = current {
+                if ip.is_ipv6() == *v6 && keep.iter().filter_map(named).any(|p| p.contains(&ip)) {
+                    return Ok(ip);
+                }
+            }
+            assign
+                .iter()
+                .filter_map(named)
+                .find_map(|p| first_free(p, taken, Some(*v6)))
+                .ok_or_else(|| Pending::Exhausted(assign.clone()))
         }
     }
 }
 
 /// The lowest address of `pool` not in `taken`. It walks the taken
 /// addresses inside each range, not the range itself, so a pool of any
-/// size (an IPv6 /64) answers at once.
-pub fn first_free(pool: &Pool, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+/// size (an IPv6 /64) answers at once. `v6`: only addresses of that
+/// family (None: either).
+pub fn first_free(pool: &Pool, taken: &BTreeSet<IpAddr>, v6: Option<bool>) -> Option<IpAddr> {
     for (a, b) in &pool.ranges {
+        if v6.is_some_and(|v6| a.is_ipv6() != v6) {
+            continue;
+        }
         let (lo, hi, v6) = match (a, b) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
                 (u128::from(u32::from(*a)), u128::from(u32::from(*b)), false)
@@ -76,13 +131,13 @@ mod tests {
     use super::*;
 
     fn pool(ranges: &[(&str, &str)]) -> Pool {
-        Pool {
-            name: "p".into(),
-            ranges: ranges
+        Pool::new(
+            "p",
+            ranges
                 .iter()
                 .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
                 .collect(),
-        }
+        )
     }
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
@@ -92,17 +147,27 @@ mod tests {
     #[test]
     fn the_first_gap_is_chosen_in_range_order() {
         let p = pool(&[("10.0.0.1", "10.0.0.3"), ("10.0.1.0", "10.0.1.9")]);
-        assert_eq!(first_free(&p, &ips(&[])), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(
-            first_free(&p, &ips(&["10.0.0.1", "10.0.0.3"])),
+            first_free(&p, &ips(&[]), None),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            first_free(&p, &ips(&["10.0.0.1", "10.0.0.3"]), None),
             Some("10.0.0.2".parse().unwrap())
         );
         assert_eq!(
-            first_free(&p, &ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "9.9.9.9"])),
+            first_free(
+                &p,
+                &ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "9.9.9.9"]),
+                None
+            ),
             Some("10.0.1.0".parse().unwrap())
         );
         let full = pool(&[("10.0.0.1", "10.0.0.2")]);
-        assert_eq!(first_free(&full, &ips(&["10.0.0.1", "10.0.0.2"])), None);
+        assert_eq!(
+            first_free(&full, &ips(&["10.0.0.1", "10.0.0.2"]), None),
+            None
+        );
     }
 
     /// A /64 with its first 100,000 addresses taken answers without
@@ -115,14 +180,17 @@ mod tests {
             .map(|n| IpAddr::V6((base + n).into()))
             .collect();
         assert_eq!(
-            first_free(&p, &taken),
+            first_free(&p, &taken, None),
             Some(IpAddr::V6((base + 100_000).into()))
         );
         let end = pool(&[("fd00::fffe", "fd00::ffff")]);
         assert_eq!(
-            first_free(&end, &ips(&["fd00::fffe"])),
+            first_free(&end, &ips(&["fd00::fffe"]), None),
             Some("fd00::ffff".parse().unwrap())
         );
-        assert_eq!(first_free(&end, &ips(&["fd00::fffe", "fd00::ffff"])), None);
+        assert_eq!(
+            first_free(&end, &ips(&["fd00::fffe", "fd00::ffff"]), None),
+            None
+        );
     }
 }

@@ -11,19 +11,19 @@
 pub mod address;
 pub mod owners;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::network::encoded_len;
-use consensus::state::{ClusterState, Director, Role, VirtualService};
+use consensus::state::{AddressFrom, ClusterState, Director, Role, VirtualService};
 use consensus::{Command, Node};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigCell, PeerRole};
 use crate::ops::status::OwnerClock;
-use crate::sources::{self, Wanted};
+use crate::sources::{self, kubernetes, VipRequest, Wanted};
 
 pub use owners::{assign, Liveness};
 
@@ -63,10 +63,29 @@ fn batches(cmds: Vec<Command>) -> Vec<Command> {
         .collect()
 }
 
+/// What the catalogue must hold, and what it could not place.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Catalogue {
+    /// The commands that make the state hold it.
+    pub cmds: Vec<Command>,
+    /// Services that get no VIP, and why (by state name).
+    pub pending: BTreeMap<String, address::Pending>,
+}
+
 /// The commands that make the committed state hold the configured members
 /// and the sources' services (and drop services a source no longer has).
-pub fn catalogue(config: &Config, wanted: &[Wanted], state: &ClusterState) -> Vec<Command> {
-    let mut cmds = Vec::new();
+/// `kube`: None when the Kubernetes source is not configured (its services
+/// are dropped), `Some(false)` while its watches have not listed everything
+/// (its services are left exactly as they are), `Some(true)` when its view
+/// is complete.
+pub fn catalogue(
+    config: &Config,
+    wanted: &[Wanted],
+    state: &ClusterState,
+    kube: Option<bool>,
+) -> Catalogue {
+    let mut out = Catalogue::default();
+    let cmds = &mut out.cmds;
     for p in &config.peers {
         let want = Director {
             id: p.id,
@@ -81,12 +100,38 @@ pub fn catalogue(config: &Config, wanted: &[Wanted], state: &ClusterState) -> Ve
             cmds.push(Command::PutDirector(want));
         }
     }
+    // Services a source no longer has go first, so that the addresses
+    // they give back may be taken in the same round.
+    let named: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     let mut taken: BTreeSet<IpAddr> = state.allocations.keys().copied().collect();
-    let mut named = BTreeSet::new();
+    for (name, s) in &state.services {
+        let gone = !named.contains(name.as_str());
+        let remove = if sources::statics::owns(name) {
+            gone
+        } else if kubernetes::translate::owns(name) {
+            gone && kube != Some(false)
+        } else {
+            false
+        };
+        if remove {
+            cmds.push(Command::RemoveService { name: name.clone() });
+            taken.remove(&s.vip);
+        }
+    }
     for w in wanted {
-        named.insert(w.name.as_str());
-        let Some(vip) = address::choose(&w.name, &w.vip, &config.pools, state, &taken) else {
-            continue;
+        let vip = match address::choose(&w.name, &w.vip, &config.pools, state, &taken) {
+            Ok(vip) => vip,
+            Err(why) => {
+                // A Kubernetes Service whose address no longer fits its
+                // request (its pool stopped containing it) gives it back.
+                if w.origin.is_some() && state.services.contains_key(&w.name) {
+                    cmds.push(Command::RemoveService {
+                        name: w.name.clone(),
+                    });
+                }
+                out.pending.insert(w.name.clone(), why);
+                continue;
+            }
         };
         if state.allocations.get(&vip) != Some(&w.name) {
             cmds.push(Command::Allocate {
@@ -95,6 +140,20 @@ pub fn catalogue(config: &Config, wanted: &[Wanted], state: &ClusterState) -> Ve
             });
             taken.insert(vip);
         }
+        let origin = w.origin.clone().map(|mut o| {
+            if let (AddressFrom::Pool(name), VipRequest::Pools { keep, .. }) =
+                (&mut o.address, &w.vip)
+            {
+                if let Some(p) = keep
+                    .iter()
+                    .filter_map(|n| config.pools.iter().find(|p| &p.name == n))
+                    .find(|p| p.contains(&vip))
+                {
+                    name.clone_from(&p.name);
+                }
+            }
+            o
+        });
         let want = VirtualService {
             vip,
             scheduler: w.scheduler,
@@ -102,6 +161,7 @@ pub fn catalogue(config: &Config, wanted: &[Wanted], state: &ClusterState) -> Ve
             forwarding: w.forwarding,
             persistence: w.persistence,
             ports: w.ports.clone(),
+            origin,
         };
         if state.services.get(&w.name) != Some(&want) {
             cmds.push(Command::PutService {
@@ -110,12 +170,22 @@ pub fn catalogue(config: &Config, wanted: &[Wanted], state: &ClusterState) -> Ve
             });
         }
     }
-    for name in state.services.keys() {
-        if sources::statics::owns(name) && !named.contains(name.as_str()) {
-            cmds.push(Command::RemoveService { name: name.clone() });
-        }
-    }
-    cmds
+    out
+}
+
+/// How long the leader waits after a Kubernetes change for the rest of
+/// its burst.
+const KUBE_SETTLE: Duration = Duration::from_millis(20);
+
+/// The leader's last view of the Kubernetes Services it serves, for the
+/// writer: every Service that is ours and the state names that got no VIP,
+/// with why.
+#[derive(Debug, Default, Clone)]
+pub struct Decisions {
+    /// Every Service that is ours, by UID.
+    pub ours: BTreeMap<String, kubernetes::translate::Ours>,
+    /// State names without a VIP, and why.
+    pub pending: BTreeMap<String, address::Pending>,
 }
 
 /// What the leader knows of each director now (from its lease grants).
@@ -167,6 +237,8 @@ pub async fn run(
     node: Arc<Node>,
     config: Arc<ConfigCell>,
     clock: Arc<OwnerClock>,
+    kube: Option<Arc<kubernetes::Source>>,
+    decisions: watch::Sender<Arc<Decisions>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let lease = config.get().lease;
@@ -177,8 +249,10 @@ pub async fn run(
         ..Duration::from_millis(lease.lease_ms + lease.margin_ms + 500);
     let mut changes = node.watch();
     let mut configs = config.subscribe();
-    // What the catalogue was last checked against: (state, config generation).
-    let mut checked: Option<(Arc<ClusterState>, u64)> = None;
+    let mut kube_changes = kube.as_ref().map(|k| k.subscribe());
+    // What the catalogue was last checked against: (state, config
+    // generation, Kubernetes change count).
+    let mut checked: Option<(Arc<ClusterState>, u64, u64)> = None;
     let mut was_leader = false;
     // The state the owner clock last saw.
     let mut seen: Option<Arc<ClusterState>> = None;
@@ -192,10 +266,25 @@ pub async fn run(
         } else {
             tick
         };
+        let kube_changed = async {
+            match kube_changes.as_mut() {
+                Some(r) => {
+                    if r.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = changes.changed() => {}
             _ = configs.changed() => {}
+            _ = kube_changed => {
+                // Changes come in bursts (a relist, many Services created
+                // at once): take them together.
+                tokio::time::sleep(KUBE_SETTLE).await;
+            }
             _ = stop.changed() => return,
         }
         let mut state = node.state();
@@ -219,14 +308,34 @@ pub async fn run(
         }
         let cfg = config.get();
         let generation = config.generation();
+        let kube_seen = kube_changes.as_mut().map_or(0, |r| *r.borrow_and_update());
         let fresh = checked
             .as_ref()
-            .is_some_and(|(s, g)| Arc::ptr_eq(s, &state) && *g == generation);
+            .is_some_and(|(s, g, k)| Arc::ptr_eq(s, &state) && *g == generation && *k == kube_seen);
         if !fresh {
-            let wanted = sources::statics::wanted(&cfg);
-            let cmds = catalogue(&cfg, &wanted, &state);
+            let mut wanted = sources::statics::wanted(&cfg);
+            let mut ours = BTreeMap::new();
+            let ready = match (&kube, &cfg.kubernetes) {
+                (Some(source), Some(k)) => {
+                    let ready = source.ready();
+                    if ready {
+                        let t = kubernetes::translate(&source.view(), k, &cfg.defaults, &cfg.pools);
+                        wanted.extend(t.wanted);
+                        ours = t.ours;
+                    }
+                    Some(ready)
+                }
+                // Configured but without a client (its kubeconfig did not
+                // load): its services stay exactly as they are.
+                (None, Some(_)) => Some(false),
+                (_, None) => None,
+            };
+            let Catalogue { cmds, pending } = catalogue(&cfg, &wanted, &state, ready);
+            if ready == Some(true) {
+                decisions.send_replace(Arc::new(Decisions { ours, pending }));
+            }
             if cmds.is_empty() {
-                checked = Some((state.clone(), generation));
+                checked = Some((state.clone(), generation, kube_seen));
             } else {
                 tracing::info!(commands = cmds.len(), "committing catalogue changes");
                 if !propose_all(&node, cmds).await {
@@ -277,7 +386,7 @@ mod tests {
 
     /// The catalogue of the file's static services.
     fn seed(config: &Config, state: &ClusterState) -> Vec<Command> {
-        catalogue(config, &sources::statics::wanted(config), state)
+        catalogue(config, &sources::statics::wanted(config), state, None).cmds
     }
 
     /// The lab's d1 config with its IPv4 service only.
@@ -505,5 +614,112 @@ mod tests {
         assert!(managed(&t[0].0.key, &s, &config()));
         let other = ServiceKey::tcp("192.0.2.1".parse().unwrap(), 80);
         assert!(!managed(&other, &s, &config()));
+    }
+
+    fn kube_wanted(uid: &str, vip: VipRequest) -> Wanted {
+        Wanted {
+            name: kubernetes::translate::state_name(uid, false),
+            vip,
+            scheduler: consensus::domain::Scheduler::Rr,
+            scheduler_flags: BTreeSet::new(),
+            forwarding: consensus::domain::Forwarding::Nat,
+            persistence: None,
+            ports: Vec::new(),
+            origin: Some(consensus::state::Origin {
+                namespace: "default".into(),
+                name: uid.into(),
+                uid: uid.into(),
+                address: AddressFrom::Pool(String::new()),
+            }),
+        }
+    }
+
+    fn auto() -> VipRequest {
+        VipRequest::Pools {
+            keep: vec!["lab".into()],
+            assign: vec!["lab".into()],
+            v6: false,
+        }
+    }
+
+    fn commit(s: &mut ClusterState, cmds: Vec<Command>) {
+        for c in cmds {
+            assert!(
+                !matches!(apply(s, c.clone()), consensus::Response::Rejected(_)),
+                "{c:?}"
+            );
+        }
+    }
+
+    /// Kubernetes allocations: keyed by the Service, kept while it exists
+    /// and its pool contains the address, whatever else comes and goes;
+    /// an exhausted pool leaves only the later Service pending.
+    #[test]
+    fn kubernetes_allocations_never_change_under_a_service() {
+        let mut c = config();
+        c.pools = vec![crate::config::Pool::new(
+            "lab",
+            vec![(
+                "10.10.0.201".parse().unwrap(),
+                "10.10.0.202".parse().unwrap(),
+            )],
+        )];
+        let mut s = seeded();
+        let a = kube_wanted("a", auto());
+        let b = kube_wanted("b", auto());
+        let out = catalogue(&c, &[a.clone(), b.clone()], &s, Some(true));
+        assert!(out.pending.is_empty(), "{:?}", out.pending);
+        commit(&mut s, out.cmds);
+        let vip_of = |s: &ClusterState, n: &str| {
+            s.services[&kubernetes::translate::state_name(n, false)].vip
+        };
+        assert_eq!(vip_of(&s, "a").to_string(), "10.10.0.201");
+        assert_eq!(vip_of(&s, "b").to_string(), "10.10.0.202");
+        assert_eq!(
+            s.services[&a.name].origin.as_ref().unwrap().address,
+            AddressFrom::Pool("lab".into())
+        );
+        // a goes; b keeps its address, and a third gets a's.
+        let cc = kube_wanted("c", auto());
+        let out = catalogue(&c, &[b.clone(), cc.clone()], &s, Some(true));
+        commit(&mut s, out.cmds);
+        assert!(!s.services.contains_key(&a.name));
+        assert_eq!(vip_of(&s, "b").to_string(), "10.10.0.202");
+        assert_eq!(vip_of(&s, "c").to_string(), "10.10.0.201");
+        // The pool is full: the fourth is pending, nobody else moves.
+        let d = kube_wanted("d", auto());
+        let out = catalogue(&c, &[b.clone(), cc.clone(), d.clone()], &s, Some(true));
+        assert_eq!(
+            out.pending[&d.name],
+            address::Pending::Exhausted(vec!["lab".into()])
+        );
+        assert!(out.cmds.is_empty(), "{:?}", out.cmds);
+        // A requested address someone has: pending, naming the holder.
+        let e = kube_wanted("e", VipRequest::Address("10.10.0.202".parse().unwrap()));
+        let out = catalogue(&c, &[b.clone(), cc.clone(), e.clone()], &s, Some(true));
+        assert!(
+            out.pending[&e.name].to_string().contains(&b.name),
+            "{:?}",
+            out.pending
+        );
+        // While the watches have not listed, nothing of Kubernetes changes.
+        let out = catalogue(&c, &[], &s, Some(false));
+        assert!(out.cmds.is_empty(), "{:?}", out.cmds);
+        // A pool edit that drops b's address releases it (b pending).
+        c.pools[0].ranges = vec![(
+            "10.10.0.201".parse().unwrap(),
+            "10.10.0.201".parse().unwrap(),
+        )];
+        let out = catalogue(&c, &[b.clone(), cc.clone()], &s, Some(true));
+        assert_eq!(
+            out.cmds,
+            vec![Command::RemoveService {
+                name: b.name.clone()
+            }]
+        );
+        assert!(out.pending.contains_key(&b.name));
+        // Without the Kubernetes source configured, its services go.
+        let out = catalogue(&c, &[], &s, None);
+        assert_eq!(out.cmds.len(), 2, "{:?}", out.cmds);
     }
 }

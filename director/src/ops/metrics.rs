@@ -161,6 +161,32 @@ pub fn render(status: &Status) -> String {
         "Inactive connections per backend, from the kernel's IPVS table.",
         &inactive,
     );
+    if let Some(k) = &status.kubernetes {
+        family(
+            &mut o,
+            "director_kubernetes_api_reachable",
+            "gauge",
+            "1 if the Kubernetes API server answers the watches.",
+            &[(String::new(), one(k.api_reachable))],
+        );
+        family(
+            &mut o,
+            "director_kubernetes_api_state_seconds",
+            "gauge",
+            "Seconds since the API server became reachable or unreachable.",
+            &[(
+                String::new(),
+                k.api_since_ms_ago.unwrap_or(0) as f64 / 1000.0,
+            )],
+        );
+        family(
+            &mut o,
+            "director_kubernetes_services",
+            "gauge",
+            "Kubernetes Services with at least one VIP.",
+            &[(String::new(), k.services.len() as f64)],
+        );
+    }
     let per = |f: &dyn Fn(&status::ReconcilerStatus) -> f64| -> Vec<(String, f64)> {
         status
             .reconcilers

@@ -37,4 +37,6 @@ pub struct Daemon {
     pub clock: Arc<OwnerClock>,
     /// The running reconcilers.
     pub reconcilers: Vec<Handle>,
+    /// The Kubernetes source, when configured and connected.
+    pub kube: Option<Arc<crate::sources::kubernetes::Source>>,
 }

@@ -44,6 +44,77 @@ pub struct Status {
     pub reconcilers: Vec<ReconcilerStatus>,
     /// Gratuitous ARPs and unsolicited neighbour advertisements sent.
     pub announcements_sent: u64,
+    /// The Kubernetes source (absent when not configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeStatus>,
+}
+
+/// The Kubernetes view.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubeStatus {
+    /// Whether the API server answers the watches.
+    pub api_reachable: bool,
+    /// Since when it has (or has not), Unix ms.
+    pub api_since_unix_ms: Option<u64>,
+    /// ... and how long ago that was.
+    pub api_since_ms_ago: Option<u64>,
+    /// The last error while unreachable.
+    pub api_error: Option<String>,
+    /// Whether every watch has listed everything once.
+    pub synced: bool,
+    /// Every Service director serves, by namespace and name.
+    pub services: Vec<KubeService>,
+}
+
+/// A Kubernetes Service director serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubeService {
+    /// `namespace/name`.
+    pub service: String,
+    /// Its UID.
+    pub uid: String,
+    /// Its VIPs (one per family it got).
+    pub vips: Vec<KubeVip>,
+    /// Every port of every VIP with its backends.
+    pub ports: Vec<KubePort>,
+}
+
+/// A VIP of a Kubernetes Service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubeVip {
+    /// The address.
+    pub vip: String,
+    /// Where it came from: `pool NAME` or `requested`.
+    pub from: String,
+    /// The owner's name.
+    pub owner_name: Option<String>,
+}
+
+/// A port of a Kubernetes Service's VIP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubePort {
+    /// `TCP 10.10.0.201:80`.
+    pub service: String,
+    /// Its backends.
+    pub backends: Vec<KubeBackend>,
+}
+
+/// A backend: a node and its NodePort.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubeBackend {
+    /// The node's name.
+    pub node: Option<String>,
+    /// Its address.
+    pub address: String,
+    /// The NodePort (the Service port in direct routing).
+    pub port: u16,
+    /// The weight in the replicated state.
+    pub weight: u32,
 }
 
 /// The director answering.
@@ -120,6 +191,9 @@ pub struct Vip {
     pub vip: String,
     /// The service it is allocated to.
     pub service: String,
+    /// The Kubernetes Service it serves (`namespace/name`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_service: Option<String>,
     /// The owner's id.
     pub owner: Option<u64>,
     /// The owner's name.
@@ -275,6 +349,11 @@ pub async fn build(d: &Daemon) -> Status {
                 last_announced_ms_ago,
                 vip: vip.to_string(),
                 service: service.clone(),
+                kubernetes_service: state
+                    .services
+                    .get(service)
+                    .and_then(|s| s.origin.as_ref())
+                    .map(|o| format!("{}/{}", o.namespace, o.name)),
                 owner: owner.map(|o| o.director),
                 owner_name: owner.and_then(|o| names.get(&o.director).cloned()),
                 epoch: owner.map(|o| o.epoch),
@@ -367,6 +446,80 @@ pub async fn build(d: &Daemon) -> Status {
         services,
         reconcilers,
         announcements_sent: d.announcer.as_ref().map_or(0, |a| a.sent()),
+        kubernetes: d.kube.as_ref().map(|k| kube_status(k, &state, &names)),
+    }
+}
+
+/// The Kubernetes part of the document.
+fn kube_status(
+    k: &crate::sources::kubernetes::Source,
+    state: &ClusterState,
+    names: &BTreeMap<u64, String>,
+) -> KubeStatus {
+    let health = k.health();
+    let (api_since_unix_ms, api_since_ms_ago) = when(Some(health.since));
+    // Node names by address, for the backends.
+    let mut node_of: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for n in k.view().nodes {
+        let Some(name) = &n.metadata.name else {
+            continue;
+        };
+        for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+            if let Ok(ip) = a.address.parse() {
+                node_of.insert(ip, name.clone());
+            }
+        }
+    }
+    let mut by_service: BTreeMap<String, KubeService> = BTreeMap::new();
+    for v in state.services.values() {
+        let Some(o) = &v.origin else { continue };
+        let key = format!("{}/{}", o.namespace, o.name);
+        let entry = by_service
+            .entry(key.clone())
+            .or_insert_with(|| KubeService {
+                service: key,
+                uid: o.uid.clone(),
+                ..Default::default()
+            });
+        entry.vips.push(KubeVip {
+            vip: v.vip.to_string(),
+            from: o.address.to_string(),
+            owner_name: state
+                .owners
+                .get(&v.vip)
+                .and_then(|w| names.get(&w.director).cloned()),
+        });
+        for p in &v.ports {
+            let key = match v.vip {
+                IpAddr::V4(a) => {
+                    format!("{} {a}:{}", p.protocol.to_string().to_uppercase(), p.port)
+                }
+                IpAddr::V6(a) => {
+                    format!("{} [{a}]:{}", p.protocol.to_string().to_uppercase(), p.port)
+                }
+            };
+            entry.ports.push(KubePort {
+                service: key,
+                backends: p
+                    .backends
+                    .iter()
+                    .map(|b| KubeBackend {
+                        node: node_of.get(&b.address).cloned(),
+                        address: b.address.to_string(),
+                        port: b.port,
+                        weight: b.weight,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    KubeStatus {
+        api_reachable: health.reachable,
+        api_since_unix_ms,
+        api_since_ms_ago,
+        api_error: health.error,
+        synced: k.ready(),
+        services: by_service.into_values().collect(),
     }
 }
 
@@ -449,7 +602,7 @@ fn table(v: &Status) -> String {
             o,
             "  {:<26} {:<18} {:<8} {:<6} {:<12} {:<12} {}",
             x.vip,
-            x.service,
+            x.kubernetes_service.as_deref().unwrap_or(&x.service),
             opt(&x.owner_name),
             opt(&x.epoch),
             ago(x.since_ms_ago),
@@ -488,6 +641,48 @@ fn table(v: &Status) -> String {
                 b.active,
                 b.inactive
             );
+        }
+    }
+    if let Some(k) = &v.kubernetes {
+        let _ = writeln!(
+            o,
+            "\nKUBERNETES   API {} (since {}){}   {}",
+            if k.api_reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            ago(k.api_since_ms_ago),
+            k.api_error
+                .as_ref()
+                .filter(|_| !k.api_reachable)
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            if k.synced { "synced" } else { "not synced yet" }
+        );
+        for s in &k.services {
+            let vips: Vec<String> = s
+                .vips
+                .iter()
+                .map(|x| format!("{} ({}, owner {})", x.vip, x.from, opt(&x.owner_name)))
+                .collect();
+            let _ = writeln!(o, "  {}   {}", s.service, vips.join("  "));
+            for p in &s.ports {
+                let backends: Vec<String> = p
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{}={}:{} w{}",
+                            b.node.as_deref().unwrap_or("?"),
+                            b.address,
+                            b.port,
+                            b.weight
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(o, "    {} -> {}", p.service, backends.join(" "));
+            }
         }
     }
     let failing: Vec<&ReconcilerStatus> = v

@@ -1,13 +1,16 @@
 //! Inputs: where virtual services come from. Each source turns what it
 //! reads into [`Wanted`] services, keyed by a name under its own prefix, so
 //! that the leader never removes one source's services for missing from
-//! another. Today: the static services of the configuration file
-//! ([`statics`]). A new source (Kubernetes) adds a module here and a prefix.
+//! another: the static services of the configuration file ([`statics`])
+//! and the `type: LoadBalancer` Services of a Kubernetes cluster
+//! ([`kubernetes`]). A new source adds a module here and a prefix.
 
+pub mod kubernetes;
 pub mod statics;
 
 use std::net::IpAddr;
 
+pub use consensus::state::Origin;
 use consensus::state::{Forwarding, Persistence, Scheduler, SchedulerFlag, ServicePort};
 use std::collections::BTreeSet;
 
@@ -16,8 +19,24 @@ use std::collections::BTreeSet;
 pub enum VipRequest {
     /// This address.
     Address(IpAddr),
-    /// Any free address of the named pool (kept once allocated).
-    Pool(String),
+    /// Any free address of the named pool (kept once allocated), of one
+    /// family (`v6`) or either (None).
+    Pool {
+        /// The pool.
+        name: String,
+        /// IPv6 (true), IPv4 (false) or either.
+        v6: Option<bool>,
+    },
+    /// An address it already has in any pool of `keep`, or else the first
+    /// free address of the first pool of `assign` that has one.
+    Pools {
+        /// Pools whose addresses the service may keep.
+        keep: Vec<String>,
+        /// Pools it may get a new address from, in order.
+        assign: Vec<String>,
+        /// IPv6 (true) or IPv4 (false).
+        v6: bool,
+    },
 }
 
 /// A virtual service as a source wants it, before the leader has given it
@@ -38,4 +57,7 @@ pub struct Wanted {
     pub persistence: Option<Persistence>,
     /// Ports and their backends.
     pub ports: Vec<ServicePort>,
+    /// The Kubernetes Service it serves (None: a static service); the
+    /// leader fills in where the address came from.
+    pub origin: Option<Origin>,
 }

@@ -20,12 +20,16 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
             name: format!("{PREFIX}{}", s.name),
             vip: match &s.vip {
                 VipSource::Address(ip) => VipRequest::Address(*ip),
-                VipSource::Pool(p) => VipRequest::Pool(p.clone()),
+                VipSource::Pool(p) => VipRequest::Pool {
+                    name: p.clone(),
+                    v6: None,
+                },
             },
             scheduler: s.scheduler,
             scheduler_flags: s.scheduler_flags.clone(),
             forwarding: s.forwarding,
             persistence: s.persistence,
+            origin: None,
             ports: s
                 .ports
                 .iter()
