@@ -154,6 +154,41 @@ fn lab_services(spec: &LabSpec) -> String {
     s
 }
 
+/// The `kubernetes:` section of a lab director's config: the lab's API
+/// server through `kubeconfig`, the default class.
+pub fn kubernetes_section(kubeconfig: &Path) -> String {
+    format!(
+        "# The lab's Kubernetes API server on host api (docs/lab.md).\nkubernetes:\n  kubeconfig: {}\n",
+        kubeconfig.display()
+    )
+}
+
+/// The Node object of node host `host`: Ready, its lab addresses as
+/// InternalIPs, as a kubelet would register it.
+pub fn node_object(host: &Host) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": host.name(),
+            "labels": {
+                "kubernetes.io/hostname": host.name(),
+                "kubernetes.io/os": "linux"
+            }
+        },
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": host.ipv4().to_string()},
+                {"type": "InternalIP", "address": host.ipv6().to_string()},
+                {"type": "Hostname", "address": host.name()}
+            ],
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}
+            ]
+        }
+    })
+}
+
 /// keepalived's VRRP config for director host `host` of the failover
 /// benchmark: one instance holding the lab's first VIP on eth0, priority by
 /// host index (d1 highest). `tuned` gives VRRPv3 with `advert_int 0.1`;

@@ -30,6 +30,10 @@ pub const DEFAULT_STATE_DIR: &str = "/run/director-lab";
 pub const STATE_DIR_ENV: &str = "DIRECTOR_LAB_STATE_DIR";
 /// Environment variable naming the `labnet` binary.
 pub const LABNET_ENV: &str = "DIRECTOR_LABNET";
+/// Environment variable naming the `kube-double` binary.
+pub const KUBE_DOUBLE_ENV: &str = "DIRECTOR_KUBE_DOUBLE";
+/// The port of the lab's Kubernetes API server on `api`.
+pub const API_PORT: u16 = 6443;
 /// Name of the bridge inside the LAN namespace.
 const BRIDGE: &str = "br0";
 /// How long a started node server has to become ready.
@@ -139,6 +143,10 @@ pub struct LabSpec {
     /// The timing the directors' configs get.
     #[serde(default)]
     pub timing: crate::configs::TimingProfile,
+    /// Whether the Kubernetes API server `api` exists and the directors
+    /// serve its LoadBalancer Services.
+    #[serde(default)]
+    pub kube: bool,
 }
 
 impl LabSpec {
@@ -150,7 +158,14 @@ impl LabSpec {
             nodes,
             witness: false,
             timing: Default::default(),
+            kube: false,
         }
+    }
+
+    /// The same lab with (or without) the Kubernetes API server `api`.
+    pub fn with_kube(mut self, kube: bool) -> Self {
+        self.kube = kube;
+        self
     }
 
     /// The same lab with the directors' timing set to `timing`.
@@ -207,6 +222,9 @@ impl LabSpec {
         }
         hosts.extend((1..=self.nodes).map(Host::node));
         hosts.push(Host::client());
+        if self.kube {
+            hosts.push(Host::api());
+        }
         hosts
     }
 
@@ -272,6 +290,8 @@ pub struct LabEnv {
     /// The `director` binary: when set, `up` writes a config per director
     /// (and the witness) and starts `director run` there.
     pub director: Option<PathBuf>,
+    /// The `kube-double` binary (the API server of `lab up --kube`).
+    pub kube_double: PathBuf,
 }
 
 impl LabEnv {
@@ -286,10 +306,15 @@ impl LabEnv {
             .map(PathBuf::from)
             .or_else(find_labnet_near_exe)
             .unwrap_or_else(|| PathBuf::from("labnet"));
+        let kube_double = std::env::var_os(KUBE_DOUBLE_ENV)
+            .map(PathBuf::from)
+            .or_else(|| workspace_binary("kube-double"))
+            .unwrap_or_else(|| PathBuf::from("kube-double"));
         LabEnv {
             state_dir,
             labnet,
             director: None,
+            kube_double,
         }
     }
 }
@@ -524,6 +549,10 @@ impl Lab {
                 "-keepalived.log",
                 "-keepalived.pid",
                 "-keepalived.vrrp.pid",
+                "-kube-double.log",
+                "-state.json",
+                "-nodes.json",
+                ".kubeconfig",
             ] {
                 let _ = fs::remove_file(self.env.state_dir.join(format!("{base}{suffix}")));
             }
@@ -587,6 +616,9 @@ impl Lab {
         }
         for host in spec.hosts().iter().filter(|h| h.role == Role::Node) {
             self.start_node_server(&spec, host)?;
+        }
+        if spec.kube {
+            self.start_api()?;
         }
         if self.env.director.is_some() {
             let voters: Vec<Host> = spec
@@ -676,7 +708,10 @@ impl Lab {
         }
         let spec = self.state.spec.clone();
         let data_dir = self.env.state_dir.join(format!("{}{name}", spec.prefix));
-        let config = crate::configs::director_config(&spec, host, &data_dir);
+        let mut config = crate::configs::director_config(&spec, host, &data_dir);
+        if spec.kube {
+            config.push_str(&crate::configs::kubernetes_section(&self.kubeconfig_path()));
+        }
         let path = self.director_config_path(host);
         fs::write(&path, config).map_err(|source| LabError::Io {
             op: "writing",
@@ -927,6 +962,125 @@ impl Lab {
             let _ = self.exec(&h.name(), &["nft", "delete", "table", "inet", "labpart"]);
         }
         Ok(())
+    }
+
+    /// The kubeconfig the API server `api` writes (server
+    /// `https://10.10.0.5:6443`, reachable from every lab host).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.env
+            .state_dir
+            .join(format!("{}api.kubeconfig", self.state.spec.prefix))
+    }
+
+    /// Whether the lab's API server runs.
+    pub fn api_running(&self) -> bool {
+        self.state.processes.get("api").is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.what == "api-server" && process_matches(p))
+        })
+    }
+
+    /// Starts the Kubernetes API server on `api` (no-op if it runs), with
+    /// the objects it kept when it was stopped, and the node hosts
+    /// registered as Ready Nodes the first time.
+    pub fn start_api(&mut self) -> Result<(), LabError> {
+        let host = self.host("api")?;
+        if self.api_running() {
+            return Ok(());
+        }
+        let spec = self.state.spec.clone();
+        let base = self.env.state_dir.join(format!("{}api", spec.prefix));
+        let state = base.with_file_name(format!("{}api-state.json", spec.prefix));
+        let seed = base.with_file_name(format!("{}api-nodes.json", spec.prefix));
+        let nodes: Vec<serde_json::Value> = spec
+            .hosts()
+            .iter()
+            .filter(|h| h.role == Role::Node)
+            .map(crate::configs::node_object)
+            .collect();
+        let text = serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": nodes}))
+            .unwrap_or_default();
+        fs::write(&seed, text).map_err(|source| LabError::Io {
+            op: "writing",
+            path: seed.clone(),
+            source,
+        })?;
+        let kubeconfig = self.kubeconfig_path();
+        let _ = fs::remove_file(&kubeconfig);
+        let listen4 = format!("{}:{API_PORT}", host.ipv4());
+        let listen6 = format!("[{}]:{API_PORT}", host.ipv6());
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "serve".into(),
+            "--listen".into(),
+            listen4.into(),
+            "--listen".into(),
+            listen6.into(),
+            "--server-host".into(),
+            host.ipv4().to_string().into(),
+            "--kubeconfig-out".into(),
+            kubeconfig.clone().into_os_string(),
+            "--state".into(),
+            state.clone().into_os_string(),
+        ];
+        if !state.exists() {
+            args.push("--seed".into());
+            args.push(seed.into_os_string());
+        }
+        let program = self.env.kube_double.clone();
+        self.spawn_tracked(&host, &program, &args, "api-server", "kube-double", &kubeconfig)
+    }
+
+    /// Stops the API server (SIGTERM); its objects are kept for
+    /// [`Lab::start_api`].
+    pub fn stop_api(&mut self) -> Result<(), LabError> {
+        self.host("api")?;
+        let procs = self.state.processes.get("api").cloned().unwrap_or_default();
+        for p in procs.iter().filter(|p| p.what == "api-server") {
+            stop_process_within(p, Duration::from_secs(5)).map_err(LabError::Teardown)?;
+        }
+        if let Some(ps) = self.state.processes.get_mut("api") {
+            ps.retain(|p| p.what != "api-server");
+        }
+        self.save()
+    }
+
+    /// Runs the real `kubectl` against the lab's API server, from the host
+    /// `api`, with the lab's kubeconfig.
+    pub fn kubectl_command(&self, args: &[String]) -> Result<Command, LabError> {
+        self.host("api")?;
+        let kubectl = which("kubectl").ok_or_else(|| LabError::MissingTool {
+            tool: "kubectl".into(),
+            hint: "install kubectl (1.27 or newer)".into(),
+        })?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.state.spec.netns(&Host::api())])
+            .arg(kubectl)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig_path())
+            .args(args);
+        Ok(cmd)
+    }
+
+    /// `kubectl ARGS` against the lab's API server; its stdout, or an error
+    /// with its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, LabError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let out = self
+            .kubectl_command(&args)?
+            .output()
+            .map_err(|source| LabError::Io {
+                op: "running",
+                path: PathBuf::from("kubectl"),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: format!("kubectl {}", args.join(" ")),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn start_node_server(&mut self, spec: &LabSpec, host: &Host) -> Result<(), LabError> {

@@ -54,6 +54,8 @@ pub enum Role {
     Node,
     /// The client (`client`): sends traffic to the VIPs.
     Client,
+    /// The Kubernetes API server (`api`, with `lab up --kube`).
+    Api,
 }
 
 impl fmt::Display for Role {
@@ -63,6 +65,7 @@ impl fmt::Display for Role {
             Role::Witness => "witness",
             Role::Node => "node",
             Role::Client => "client",
+            Role::Api => "api",
         })
     }
 }
@@ -109,10 +112,21 @@ impl Host {
         }
     }
 
-    /// Parses a host name (`d2`, `n1`, `w1`, `client`).
+    /// The Kubernetes API server `api`.
+    pub fn api() -> Self {
+        Host {
+            role: Role::Api,
+            index: 1,
+        }
+    }
+
+    /// Parses a host name (`d2`, `n1`, `w1`, `client`, `api`).
     pub fn parse(name: &str) -> Option<Self> {
         if name == "client" {
             return Some(Host::client());
+        }
+        if name == "api" {
+            return Some(Host::api());
         }
         let (role, digits) = match name.split_at_checked(1)? {
             ("d", rest) => (Role::Director, rest),
@@ -128,7 +142,7 @@ impl Host {
             Role::Director => MAX_DIRECTORS,
             Role::Node => MAX_NODES,
             Role::Witness => 1,
-            Role::Client => 1,
+            Role::Client | Role::Api => 1,
         };
         (1..=max).contains(&index).then_some(Host { role, index })
     }
@@ -140,6 +154,7 @@ impl Host {
             Role::Node => format!("n{}", self.index),
             Role::Witness => format!("w{}", self.index),
             Role::Client => "client".to_string(),
+            Role::Api => "api".to_string(),
         }
     }
 
@@ -150,6 +165,7 @@ impl Host {
             Role::Witness => 19,
             Role::Node => 20 + self.index,
             Role::Client => 100,
+            Role::Api => 5,
         }
     }
 

@@ -882,3 +882,132 @@ fn a_cpu_hog_moves_no_vip_at_the_default_timing() {
         "{cpus} CPU hogs: leases lapsed on {lapsed:?}"
     );
 }
+
+/// `kubectl` against the lab's API server; None when it fails.
+fn kubectl(lab: &LabGuard, args: &[&str]) -> Option<String> {
+    lab.kubectl(args).ok()
+}
+
+/// Every director's `ipvsadm -Ln`.
+fn tables(lab: &LabGuard, hosts: &[Host]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| lab.exec(&h.name(), &["ipvsadm", "-Ln"]).unwrap_or_default())
+        .collect()
+}
+
+/// Kubernetes end to end (docs/kubernetes.md): with the lab's API server, a
+/// LoadBalancer Service created with the real kubectl gets the pool's next
+/// address in its status, every director programs it, and the client
+/// reaches the node hosts through it; its owner's host dies and it still
+/// answers; with the API server stopped its owner's host dies again and it
+/// still answers, and the address never changes; deleted, it is withdrawn
+/// from every director's IPVS and released before the object goes.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    env.kube_double = lab::lab::workspace_binary("kube-double").expect("the kube-double binary");
+    let mut lab = LabGuard::up(
+        LabSpec::new(3, 2).with_prefix("k-kube-").with_kube(true),
+        env,
+    )
+    .expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    wait_for("an agreed owner of the static VIP", 120, || agreed_owner(&lab, &all));
+    let nodes = kubectl(&lab, &["get", "nodes", "-o", "name"]).unwrap();
+    assert!(nodes.contains("node/n1") && nodes.contains("node/n2"), "{nodes}");
+
+    let manifest = std::env::temp_dir().join("k-kube-web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
+         spec:\n  type: LoadBalancer\n  loadBalancerClass: director.io/ipvs\n  selector:\n    app: web\n\
+         \x20 ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: 30080\n",
+    )
+    .unwrap();
+    let manifest_path = manifest.to_str().unwrap();
+    kubectl(&lab, &["create", "-f", manifest_path]).expect("kubectl create");
+    let ingress = |lab: &LabGuard| {
+        kubectl(
+            lab,
+            &["get", "service", "web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}/{.status.loadBalancer.ingress[0].ipMode}"],
+        )
+        .filter(|s| !s.starts_with('/'))
+    };
+    // The lab's static service has the pool's first address; this gets the next.
+    let got = wait_for("the Service's status", 120, || ingress(&lab));
+    assert_eq!(got, "10.10.0.201/Proxy");
+    let finalizers = kubectl(&lab, &["get", "service", "web", "-o", "jsonpath={.metadata.finalizers}"]).unwrap();
+    assert!(finalizers.contains("director.io/load-balancer-cleanup"), "{finalizers}");
+    wait_for("every director to program the Service", 120, || {
+        tables(&lab, &all)
+            .iter()
+            .all(|t| t.contains("TCP  10.10.0.201:80 rr") && t.contains("10.10.0.21:30080") && t.contains("10.10.0.22:30080"))
+            .then_some(())
+    });
+    let vip: std::net::IpAddr = "10.10.0.201".parse().unwrap();
+    let owner_of = |lab: &LabGuard, hosts: &[Host]| lab::scenario::agreed_owner(lab, hosts, vip);
+    let tally = wait_for("the Service's VIP to answer", 120, || {
+        let t = http_tally(&lab, "client", "10.10.0.201:80", 20).ok()?;
+        (t.failed == 0).then_some(t)
+    });
+    assert_eq!(tally.from("n1") + tally.from("n2"), 20, "{tally:?}");
+    let events = kubectl(&lab, &["describe", "service", "web"]).unwrap();
+    assert!(events.contains("IPAllocated"), "{events}");
+
+    // The owner's host dies: the VIP answers from a survivor.
+    let (owner, _) = wait_for("an owner of the Service's VIP", 120, || owner_of(&lab, &all));
+    lab.kill_host(&owner).unwrap();
+    let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+    wait_for("a new owner", 120, || owner_of(&lab, &survivors).filter(|(o, _)| *o != owner));
+    wait_for("the VIP to answer from the new owner", 120, || {
+        let t = http_tally(&lab, "client", "10.10.0.201:80", 10).ok()?;
+        (t.failed == 0).then_some(())
+    });
+    lab.start_host(&owner).unwrap();
+    wait_for("three directors again", 120, || {
+        all.iter()
+            .all(|h| director_status(&lab, h).is_some_and(|s| s["lease"]["held"] == true))
+            .then_some(())
+    });
+
+    // The API server goes away: nothing is removed, and failover still works.
+    lab.stop_api().unwrap();
+    let (owner, _) = wait_for("an owner of the Service's VIP", 120, || owner_of(&lab, &all));
+    let status = director_status(&lab, &all[0]).unwrap();
+    wait_for("status to say the API is unreachable", 60, || {
+        let s = director_status(&lab, &all[0])?;
+        (s["kubernetes"]["api_reachable"] == false).then_some(())
+    });
+    assert!(status["kubernetes"]["services"].as_array().is_some_and(|s| !s.is_empty()), "{status}");
+    lab.kill_host(&owner).unwrap();
+    let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
+    wait_for("a new owner without the API", 120, || owner_of(&lab, &survivors).filter(|(o, _)| *o != owner));
+    wait_for("the VIP to answer without the API", 120, || {
+        let t = http_tally(&lab, "client", "10.10.0.201:80", 10).ok()?;
+        (t.failed == 0).then_some(())
+    });
+    for t in tables(&lab, &survivors) {
+        assert!(t.contains("TCP  10.10.0.201:80 rr"), "nothing is removed while the API is away: {t}");
+    }
+    lab.start_host(&owner).unwrap();
+    lab.start_api().unwrap();
+    assert_eq!(wait_for("the Service's status", 60, || ingress(&lab)), "10.10.0.201/Proxy", "the address never changes");
+
+    // Deleted: withdrawn from every director, then the object goes.
+    kubectl(&lab, &["delete", "service", "web", "--wait=false"]).expect("kubectl delete");
+    wait_for("the Service to leave every director's IPVS", 120, || {
+        tables(&lab, &all)
+            .iter()
+            .all(|t| !t.contains("10.10.0.201:80"))
+            .then_some(())
+    });
+    wait_for("the Service object to go", 60, || {
+        let out = lab.kubectl(&["get", "service", "web"]);
+        out.err().filter(|e| e.to_string().contains("NotFound")).map(|_| ())
+    });
+    let _ = std::fs::remove_file(&manifest);
+    lab.down().expect("lab down");
+}

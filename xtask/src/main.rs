@@ -180,6 +180,24 @@ enum LabCmd {
         /// Do not start `director run` on the directors (network only).
         #[arg(long)]
         no_directors: bool,
+        /// Also start the Kubernetes API server on host `api` (10.10.0.5:6443),
+        /// register the node hosts as Nodes, and have the directors serve its
+        /// LoadBalancer Services.
+        #[arg(long)]
+        kube: bool,
+    },
+    /// Run the real kubectl against the lab's API server (`lab up --kube`).
+    Kubectl {
+        /// kubectl's arguments (after `--`).
+        #[arg(required = true, last = true)]
+        args: Vec<String>,
+    },
+    /// Take the lab's API server away (`stop`) or bring it back (`start`,
+    /// with every object it had).
+    Api {
+        /// stop or start.
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
     },
     /// Host death: cut HOST's link and SIGKILL its director.
     Kill {
@@ -511,6 +529,9 @@ fn lab_env(root: &Path, build: bool) -> Result<LabEnv> {
     if std::env::var_os(lab::lab::LABNET_ENV).is_none() {
         env.labnet = vm::target_dir(root).join("debug").join("labnet");
     }
+    if std::env::var_os(lab::lab::KUBE_DOUBLE_ENV).is_none() {
+        env.kube_double = vm::target_dir(root).join("debug").join("kube-double");
+    }
     Ok(env)
 }
 
@@ -521,17 +542,42 @@ fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
             nodes,
             witness,
             no_directors,
+            kube,
         } => {
             let mut env = lab_env(root, true)?;
+            if kube && std::env::var_os("DIRECTOR_IN_VM").is_none() {
+                build::cargo(root, &["build", "--quiet", "-p", "kube-double"])?;
+            }
             if !no_directors {
                 if std::env::var_os("DIRECTOR_IN_VM").is_none() {
                     build::cargo(root, &["build", "--quiet", "-p", "director"])?;
                 }
                 env.director = Some(vm::target_dir(root).join("debug").join("director"));
             }
-            let spec = LabSpec::new(directors, nodes).with_witness(witness);
+            let spec = LabSpec::new(directors, nodes)
+                .with_witness(witness)
+                .with_kube(kube);
             let lab = Lab::up(spec, env)?;
             print_status(&lab, false)?;
+            Ok(0)
+        }
+        LabCmd::Kubectl { args } => {
+            let lab = Lab::open("", lab_env(root, false)?)?;
+            let status = lab
+                .kubectl_command(&args)?
+                .status()
+                .context("running kubectl")?;
+            Ok(status.code().unwrap_or(1))
+        }
+        LabCmd::Api { action } => {
+            let mut lab = Lab::open("", lab_env(root, false)?)?;
+            if action == "stop" {
+                lab.stop_api()?;
+                println!("api: the Kubernetes API server is stopped");
+            } else {
+                lab.start_api()?;
+                println!("api: the Kubernetes API server runs at https://10.10.0.5:6443");
+            }
             Ok(0)
         }
         LabCmd::Down => {
