@@ -27,7 +27,15 @@ pub fn build_lab_binaries(root: &Path, release: bool) -> Result<()> {
     if release {
         args.push("--release");
     }
-    args.extend(["-p", "director", "-p", "director-tests", "--bins"]);
+    args.extend([
+        "-p",
+        "director",
+        "-p",
+        "director-tests",
+        "-p",
+        "kube-double",
+        "--bins",
+    ]);
     cargo(root, &args)
 }
 

@@ -22,6 +22,7 @@ const NETNS_TESTS: &[(&str, &str)] = &[
     ("director-tests", "netns"),
     ("director-tests", "raft"),
     ("director-tests", "upgrade"),
+    ("director-tests", "kube"),
 ];
 /// Test binaries of the kernel stage: (package, test target).
 const KERNEL_TESTS: &[(&str, &str)] = &[
