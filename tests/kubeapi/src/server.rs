@@ -475,20 +475,11 @@ async fn resource_request(
             };
             let options = PatchOptions {
                 field_manager: params.get("fieldManager").cloned(),
+                status_write,
             };
             let existed = state.read(|store| store.get(rt, ns.as_deref(), &name).is_some());
-            let result = state.write(|store| {
-                ops::patch(
-                    store,
-                    rt,
-                    ns.as_deref(),
-                    &name,
-                    kind,
-                    &body,
-                    status_write,
-                    &options,
-                )
-            });
+            let result = state
+                .write(|store| ops::patch(store, rt, ns.as_deref(), &name, kind, &body, &options));
             let code = if existed {
                 StatusCode::OK
             } else {
