@@ -859,3 +859,25 @@ async fn seeded_objects_are_served() {
         .unwrap();
     assert_eq!(stored["endpoints"][0]["nodeName"], "node-1");
 }
+
+#[tokio::test]
+async fn hang_freezes_open_watches() {
+    let (double, client) = start().await;
+    let api: Api<Node> = Api::all(client);
+    let mut events = api
+        .watch(&WatchParams::default().disable_bookmarks(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    double.set_fault(Fault::Hang);
+    double
+        .create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}))
+        .unwrap();
+    let frozen = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+    assert!(frozen.is_err(), "a watch sent {frozen:?} while hung");
+    double.set_fault(Fault::Normal);
+    match next(&mut events).await.unwrap() {
+        WatchEvent::Added(node) => assert_eq!(node.metadata.name.as_deref(), Some("node-1")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -161,6 +161,14 @@ async fn kubectl_service_lifecycle() {
             r#"{"status":{"loadBalancer":{"ingress":[{"ip":"10.10.0.240"}]}}}"#,
         ],
     );
+    // Server-side printing: the Table columns kubectl shows.
+    let printed = kubectl(&double, &["get", "svc", "web"]);
+    assert!(printed.contains("EXTERNAL-IP"), "{printed}");
+    assert!(printed.contains("10.10.0.240"), "{printed}");
+    assert!(
+        printed.contains(&format!("80:{node_port}/TCP")),
+        "{printed}"
+    );
     kubectl(
         &double,
         &["annotate", "svc", "web", "director.example/owner=node-1"],
