@@ -18,6 +18,7 @@ pub mod selector;
 mod server;
 pub mod status;
 pub mod store;
+pub mod table;
 mod tls;
 
 use std::collections::BTreeMap;

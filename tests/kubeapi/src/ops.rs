@@ -405,6 +405,8 @@ impl PatchType {
 pub struct PatchOptions {
     /// `fieldManager`.
     pub field_manager: Option<String>,
+    /// Whether the patch goes to the `/status` subresource.
+    pub status_write: bool,
 }
 
 /// `PATCH`: apply a patch to an object (`status_write`: through `/status`).
@@ -415,9 +417,9 @@ pub fn patch(
     name: &str,
     kind: PatchType,
     body: &[u8],
-    status_write: bool,
     options: &PatchOptions,
 ) -> Result<Value, ApiError> {
+    let status_write = options.status_write;
     if rt.read_only {
         return Err(ApiError::method_not_allowed("patch"));
     }
@@ -564,18 +566,19 @@ pub struct ListOptions {
     pub continue_token: Option<String>,
 }
 
-fn encode_continue(rv: u64, after: &str) -> String {
-    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": after});
+fn encode_continue(rv: u64, epoch: u64, after: &str) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "epoch": epoch, "start": after});
     base64::engine::general_purpose::STANDARD.encode(token.to_string())
 }
 
-fn decode_continue(token: &str) -> Option<(u64, String)> {
+fn decode_continue(token: &str) -> Option<(u64, u64, String)> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(token)
         .ok()?;
     let value: Value = serde_json::from_slice(&bytes).ok()?;
     Some((
         value.get("rv")?.as_u64()?,
+        value.get("epoch")?.as_u64()?,
         value.get("start")?.as_str()?.to_string(),
     ))
 }
@@ -589,9 +592,9 @@ pub fn list(
 ) -> Result<Value, ApiError> {
     let (rv, after) = match &options.continue_token {
         Some(token) if !token.is_empty() => {
-            let (rv, after) = decode_continue(token)
+            let (rv, epoch, after) = decode_continue(token)
                 .ok_or_else(|| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
-            if rv < store.floor() {
+            if rv < store.floor() || epoch != store.epoch() {
                 return Err(ApiError::expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
                 ));
@@ -616,7 +619,10 @@ pub fn list(
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if remaining > 0 {
         if let (Some(meta), Some(key)) = (metadata.as_object_mut(), last_key) {
-            meta.insert("continue".into(), json!(encode_continue(rv, &key)));
+            meta.insert(
+                "continue".into(),
+                json!(encode_continue(rv, store.epoch(), &key)),
+            );
             meta.insert("remainingItemCount".into(), json!(remaining));
         }
     }

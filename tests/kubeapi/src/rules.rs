@@ -43,15 +43,13 @@ pub fn prepare(
             service_status(new, &mut causes);
         }
         k if k == EVENTS.key() => event(new, &mut causes),
-        k if k == NAMESPACES.key() => {
-            if old.is_none() && new.pointer("/status/phase").is_none() {
-                ensure_object(new, "status").insert("phase".into(), json!("Active"));
-            }
+        k if k == NAMESPACES.key() && old.is_none() && new.pointer("/status/phase").is_none() => {
+            ensure_object(new, "status").insert("phase".into(), json!("Active"));
         }
-        k if k == ENDPOINT_SLICES.key() => {
-            if new.get("addressType").and_then(Value::as_str).is_none() {
-                causes.push(Cause::required("addressType", ""));
-            }
+        k if k == ENDPOINT_SLICES.key()
+            && new.get("addressType").and_then(Value::as_str).is_none() =>
+        {
+            causes.push(Cause::required("addressType", ""));
         }
         _ => {}
     }

@@ -24,6 +24,7 @@ use crate::resources::{self, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::status::ApiError;
 use crate::store::{Change, ChangeKind};
+use crate::table::{self, Include};
 use crate::{Fault, State};
 
 /// How long a TLS handshake may take.
@@ -394,6 +395,12 @@ async fn resource_request(
     } else {
         rt.qualified()
     };
+    let tables = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted)
+        .then(|| Include::from_param(params.get("includeObject").map(String::as_str)));
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -410,7 +417,7 @@ async fn resource_request(
                 Err(e) => return error_response(&e),
             };
             if watch {
-                return watch_response(state, rt, ns, selectors, &params);
+                return watch_response(state, rt, ns, selectors, &params, tables);
             }
             let options = ListOptions {
                 selectors,
@@ -420,22 +427,45 @@ async fn resource_request(
                     .unwrap_or(0),
                 continue_token: params.get("continue").cloned(),
             };
-            result_response(
-                state.read(|store| ops::list(store, rt, ns.as_deref(), &options)),
-                StatusCode::OK,
-            )
+            let listed = state.read(|store| ops::list(store, rt, ns.as_deref(), &options));
+            let listed = match (listed, tables) {
+                (Ok(list), Some(include)) => {
+                    let items = list
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let metadata = list.get("metadata").cloned().unwrap_or(Value::Null);
+                    Ok(table::table(rt, &items, metadata, include))
+                }
+                (other, _) => other,
+            };
+            result_response(listed, StatusCode::OK)
         }
         (Method::GET, Some(name)) => {
             state.count("get", &resource_label);
-            result_response(
-                state.read(|store| {
-                    store
-                        .get(rt, ns.as_deref(), &name)
+            let got = state.read(|store| {
+                store
+                    .get(rt, ns.as_deref(), &name)
+                    .cloned()
+                    .ok_or_else(|| ApiError::not_found(rt, &name))
+            });
+            let got = match (got, tables) {
+                (Ok(object), Some(include)) => {
+                    let rv = object
+                        .pointer("/metadata/resourceVersion")
                         .cloned()
-                        .ok_or_else(|| ApiError::not_found(rt, &name))
-                }),
-                StatusCode::OK,
-            )
+                        .unwrap_or(Value::Null);
+                    Ok(table::table(
+                        rt,
+                        &[object],
+                        json!({"resourceVersion": rv}),
+                        include,
+                    ))
+                }
+                (other, _) => other,
+            };
+            result_response(got, StatusCode::OK)
         }
         (Method::POST, None) => {
             state.count("create", &resource_label);
@@ -475,20 +505,11 @@ async fn resource_request(
             };
             let options = PatchOptions {
                 field_manager: params.get("fieldManager").cloned(),
+                status_write,
             };
             let existed = state.read(|store| store.get(rt, ns.as_deref(), &name).is_some());
-            let result = state.write(|store| {
-                ops::patch(
-                    store,
-                    rt,
-                    ns.as_deref(),
-                    &name,
-                    kind,
-                    &body,
-                    status_write,
-                    &options,
-                )
-            });
+            let result = state
+                .write(|store| ops::patch(store, rt, ns.as_deref(), &name, kind, &body, &options));
             let code = if existed {
                 StatusCode::OK
             } else {
@@ -545,7 +566,11 @@ fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
 
 /// What a change looks like to a watch with these selectors: an object that starts
 /// matching is ADDED, one that stops matching is DELETED (its previous state).
-fn visible(change: &Change, namespace: Option<&str>, selectors: &Selectors) -> Option<Bytes> {
+fn visible(
+    change: &Change,
+    namespace: Option<&str>,
+    selectors: &Selectors,
+) -> Option<(&'static str, Value)> {
     let in_ns = |v: &Value| {
         namespace
             .is_none_or(|ns| v.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
@@ -559,15 +584,15 @@ fn visible(change: &Change, namespace: Option<&str>, selectors: &Selectors) -> O
         .as_ref()
         .is_some_and(|p| selectors.matches(p));
     match change.kind {
-        ChangeKind::Added => now.then(|| event_line("ADDED", &change.object)),
-        ChangeKind::Deleted => (now || before).then(|| event_line("DELETED", &change.object)),
+        ChangeKind::Added => now.then(|| ("ADDED", change.object.clone())),
+        ChangeKind::Deleted => (now || before).then(|| ("DELETED", change.object.clone())),
         ChangeKind::Modified => match (before, now) {
-            (true, true) => Some(event_line("MODIFIED", &change.object)),
-            (false, true) => Some(event_line("ADDED", &change.object)),
+            (true, true) => Some(("MODIFIED", change.object.clone())),
+            (false, true) => Some(("ADDED", change.object.clone())),
             (true, false) => {
                 let mut last = change.previous.clone().unwrap_or(Value::Null);
                 crate::store::set_rv(&mut last, change.rv);
-                Some(event_line("DELETED", &last))
+                Some(("DELETED", last))
             }
             (false, false) => None,
         },
@@ -580,7 +605,18 @@ fn watch_response(
     namespace: Option<String>,
     selectors: Selectors,
     params: &HashMap<String, String>,
+    tables: Option<Include>,
 ) -> Response<Body> {
+    // Each object as itself, or as a one-row Table when kubectl asked for tables.
+    let render = move |kind: &str, object: &Value| -> Bytes {
+        match tables {
+            Some(include) => event_line(
+                kind,
+                &table::table(rt, std::slice::from_ref(object), json!({}), include),
+            ),
+            None => event_line(kind, object),
+        }
+    };
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -612,7 +648,7 @@ fn watch_response(
             let initial: Vec<Bytes> = store
                 .list(rt, namespace.as_deref(), None)
                 .filter(|(_, v)| selectors.matches(v))
-                .map(|(_, v)| event_line("ADDED", v))
+                .map(|(_, v)| render("ADDED", v))
                 .collect();
             Ok((store.counter(), initial))
         } else {
@@ -659,6 +695,7 @@ fn watch_response(
                         .changes_since(cursor)
                         .filter(|c| c.resource == rt.key())
                         .filter_map(|c| visible(c, namespace.as_deref(), &selectors))
+                        .map(|(kind, object)| render(kind, &object))
                         .collect();
                     Ok((store.counter(), lines))
                 });

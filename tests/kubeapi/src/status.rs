@@ -81,15 +81,9 @@ fn show_value(value: &Value) -> String {
     }
 }
 
-/// A failed API request: HTTP code plus the `Status` body that goes with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status code, also `status.code`.
-    pub code: u16,
-    /// `status.reason`, e.g. `NotFound`.
-    pub reason: &'static str,
-    /// `status.message`.
-    pub message: String,
+/// `details` of a `Status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
     /// `details.name`.
     pub name: Option<String>,
     /// `details.group`.
@@ -100,25 +94,35 @@ pub struct ApiError {
     pub causes: Vec<Cause>,
 }
 
+/// A failed API request: HTTP code plus the `Status` body that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status code, also `status.code`.
+    pub code: u16,
+    /// `status.reason`, e.g. `NotFound`.
+    pub reason: &'static str,
+    /// `status.message`.
+    pub message: String,
+    /// `details`.
+    pub details: Box<Details>,
+}
+
 impl ApiError {
     fn plain(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
+            details: Box::default(),
         }
     }
 
     fn about(mut self, rt: &ResourceType, name: &str) -> Self {
-        self.name = Some(name.to_string());
+        self.details.name = Some(name.to_string());
         if !rt.group.is_empty() {
-            self.group = Some(rt.group.to_string());
+            self.details.group = Some(rt.group.to_string());
         }
-        self.kind = Some(rt.plural.to_string());
+        self.details.kind = Some(rt.plural.to_string());
         self
     }
 
@@ -186,12 +190,12 @@ impl ApiError {
             format!("{kind} \"{name}\" is invalid: [{}]", listed.join(", "))
         };
         let mut err = Self::plain(422, "Invalid", message);
-        err.name = Some(name.to_string());
+        err.details.name = Some(name.to_string());
         if !rt.group.is_empty() {
-            err.group = Some(rt.group.to_string());
+            err.details.group = Some(rt.group.to_string());
         }
-        err.kind = Some(rt.kind.to_string());
-        err.causes = causes;
+        err.details.kind = Some(rt.kind.to_string());
+        err.details.causes = causes;
         err
     }
 
@@ -200,10 +204,10 @@ impl ApiError {
     pub fn invalid_options(kind: &str, cause: Cause) -> Self {
         let message = format!("{kind} \"\" is invalid: {}: {}", cause.field, cause.message);
         let mut err = Self::plain(422, "Invalid", message);
-        err.name = Some(String::new());
-        err.group = Some("meta.k8s.io".to_string());
-        err.kind = Some(kind.split('.').next().unwrap_or(kind).to_string());
-        err.causes = vec![cause];
+        err.details.name = Some(String::new());
+        err.details.group = Some("meta.k8s.io".to_string());
+        err.details.kind = Some(kind.split('.').next().unwrap_or(kind).to_string());
+        err.details.causes = vec![cause];
         err
     }
 
@@ -278,19 +282,20 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if self.name.is_some() || self.kind.is_some() || !self.causes.is_empty() {
+        let d = &self.details;
+        if d.name.is_some() || d.kind.is_some() || !d.causes.is_empty() {
             let mut details = serde_json::Map::new();
-            if let Some(name) = &self.name {
+            if let Some(name) = &d.name {
                 details.insert("name".into(), Value::String(name.clone()));
             }
-            if let Some(group) = &self.group {
+            if let Some(group) = &d.group {
                 details.insert("group".into(), Value::String(group.clone()));
             }
-            if let Some(kind) = &self.kind {
+            if let Some(kind) = &d.kind {
                 details.insert("kind".into(), Value::String(kind.clone()));
             }
-            if !self.causes.is_empty() {
-                let causes: Vec<Value> = self
+            if !d.causes.is_empty() {
+                let causes: Vec<Value> = d
                     .causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))

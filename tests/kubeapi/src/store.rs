@@ -70,6 +70,7 @@ pub struct Store {
     history: VecDeque<Change>,
     history_cap: usize,
     floor: u64,
+    epoch: u64,
 }
 
 impl Store {
@@ -81,6 +82,7 @@ impl Store {
             history: VecDeque::new(),
             history_cap: history_cap.max(1),
             floor: 0,
+            epoch: 0,
         }
     }
 
@@ -99,6 +101,13 @@ impl Store {
     pub fn expire_history(&mut self) {
         self.history.clear();
         self.floor = self.counter;
+        self.epoch += 1;
+    }
+
+    /// How many times the history was expired: `continue` tokens of an earlier epoch
+    /// have expired.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// One object.
