@@ -203,6 +203,12 @@ impl Source {
                         watcher::Event::Init | watcher::Event::InitApply(_) => {}
                     }
                 }
+                Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
+                    // The server no longer has the version the watch resumed
+                    // from: the watcher lists again. The server answers.
+                    tracing::debug!(watch = what, "watch expired; listing again");
+                    self.set_health(None);
+                }
                 Some(Err(e)) => {
                     let text = e.to_string();
                     if last_error.as_deref() != Some(text.as_str()) {

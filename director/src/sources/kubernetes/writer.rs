@@ -387,8 +387,14 @@ async fn write<T>(
     what: &'static str,
     f: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> bool {
-    match timed(f).await {
-        Ok(_) => {
+    match timed_raw(f).await {
+        // The object is gone: nothing left to write to it.
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => false,
+        Ok(Err(e)) => {
+            note_error(memory, what, e.to_string());
+            false
+        }
+        Ok(Ok(_)) => {
             if memory.errors.remove(what).is_some() {
                 tracing::info!(write = what, "Kubernetes writes succeed again");
             }
@@ -399,6 +405,15 @@ async fn write<T>(
             false
         }
     }
+}
+
+/// An API call with [`WRITE_TIMEOUT`]; the call's own result inside.
+async fn timed_raw<T>(
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<Result<T, kube::Error>, String> {
+    tokio::time::timeout(WRITE_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("no answer within {} s", WRITE_TIMEOUT.as_secs()))
 }
 
 fn note_error(memory: &mut Memory, what: &'static str, e: String) {
