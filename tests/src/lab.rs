@@ -998,8 +998,10 @@ impl Lab {
             .filter(|h| h.role == Role::Node)
             .map(crate::configs::node_object)
             .collect();
-        let text = serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": nodes}))
-            .unwrap_or_default();
+        let text = serde_json::to_string_pretty(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": nodes}),
+        )
+        .unwrap_or_default();
         fs::write(&seed, text).map_err(|source| LabError::Io {
             op: "writing",
             path: seed.clone(),
@@ -1027,7 +1029,14 @@ impl Lab {
             args.push(seed.into_os_string());
         }
         let program = self.env.kube_double.clone();
-        self.spawn_tracked(&host, &program, &args, "api-server", "kube-double", &kubeconfig)
+        self.spawn_tracked(
+            &host,
+            &program,
+            &args,
+            "api-server",
+            "kube-double",
+            &kubeconfig,
+        )
     }
 
     /// Stops the API server (SIGTERM); its objects are kept for

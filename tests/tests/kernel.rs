@@ -915,9 +915,14 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
     )
     .expect("lab up");
     let all: Vec<Host> = (1..=3).map(Host::director).collect();
-    wait_for("an agreed owner of the static VIP", 120, || agreed_owner(&lab, &all));
+    wait_for("an agreed owner of the static VIP", 120, || {
+        agreed_owner(&lab, &all)
+    });
     let nodes = kubectl(&lab, &["get", "nodes", "-o", "name"]).unwrap();
-    assert!(nodes.contains("node/n1") && nodes.contains("node/n2"), "{nodes}");
+    assert!(
+        nodes.contains("node/n1") && nodes.contains("node/n2"),
+        "{nodes}"
+    );
 
     let manifest = std::env::temp_dir().join("k-kube-web.yaml");
     std::fs::write(
@@ -939,12 +944,29 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
     // The lab's static service has the pool's first address; this gets the next.
     let got = wait_for("the Service's status", 120, || ingress(&lab));
     assert_eq!(got, "10.10.0.201/Proxy");
-    let finalizers = kubectl(&lab, &["get", "service", "web", "-o", "jsonpath={.metadata.finalizers}"]).unwrap();
-    assert!(finalizers.contains("director.io/load-balancer-cleanup"), "{finalizers}");
+    let finalizers = kubectl(
+        &lab,
+        &[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
+    )
+    .unwrap();
+    assert!(
+        finalizers.contains("director.io/load-balancer-cleanup"),
+        "{finalizers}"
+    );
     wait_for("every director to program the Service", 120, || {
         tables(&lab, &all)
             .iter()
-            .all(|t| t.contains("TCP  10.10.0.201:80 rr") && t.contains("10.10.0.21:30080") && t.contains("10.10.0.22:30080"))
+            .all(|t| {
+                t.contains("TCP  10.10.0.201:80 rr")
+                    && t.contains("10.10.0.21:30080")
+                    && t.contains("10.10.0.22:30080")
+            })
             .then_some(())
     });
     let vip: std::net::IpAddr = "10.10.0.201".parse().unwrap();
@@ -958,10 +980,14 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
     assert!(events.contains("IPAllocated"), "{events}");
 
     // The owner's host dies: the VIP answers from a survivor.
-    let (owner, _) = wait_for("an owner of the Service's VIP", 120, || owner_of(&lab, &all));
+    let (owner, _) = wait_for("an owner of the Service's VIP", 120, || {
+        owner_of(&lab, &all)
+    });
     lab.kill_host(&owner).unwrap();
     let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
-    wait_for("a new owner", 120, || owner_of(&lab, &survivors).filter(|(o, _)| *o != owner));
+    wait_for("a new owner", 120, || {
+        owner_of(&lab, &survivors).filter(|(o, _)| *o != owner)
+    });
     wait_for("the VIP to answer from the new owner", 120, || {
         let t = http_tally(&lab, "client", "10.10.0.201:80", 10).ok()?;
         (t.failed == 0).then_some(())
@@ -975,26 +1001,42 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
 
     // The API server goes away: nothing is removed, and failover still works.
     lab.stop_api().unwrap();
-    let (owner, _) = wait_for("an owner of the Service's VIP", 120, || owner_of(&lab, &all));
+    let (owner, _) = wait_for("an owner of the Service's VIP", 120, || {
+        owner_of(&lab, &all)
+    });
     let status = director_status(&lab, &all[0]).unwrap();
     wait_for("status to say the API is unreachable", 60, || {
         let s = director_status(&lab, &all[0])?;
         (s["kubernetes"]["api_reachable"] == false).then_some(())
     });
-    assert!(status["kubernetes"]["services"].as_array().is_some_and(|s| !s.is_empty()), "{status}");
+    assert!(
+        status["kubernetes"]["services"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{status}"
+    );
     lab.kill_host(&owner).unwrap();
     let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
-    wait_for("a new owner without the API", 120, || owner_of(&lab, &survivors).filter(|(o, _)| *o != owner));
+    wait_for("a new owner without the API", 120, || {
+        owner_of(&lab, &survivors).filter(|(o, _)| *o != owner)
+    });
     wait_for("the VIP to answer without the API", 120, || {
         let t = http_tally(&lab, "client", "10.10.0.201:80", 10).ok()?;
         (t.failed == 0).then_some(())
     });
     for t in tables(&lab, &survivors) {
-        assert!(t.contains("TCP  10.10.0.201:80 rr"), "nothing is removed while the API is away: {t}");
+        assert!(
+            t.contains("TCP  10.10.0.201:80 rr"),
+            "nothing is removed while the API is away: {t}"
+        );
     }
     lab.start_host(&owner).unwrap();
     lab.start_api().unwrap();
-    assert_eq!(wait_for("the Service's status", 60, || ingress(&lab)), "10.10.0.201/Proxy", "the address never changes");
+    assert_eq!(
+        wait_for("the Service's status", 60, || ingress(&lab)),
+        "10.10.0.201/Proxy",
+        "the address never changes"
+    );
 
     // Deleted: withdrawn from every director, then the object goes.
     kubectl(&lab, &["delete", "service", "web", "--wait=false"]).expect("kubectl delete");
@@ -1006,7 +1048,9 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
     });
     wait_for("the Service object to go", 60, || {
         let out = lab.kubectl(&["get", "service", "web"]);
-        out.err().filter(|e| e.to_string().contains("NotFound")).map(|_| ())
+        out.err()
+            .filter(|e| e.to_string().contains("NotFound"))
+            .map(|_| ())
     });
     let _ = std::fs::remove_file(&manifest);
     lab.down().expect("lab down");

@@ -62,7 +62,13 @@ fn service(name: &str, node_port: u16, extra_meta: &str, extra_spec: &str) -> St
 fn ingress(lab: &LabGuard, name: &str) -> String {
     kubectl(
         lab,
-        &["get", "service", name, "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"],
+        &[
+            "get",
+            "service",
+            name,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ],
     )
 }
 
@@ -110,7 +116,13 @@ fn backends(lab: &LabGuard, name: &str) -> Option<Vec<String>> {
 fn finalizers(lab: &LabGuard, name: &str) -> String {
     kubectl(
         lab,
-        &["get", "service", name, "-o", "jsonpath={.metadata.finalizers}"],
+        &[
+            "get",
+            "service",
+            name,
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
     )
 }
 
@@ -141,7 +153,13 @@ fn loadbalancer_services_through_the_real_kubectl() {
     assert_eq!(wait_ingress(&lab, "web"), "10.10.0.201");
     let mode = kubectl(
         &lab,
-        &["get", "service", "web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ipMode}"],
+        &[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ipMode}",
+        ],
     );
     assert_eq!(mode, "Proxy", "nat: kube-proxy must leave the VIP alone");
     wait_for("the finalizer", 30, || {
@@ -163,7 +181,11 @@ fn loadbalancer_services_through_the_real_kubectl() {
     kubectl(
         &lab,
         &[
-            "patch", "service", "web", "--type=merge", "-p",
+            "patch",
+            "service",
+            "web",
+            "--type=merge",
+            "-p",
             r#"{"spec":{"ports":[{"name":"http","port":80,"targetPort":8080,"nodePort":30080},{"name":"alt","port":8080,"targetPort":8080,"nodePort":30081}]}}"#,
         ],
     );
@@ -177,7 +199,12 @@ fn loadbalancer_services_through_the_real_kubectl() {
     kubectl(
         &lab,
         &[
-            "patch", "node", "n2", "--subresource=status", "--type=merge", "-p",
+            "patch",
+            "node",
+            "n2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
             r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady"}]}}"#,
         ],
     );
@@ -187,20 +214,35 @@ fn loadbalancer_services_through_the_real_kubectl() {
     kubectl(
         &lab,
         &[
-            "patch", "node", "n2", "--subresource=status", "--type=merge", "-p",
+            "patch",
+            "node",
+            "n2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
             r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#,
         ],
     );
     kubectl(
         &lab,
-        &["label", "node", "n2", "node.kubernetes.io/exclude-from-external-load-balancers="],
+        &[
+            "label",
+            "node",
+            "n2",
+            "node.kubernetes.io/exclude-from-external-load-balancers=",
+        ],
     );
     wait_for("n2 excluded", 30, || {
         (backends(&lab, "web")? == ["n1=1"]).then_some(())
     });
     kubectl(
         &lab,
-        &["label", "node", "n2", "node.kubernetes.io/exclude-from-external-load-balancers-"],
+        &[
+            "label",
+            "node",
+            "n2",
+            "node.kubernetes.io/exclude-from-external-load-balancers-",
+        ],
     );
     wait_for("n2 back", 30, || {
         (backends(&lab, "web")? == ["n1=1", "n2=1"]).then_some(())
@@ -222,7 +264,12 @@ fn loadbalancer_services_through_the_real_kubectl() {
     // A bad annotation: a Warning naming it; the Service keeps working.
     kubectl(
         &lab,
-        &["annotate", "service", "web", "director.io/scheduler=fastest"],
+        &[
+            "annotate",
+            "service",
+            "web",
+            "director.io/scheduler=fastest",
+        ],
     );
     wait_for("a Warning for the annotation", 30, || {
         let e = events(&lab, "web");
@@ -244,7 +291,10 @@ fn loadbalancer_services_through_the_real_kubectl() {
     let dual = wait_for("both families for dual", 60, || {
         Some(ingress(&lab, "dual")).filter(|s| s.split(' ').count() == 2)
     });
-    assert!(dual.starts_with("10.10.0.") && dual.contains(" fd10:10::2"), "{dual}");
+    assert!(
+        dual.starts_with("10.10.0.") && dual.contains(" fd10:10::2"),
+        "{dual}"
+    );
 
     // externalTrafficPolicy: Local: only nodes with a ready endpoint.
     create(
@@ -266,11 +316,17 @@ fn loadbalancer_services_through_the_real_kubectl() {
     kubectl(
         &lab,
         &[
-            "patch", "service", "local", "--type=merge", "-p",
+            "patch",
+            "service",
+            "local",
+            "--type=merge",
+            "-p",
             r#"{"spec":{"type":"NodePort","loadBalancerClass":null}}"#,
         ],
     );
-    wait_for("local to leave", 30, || status_of(&lab, "local").is_none().then_some(()));
+    wait_for("local to leave", 30, || {
+        status_of(&lab, "local").is_none().then_some(())
+    });
     wait_for("our finalizer off local", 30, || {
         (!finalizers(&lab, "local").contains("director.io")).then_some(())
     });
@@ -322,7 +378,10 @@ fn loadbalancer_services_through_the_real_kubectl() {
     });
     std::thread::sleep(Duration::from_secs(3));
     for n in ["web", "req", "dual", "after"] {
-        assert!(status_of(&lab, n).is_some(), "{n} is kept while the API is away");
+        assert!(
+            status_of(&lab, n).is_some(),
+            "{n} is kept while the API is away"
+        );
     }
     lab.start_api().unwrap();
     wait_for("the API to show reachable", 90, || {
@@ -336,6 +395,10 @@ fn loadbalancer_services_through_the_real_kubectl() {
     });
     assert!(status_of(&lab, "web").is_none());
     create(&lab, "next", &service("next", 30095, "", ""));
-    assert_eq!(wait_ingress(&lab, "next"), "10.10.0.201", "the released address is free again");
+    assert_eq!(
+        wait_ingress(&lab, "next"),
+        "10.10.0.201",
+        "the released address is free again"
+    );
     lab.down().expect("lab down");
 }
