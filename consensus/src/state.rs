@@ -79,6 +79,10 @@ pub struct VirtualService {
     /// The Kubernetes Service it serves (None: a static service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// The sharing group whose VIP it uses (the allocation's holder), when
+    /// several services share one VIP on disjoint ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
 }
 
 /// The Kubernetes Service a virtual service serves, and where its address
@@ -103,6 +107,8 @@ pub enum AddressFrom {
     Pool(String),
     /// The Service asked for it.
     Requested,
+    /// Shared with the Services of the same sharing key.
+    Shared(String),
 }
 
 impl std::fmt::Display for AddressFrom {
@@ -110,6 +116,7 @@ impl std::fmt::Display for AddressFrom {
         match self {
             AddressFrom::Pool(p) => write!(f, "pool {p}"),
             AddressFrom::Requested => write!(f, "requested"),
+            AddressFrom::Shared(key) => write!(f, "shared {key}"),
         }
     }
 }
@@ -233,7 +240,7 @@ pub fn apply(state: &mut ClusterState, cmd: Command) -> Response {
         },
         Command::PutService { name, service } => {
             match state.allocations.get(&service.vip) {
-                Some(holder) if *holder == name => {}
+                Some(holder) if *holder == name || service.share.as_ref() == Some(holder) => {}
                 Some(holder) => {
                     return Response::Rejected(format!(
                         "{} is allocated to {holder}, not {name}",
@@ -243,20 +250,17 @@ pub fn apply(state: &mut ClusterState, cmd: Command) -> Response {
                 None => return Response::Rejected(format!("{} is not allocated", service.vip)),
             }
             // A service that changed its VIP gives the old one back.
-            if let Some(old) = state.services.get(&name) {
-                if old.vip != service.vip {
-                    let old_vip = old.vip;
-                    state.allocations.remove(&old_vip);
-                    state.owners.remove(&old_vip);
+            let old = state.services.insert(name.clone(), service);
+            if let Some(old) = old {
+                if state.services.get(&name).map(|s| s.vip) != Some(old.vip) {
+                    release(state, &name, &old);
                 }
             }
-            state.services.insert(name, service);
             Response::Ok
         }
         Command::RemoveService { name } => match state.services.remove(&name) {
             Some(s) => {
-                state.allocations.remove(&s.vip);
-                state.owners.remove(&s.vip);
+                release(state, &name, &s);
                 Response::Ok
             }
             None => Response::Rejected(format!("no service {name}")),
@@ -298,6 +302,22 @@ pub fn apply(state: &mut ClusterState, cmd: Command) -> Response {
     }
 }
 
+/// Gives back the VIP `old` (service `name`, no longer on it) used: its
+/// own allocation at once; a shared one once no service uses the VIP.
+fn release(state: &mut ClusterState, name: &str, old: &VirtualService) {
+    let vip = old.vip;
+    let holder = state.allocations.get(&vip);
+    let free = match (holder, &old.share) {
+        (Some(h), _) if h == name => true,
+        (Some(h), Some(group)) if h == group => !state.services.values().any(|s| s.vip == vip),
+        _ => false,
+    };
+    if free {
+        state.allocations.remove(&vip);
+        state.owners.remove(&vip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +343,7 @@ mod tests {
             forwarding: Forwarding::Nat,
             persistence: None,
             origin: None,
+            share: None,
             ports: vec![ServicePort {
                 protocol: Protocol::Tcp,
                 port: 80,
@@ -507,5 +528,57 @@ mod tests {
         let json = serde_json::to_string(&p).unwrap();
         assert!(json.contains(r#""scheduler_flags":["sh-port"]"#), "{json}");
         assert_eq!(serde_json::from_str::<VirtualService>(&json).unwrap(), p);
+    }
+
+    /// Services of one sharing group use one VIP; it is given back when the
+    /// last of them goes, not before.
+    #[test]
+    fn a_shared_vip_is_released_with_its_last_service() {
+        let mut s = ClusterState::default();
+        s.directors.insert(1, director(1, Role::Data));
+        let vip = ip("10.10.0.210");
+        let group = "kube-share/default/k/ipv4".to_string();
+        let shared = |port: u16| {
+            let mut w = web("10.10.0.210");
+            w.share = Some(group.clone());
+            w.ports[0].port = port;
+            w
+        };
+        assert_eq!(
+            apply(
+                &mut s,
+                Command::Allocate {
+                    vip,
+                    service: group.clone()
+                }
+            ),
+            Response::Ok
+        );
+        for (name, port) in [("a", 80), ("b", 443)] {
+            let cmd = Command::PutService {
+                name: name.into(),
+                service: shared(port),
+            };
+            assert_eq!(apply(&mut s, cmd), Response::Ok);
+        }
+        // Not of the group: refused.
+        let stranger = Command::PutService {
+            name: "c".into(),
+            service: web("10.10.0.210"),
+        };
+        assert!(matches!(apply(&mut s, stranger), Response::Rejected(_)));
+        apply(
+            &mut s,
+            Command::SetOwner {
+                vip,
+                director: 1,
+                expected_epoch: 0,
+            },
+        );
+        apply(&mut s, Command::RemoveService { name: "a".into() });
+        assert_eq!(s.allocations.get(&vip), Some(&group));
+        assert!(s.owners.contains_key(&vip));
+        apply(&mut s, Command::RemoveService { name: "b".into() });
+        assert!(s.allocations.is_empty() && s.owners.is_empty(), "{s:?}");
     }
 }

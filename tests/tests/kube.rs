@@ -277,6 +277,25 @@ fn loadbalancer_services_through_the_real_kubectl() {
     });
     assert_eq!(ingress(&lab, "web"), "10.10.0.201");
 
+    // A sharing key: two Services on one VIP with disjoint ports; a third
+    // that wants a port already taken stays pending with a Warning.
+    let share = "  annotations:\n    director.io/sharing-key: front\n";
+    create(&lab, "front-http", &service("front-http", 30096, share, ""));
+    let shared_ip = wait_ingress(&lab, "front-http");
+    let https = service("front-https", 30097, share, "").replace("port: 80\n", "port: 443\n");
+    create(&lab, "front-https", &https);
+    assert_eq!(wait_ingress(&lab, "front-https"), shared_ip);
+    create(&lab, "front-clash", &service("front-clash", 30098, share, ""));
+    wait_for("a Warning for the port clash", 30, || {
+        let e = events(&lab, "front-clash");
+        (e.contains("Warning") && e.contains("default/front-http")).then_some(())
+    });
+    assert_eq!(ingress(&lab, "front-clash"), "");
+    assert_eq!(
+        status_of(&lab, "front-https").unwrap()["vips"][0]["from"],
+        "shared front"
+    );
+
     // Dual stack.
     create(
         &lab,

@@ -421,6 +421,7 @@ mod tests {
                 forwarding: Forwarding::Nat,
                 persistence: None,
                 origin: None,
+                share: None,
                 ports: vec![ServicePort {
                     protocol: Protocol::Tcp,
                     port: 80,

@@ -26,6 +26,16 @@ pub enum Pending {
     /// Every pool it may use is full.
     #[error("no free address in pool {}", .0.join(", "))]
     Exhausted(Vec<String>),
+    /// It shares a VIP with a service that has one of its ports.
+    #[error("port {port} of shared address {vip} is taken by {with}")]
+    PortsCollide {
+        /// The shared VIP.
+        vip: IpAddr,
+        /// The port (`80/tcp`).
+        port: String,
+        /// The service that has it.
+        with: String,
+    },
     /// The address it asks for belongs to another service.
     #[error("{vip} is already allocated to {holder}")]
     Taken {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::network::encoded_len;
-use consensus::state::{AddressFrom, ClusterState, Director, Role, VirtualService};
+use consensus::state::{AddressFrom, ClusterState, Director, Protocol, Role, VirtualService};
 use consensus::{Command, Node};
 use tokio::sync::watch;
 
@@ -104,6 +104,7 @@ pub fn catalogue(
     // they give back may be taken in the same round.
     let named: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     let mut taken: BTreeSet<IpAddr> = state.allocations.keys().copied().collect();
+    let mut removed = BTreeSet::new();
     for (name, s) in &state.services {
         let gone = !named.contains(name.as_str());
         let remove = if sources::statics::owns(name) {
@@ -115,11 +116,59 @@ pub fn catalogue(
         };
         if remove {
             cmds.push(Command::RemoveService { name: name.clone() });
-            taken.remove(&s.vip);
+            removed.insert(name.as_str());
+            // A shared VIP stays taken until its last service goes.
+            if s.share.is_none() {
+                taken.remove(&s.vip);
+            }
+        }
+    }
+    // The VIP of each allocation holder (a service, or a sharing group).
+    let mut held: BTreeMap<&str, IpAddr> = state
+        .allocations
+        .iter()
+        .map(|(vip, holder)| (holder.as_str(), *vip))
+        .collect();
+    // Which service has each port of each VIP, for sharing.
+    let mut ports_on: BTreeMap<IpAddr, BTreeMap<(Protocol, u16), String>> = BTreeMap::new();
+    for (name, s) in &state.services {
+        if removed.contains(name.as_str()) {
+            continue;
+        }
+        for p in &s.ports {
+            ports_on
+                .entry(s.vip)
+                .or_default()
+                .insert((p.protocol, p.port), display(name, s.origin.as_ref()));
         }
     }
     for w in wanted {
-        let vip = match address::choose(&w.name, &w.vip, &config.pools, state, &taken) {
+        let holder = w.share.as_deref().unwrap_or(&w.name);
+        let chosen = match held.get(holder) {
+            Some(vip) if w.share.is_some() => Ok(*vip),
+            _ => address::choose(&w.name, &w.vip, &config.pools, state, &taken),
+        };
+        let me = display(&w.name, w.origin.as_ref());
+        let chosen = chosen.and_then(|vip| {
+            if w.share.is_none() {
+                return Ok(vip);
+            }
+            // Services sharing a VIP must not share a port.
+            let used = ports_on.get(&vip);
+            match w.ports.iter().find_map(|p| {
+                used.and_then(|u| u.get(&(p.protocol, p.port)))
+                    .filter(|other| **other != me)
+                    .map(|other| (p, other))
+            }) {
+                Some((p, other)) => Err(address::Pending::PortsCollide {
+                    vip,
+                    port: format!("{}/{}", p.port, p.protocol),
+                    with: other.clone(),
+                }),
+                None => Ok(vip),
+            }
+        });
+        let vip = match chosen {
             Ok(vip) => vip,
             Err(why) => {
                 // A Kubernetes Service whose address no longer fits its
@@ -133,12 +182,19 @@ pub fn catalogue(
                 continue;
             }
         };
-        if state.allocations.get(&vip) != Some(&w.name) {
+        if state.allocations.get(&vip).map(String::as_str) != Some(holder) {
             cmds.push(Command::Allocate {
                 vip,
-                service: w.name.clone(),
+                service: holder.to_string(),
             });
             taken.insert(vip);
+            held.insert(holder, vip);
+        }
+        for p in &w.ports {
+            ports_on
+                .entry(vip)
+                .or_default()
+                .insert((p.protocol, p.port), me.clone());
         }
         let origin = w.origin.clone().map(|mut o| {
             if let (AddressFrom::Pool(name), VipRequest::Pools { keep, .. }) =
@@ -162,6 +218,7 @@ pub fn catalogue(
             persistence: w.persistence,
             ports: w.ports.clone(),
             origin,
+            share: w.share.clone(),
         };
         if state.services.get(&w.name) != Some(&want) {
             cmds.push(Command::PutService {
@@ -186,6 +243,15 @@ pub struct Decisions {
     pub ours: BTreeMap<String, kubernetes::translate::Ours>,
     /// State names without a VIP, and why.
     pub pending: BTreeMap<String, address::Pending>,
+}
+
+/// How a service is named to people: `namespace/name` for a Kubernetes
+/// Service, else its state name.
+fn display(name: &str, origin: Option<&consensus::state::Origin>) -> String {
+    origin.map_or_else(
+        || name.to_string(),
+        |o| format!("{}/{}", o.namespace, o.name),
+    )
 }
 
 /// What the leader knows of each director now (from its lease grants).
@@ -631,6 +697,7 @@ mod tests {
                 uid: uid.into(),
                 address: AddressFrom::Pool(String::new()),
             }),
+            share: None,
         }
     }
 
@@ -721,5 +788,64 @@ mod tests {
         // Without the Kubernetes source configured, its services go.
         let out = catalogue(&c, &[], &s, None);
         assert_eq!(out.cmds.len(), 2, "{:?}", out.cmds);
+    }
+
+    /// Services with one sharing key share one VIP on disjoint ports; a
+    /// colliding port leaves the later one pending; the VIP is released with
+    /// the group's last service.
+    #[test]
+    fn a_sharing_key_puts_services_on_one_vip_with_disjoint_ports() {
+        let mut c = config();
+        c.pools = vec![crate::config::Pool::new(
+            "lab",
+            vec![(
+                "10.10.0.201".parse().unwrap(),
+                "10.10.0.209".parse().unwrap(),
+            )],
+        )];
+        let group = "kube-share/default/k/ipv4".to_string();
+        let shared = |uid: &str, port: u16| {
+            let mut w = kube_wanted(uid, auto());
+            w.share = Some(group.clone());
+            w.ports = vec![consensus::state::ServicePort {
+                protocol: Protocol::Tcp,
+                port,
+                backends: Vec::new(),
+            }];
+            w
+        };
+        let (a, b, x) = (shared("a", 80), shared("b", 443), shared("x", 80));
+        let mut s = seeded();
+        let out = catalogue(&c, &[a.clone(), b.clone(), x.clone()], &s, Some(true));
+        assert!(
+            matches!(&out.pending[&x.name], address::Pending::PortsCollide { with, .. } if with == "default/a"),
+            "{:?}",
+            out.pending
+        );
+        commit(&mut s, out.cmds);
+        let vip: IpAddr = "10.10.0.201".parse().unwrap();
+        assert_eq!(s.services[&a.name].vip, vip);
+        assert_eq!(s.services[&b.name].vip, vip);
+        assert_eq!(s.allocations[&vip], group);
+        assert!(!s.services.contains_key(&x.name));
+        // Stable: the next round changes nothing.
+        let again = catalogue(&c, &[a.clone(), b.clone(), x.clone()], &s, Some(true));
+        assert!(again.cmds.is_empty(), "{:?}", again.cmds);
+        // An owner is assigned to the shared VIP.
+        let moves = assign(&s, &live(1, &[1, 2, 3], &[]));
+        assert!(
+            moves
+                .iter()
+                .any(|m| matches!(m, Command::SetOwner { vip: v, .. } if *v == vip)),
+            "{moves:?}"
+        );
+        // a goes: x takes its port on the same VIP; the VIP stays.
+        let out = catalogue(&c, &[b.clone(), x.clone()], &s, Some(true));
+        commit(&mut s, out.cmds);
+        assert_eq!(s.services[&x.name].vip, vip);
+        // All go: released.
+        let out = catalogue(&c, &[], &s, Some(true));
+        commit(&mut s, out.cmds);
+        assert!(!s.allocations.contains_key(&vip), "{:?}", s.allocations);
     }
 }

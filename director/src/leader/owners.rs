@@ -39,9 +39,12 @@ pub fn assign(state: &ClusterState, live: &Liveness) -> Vec<Command> {
             .is_some_and(|d| d.role == Role::Data)
             && !state.draining.contains_key(id)
     };
+    // VIPs some service uses (an allocation may be made a round before
+    // its service, and a shared VIP is allocated to its group).
+    let used: BTreeSet<std::net::IpAddr> = state.services.values().map(|s| s.vip).collect();
     let mut cmds = Vec::new();
-    for (vip, service) in &state.allocations {
-        if !state.services.contains_key(service) {
+    for vip in state.allocations.keys() {
+        if !used.contains(vip) {
             continue;
         }
         let current = state.owners.get(vip);

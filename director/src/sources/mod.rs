@@ -60,4 +60,7 @@ pub struct Wanted {
     /// The Kubernetes Service it serves (None: a static service); the
     /// leader fills in where the address came from.
     pub origin: Option<Origin>,
+    /// Its sharing group: the services of one group share one VIP when
+    /// their ports do not collide.
+    pub share: Option<String>,
 }

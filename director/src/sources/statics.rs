@@ -30,6 +30,7 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
             forwarding: s.forwarding,
             persistence: s.persistence,
             origin: None,
+            share: None,
             ports: s
                 .ports
                 .iter()

@@ -19,6 +19,9 @@ use crate::sources::{VipRequest, Wanted};
 /// service per Service UID and address family (`kube/UID/ipv4`).
 pub const PREFIX: &str = "kube/";
 
+/// The allocation holder of a sharing group: `kube-share/NAMESPACE/KEY/ipv4`.
+pub const SHARE_PREFIX: &str = "kube-share/";
+
 /// Requested addresses, comma-separated, at most one per family.
 pub const ANN_IPS: &str = "director.io/load-balancer-ips";
 /// The pool to take the address from.
@@ -31,6 +34,9 @@ pub const ANN_FLAGS: &str = "director.io/scheduler-flags";
 pub const ANN_PERSISTENCE: &str = "director.io/persistence";
 /// The forwarding mode (`nat`, `dr`).
 pub const ANN_FORWARDING: &str = "director.io/forwarding";
+/// Services of one namespace with the same key share one VIP when their
+/// ports do not collide.
+pub const ANN_SHARING: &str = "director.io/sharing-key";
 
 /// Nodes with this label are no backends (KEP-3458).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -132,7 +138,20 @@ pub fn translate(
 ) -> Translation {
     let nodes = NodeSet::of(&view.nodes);
     let mut out = Translation::default();
-    for svc in &view.services {
+    // Oldest first: when Services compete (a nearly full pool, a shared
+    // VIP's ports), the earlier one wins, whichever director leads.
+    let mut services: Vec<&Arc<Service>> = view.services.iter().collect();
+    services.sort_by(|a, b| {
+        let key = |s: &Service| {
+            (
+                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                s.metadata.namespace.clone(),
+                s.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    for svc in services {
         if !is_ours(svc, k) {
             continue;
         }
@@ -197,6 +216,10 @@ fn service(
         spec.load_balancer_ip.as_deref(),
         &mut ours.problems,
     );
+    let sharing = annotations
+        .get(ANN_SHARING)
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty());
     let pool_choice = annotations.get(ANN_POOL).map(|p| p.trim().to_string());
 
     let mut requests = Vec::new();
@@ -297,7 +320,15 @@ fn service(
     let serving = local.then(|| serving_nodes(slices, &ours.namespace, &ours.name));
     let direct = settings.forwarding == consensus::domain::Forwarding::Dr;
     let mut out = Vec::new();
-    for (v6, (vip, from, _)) in requests {
+    for (v6, (vip, mut from, _)) in requests {
+        let share = sharing.as_ref().map(|key| {
+            from = AddressFrom::Shared(key.clone());
+            format!(
+                "{SHARE_PREFIX}{}/{key}/{}",
+                ours.namespace,
+                if v6 { "ipv6" } else { "ipv4" }
+            )
+        });
         let mut ports = Vec::new();
         for (j, p) in spec.ports.iter().flatten().enumerate() {
             let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -362,6 +393,7 @@ fn service(
                 uid: ours.uid.clone(),
                 address: from,
             }),
+            share,
         });
     }
     ours.problems.sort();

@@ -381,3 +381,30 @@ fn a_deleted_service_is_ours_but_wanted_no_more_and_no_node_ports_is_a_warning()
     assert!(t.wanted.is_empty());
     assert_eq!(t.ours["u-web"].problems[0].reason, "NoNodePorts");
 }
+
+#[test]
+fn a_sharing_key_names_a_group_per_namespace_and_family() {
+    let t = run(&view(vec![web(
+        json!({"metadata": {"annotations": {ANN_SHARING: "front"}}}),
+    )]));
+    let w = &t.wanted[0];
+    assert_eq!(w.share.as_deref(), Some("kube-share/default/front/ipv4"));
+    assert_eq!(
+        w.origin.as_ref().unwrap().address,
+        AddressFrom::Shared("front".into())
+    );
+}
+
+/// Oldest first, whatever order the watch delivered them in.
+#[test]
+fn services_are_translated_oldest_first() {
+    let older = web(
+        json!({"metadata": {"name": "b", "uid": "u-b", "creationTimestamp": "2026-01-01T00:00:00Z"}}),
+    );
+    let newer = web(
+        json!({"metadata": {"name": "a", "uid": "u-a", "creationTimestamp": "2026-02-01T00:00:00Z"}}),
+    );
+    let t = run(&view(vec![newer, older]));
+    let names: Vec<&str> = t.wanted.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["kube/u-b/ipv4", "kube/u-a/ipv4"]);
+}
