@@ -285,6 +285,15 @@ impl NetnsIpvs {
             .map_err(|e| e.to_string())
     }
 
+    /// The key of every virtual service the kernel holds (one service dump).
+    pub fn service_keys(&self) -> Result<Vec<ServiceKey>, String> {
+        self.run(|rt, h| {
+            rt.block_on(h.services())
+                .map(|s| s.into_iter().map(|s| s.key).collect())
+        })?
+        .map_err(|e| e.to_string())
+    }
+
     /// The whole table (a service dump and a destination dump per service).
     pub fn table(&self) -> Result<IpvsTable, String> {
         self.run(|rt, h| rt.block_on(h.table()))?

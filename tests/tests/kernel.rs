@@ -999,8 +999,10 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
             .then_some(())
     });
 
-    // The API server goes away: nothing is removed, and failover still works.
+    // The API server goes away for a minute: nothing is removed, and
+    // failover still works meanwhile.
     lab.stop_api().unwrap();
+    let api_down = std::time::Instant::now();
     let (owner, _) = wait_for("an owner of the Service's VIP", 120, || {
         owner_of(&lab, &all)
     });
@@ -1031,6 +1033,15 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
         );
     }
     lab.start_host(&owner).unwrap();
+    if let Some(left) = std::time::Duration::from_secs(60).checked_sub(api_down.elapsed()) {
+        std::thread::sleep(left);
+    }
+    for t in tables(&lab, &survivors) {
+        assert!(
+            t.contains("TCP  10.10.0.201:80 rr"),
+            "after a minute without the API: {t}"
+        );
+    }
     lab.start_api().unwrap();
     assert_eq!(
         wait_for("the Service's status", 60, || ingress(&lab)),

@@ -247,6 +247,32 @@ fn loadbalancer_services_through_the_real_kubectl() {
     wait_for("n2 back", 30, || {
         (backends(&lab, "web")? == ["n1=1", "n2=1"]).then_some(())
     });
+    // A node deleted is no backend; registered again, it is.
+    let n2 = kubectl(&lab, &["get", "node", "n2", "-o", "json"]);
+    kubectl(&lab, &["delete", "node", "n2"]);
+    wait_for("n2 gone", 30, || {
+        (backends(&lab, "web")? == ["n1=1"]).then_some(())
+    });
+    let mut node: Value = serde_json::from_str(&n2).unwrap();
+    for field in ["resourceVersion", "uid", "creationTimestamp"] {
+        node["metadata"].as_object_mut().unwrap().remove(field);
+    }
+    create(&lab, "n2", &node.to_string());
+    kubectl(
+        &lab,
+        &[
+            "patch",
+            "node",
+            "n2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &serde_json::json!({"status": n2.parse::<Value>().unwrap()["status"]}).to_string(),
+        ],
+    );
+    wait_for("n2 registered again", 30, || {
+        (backends(&lab, "web")? == ["n1=1", "n2=1"]).then_some(())
+    });
 
     // A requested address; a second Service asking for it stays pending
     // with a Warning, and the first keeps it.
@@ -285,7 +311,11 @@ fn loadbalancer_services_through_the_real_kubectl() {
     let https = service("front-https", 30097, share, "").replace("port: 80\n", "port: 443\n");
     create(&lab, "front-https", &https);
     assert_eq!(wait_ingress(&lab, "front-https"), shared_ip);
-    create(&lab, "front-clash", &service("front-clash", 30098, share, ""));
+    create(
+        &lab,
+        "front-clash",
+        &service("front-clash", 30098, share, ""),
+    );
     wait_for("a Warning for the port clash", 30, || {
         let e = events(&lab, "front-clash");
         (e.contains("Warning") && e.contains("default/front-http")).then_some(())
@@ -419,5 +449,36 @@ fn loadbalancer_services_through_the_real_kubectl() {
         "10.10.0.201",
         "the released address is free again"
     );
+    lab.down().expect("lab down");
+}
+
+/// LoadBalancer Services as the MetalLB and kube-vip documentation writes
+/// them, rewritten for director's class and annotations
+/// (tests/kube-examples/services.yaml), get the addresses they ask for.
+#[test]
+#[ignore = "needs root and network namespaces: run by `cargo xtask test`"]
+fn examples_in_the_style_of_other_load_balancers_get_addresses() {
+    let lab = LabGuard::up(
+        LabSpec::new(3, 2).with_prefix("t-kex-").with_kube(true),
+        env(),
+    )
+    .expect("lab up");
+    wait_for("the Kubernetes view", 60, || {
+        (kube_status(&lab)["synced"] == true).then_some(())
+    });
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/kube-examples/services.yaml");
+    kubectl(&lab, &["create", "-f", file]);
+    assert_eq!(wait_ingress(&lab, "nginx"), "10.10.0.220");
+    assert_eq!(wait_ingress(&lab, "dns-tcp"), "10.10.0.221");
+    assert_eq!(wait_ingress(&lab, "dns-udp"), "10.10.0.221");
+    assert_eq!(wait_ingress(&lab, "kv-nginx"), "10.10.0.222");
+    let dual = wait_ingress(&lab, "web-dual");
+    assert!(dual.starts_with("10.10.0.2"), "{dual}");
+    // The deprecated field worked, with a Warning saying so.
+    wait_for("the deprecation Warning", 30, || {
+        events(&lab, "nginx")
+            .contains("DeprecatedField")
+            .then_some(())
+    });
     lab.down().expect("lab down");
 }

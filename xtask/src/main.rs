@@ -3,7 +3,7 @@
 //! - `vm -- CMD...`: run CMD as root under a real kernel with IPVS.
 //! - `lab up|down|exec|status`: the namespace lab.
 //! - `test`: every check CI runs, with one VM boot for all kernel tests.
-//! - `bench raft|ipvs|failover|scale`: benchmarks (they measure and report).
+//! - `bench raft|ipvs|failover|scale|kube`: benchmarks (they measure and report).
 //! - `demo`: the lab with IPVS carrying traffic, end to end.
 
 mod build;
@@ -133,6 +133,21 @@ enum BenchCmd {
         /// Seconds allowed for the change to show in all three kernels.
         #[arg(long, default_value_t = 60)]
         change_timeout_s: u64,
+    },
+    /// Kubernetes: three directors (release build) and the lab's API
+    /// server; N LoadBalancer Services created at once; per Service the time
+    /// until its status shows an address and until every director's kernel
+    /// holds it (p50/p99/max), API requests per Service, and the directors'
+    /// memory holding them. One VM run; writes target/bench-kube.json.
+    Kube {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Numbers of Services, comma-separated; each is one lab run.
+        #[arg(long, default_value = "1000,10000")]
+        services: String,
+        /// Seconds each run may take.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
     },
 }
 
@@ -350,6 +365,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 change_timeout_s,
             },
         ),
+        Cmd::Bench {
+            bench:
+                BenchCmd::Kube {
+                    vm,
+                    services,
+                    timeout_s,
+                },
+        } => bench_kube(&root, &vm, &services, timeout_s),
         Cmd::Demo { vm, inside } => {
             if inside {
                 demo_inside(&root)
@@ -421,6 +444,48 @@ struct ScaleLimits {
 /// Seconds a director has to open its admin socket (it loads the whole
 /// generated config first).
 const SCALE_READY_TIMEOUT_S: u64 = 300;
+
+/// `bench kube`: the Kubernetes benchmark in one VM run.
+fn bench_kube(root: &Path, vm: &VmArgs, services: &str, timeout_s: u64) -> Result<i32> {
+    let counts = services.split(',').filter(|s| !s.trim().is_empty()).count() as u64;
+    if lab::lab::which("ipvsadm").is_none() {
+        install::apt_install(&["ipvsadm"])?;
+    }
+    build::build_lab_binaries(root, true)?;
+    let bench = build::build_tests(root, &[("director-tests", "kube_bench")], true)?;
+    let exe = bench
+        .first()
+        .context("cargo built no Kubernetes benchmark")?
+        .to_string_lossy()
+        .into_owned();
+    let out = vm::target_dir(root).join("bench-kube.json");
+    let _ = std::fs::remove_file(&out);
+    let mut opts = vm.options();
+    let needed = Duration::from_secs(120 + (timeout_s + 300) * counts.max(1));
+    if opts.timeout < needed {
+        eprintln!(
+            "xtask: the VM timeout is raised to {} s to cover every run's limit",
+            needed.as_secs()
+        );
+        opts.timeout = needed;
+    }
+    let argv: Vec<String> = vec![
+        "env".into(),
+        format!("KUBE_SERVICES={services}"),
+        format!("KUBE_TIMEOUT_S={timeout_s}"),
+        format!("KUBE_REVISION={}", revision(root)),
+        format!("KUBE_OUT={}", out.display()),
+        exe,
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ];
+    let code = vm::run(root, &opts, &argv)?.code;
+    if out.is_file() {
+        println!("results: {}", out.display());
+    }
+    Ok(code)
+}
 
 fn bench_scale(root: &Path, vm: &VmArgs, limits: &ScaleLimits) -> Result<i32> {
     let counts: Vec<u32> = limits

@@ -23,6 +23,15 @@ pub enum Pending {
         /// `IPv4` or `IPv6`.
         family: &'static str,
     },
+    /// Its sharing group's VIP does not fit its request (no longer in its
+    /// pools, or another address was asked for).
+    #[error(
+        "the shared address {0} is not in this Service's pools or is not the address it asks for"
+    )]
+    Unfit(IpAddr),
+    /// Every pool that admits it has `auto_assign: false`.
+    #[error("no pool that admits this Service assigns addresses (auto_assign: false): request an address or a pool")]
+    NoAutoPool,
     /// Every pool it may use is full.
     #[error("no free address in pool {}", .0.join(", "))]
     Exhausted(Vec<String>),
@@ -44,6 +53,17 @@ pub enum Pending {
         /// Who has it.
         holder: String,
     },
+}
+
+/// Whether `vip` still fits `request` (a shared VIP is checked against each
+/// member's request: a pool edit that drops it takes it away).
+pub fn fits(vip: IpAddr, request: &VipRequest, pools: &[Pool]) -> bool {
+    let named = |n: &String| pools.iter().find(|p| &p.name == n);
+    match request {
+        VipRequest::Address(ip) => *ip == vip,
+        VipRequest::Pool { name, .. } => named(name).is_some_and(|p| p.contains(&vip)),
+        VipRequest::Pools { keep, .. } => keep.iter().filter_map(named).any(|p| p.contains(&vip)),
+    }
 }
 
 /// The VIP for service `name`: the requested address (unless another
@@ -83,6 +103,9 @@ pub fn choose(
                 if ip.is_ipv6() == *v6 && keep.iter().filter_map(named).any(|p| p.contains(&ip)) {
                     return Ok(ip);
                 }
+            }
+            if assign.is_empty() {
+                return Err(Pending::NoAutoPool);
             }
             assign
                 .iter()

@@ -145,7 +145,16 @@ pub fn catalogue(
     for w in wanted {
         let holder = w.share.as_deref().unwrap_or(&w.name);
         let chosen = match held.get(holder) {
-            Some(vip) if w.share.is_some() => Ok(*vip),
+            // The group's VIP, while it fits this member's request; a pool
+            // edit that drops it takes it from every member (it is
+            // released with the last, and the group gets a new one).
+            Some(vip) if w.share.is_some() => {
+                if address::fits(*vip, &w.vip, &config.pools) {
+                    Ok(*vip)
+                } else {
+                    Err(address::Pending::Unfit(*vip))
+                }
+            }
             _ => address::choose(&w.name, &w.vip, &config.pools, state, &taken),
         };
         let me = display(&w.name, w.origin.as_ref());
@@ -243,6 +252,8 @@ pub struct Decisions {
     pub ours: BTreeMap<String, kubernetes::translate::Ours>,
     /// State names without a VIP, and why.
     pub pending: BTreeMap<String, address::Pending>,
+    /// The class served (`kubernetes.class`).
+    pub class: String,
 }
 
 /// How a service is named to people: `namespace/name` for a Kubernetes
@@ -398,7 +409,16 @@ pub async fn run(
             };
             let Catalogue { cmds, pending } = catalogue(&cfg, &wanted, &state, ready);
             if ready == Some(true) {
-                decisions.send_replace(Arc::new(Decisions { ours, pending }));
+                let class = cfg
+                    .kubernetes
+                    .as_ref()
+                    .map(|k| k.class.clone())
+                    .unwrap_or_default();
+                decisions.send_replace(Arc::new(Decisions {
+                    ours,
+                    pending,
+                    class,
+                }));
             }
             if cmds.is_empty() {
                 checked = Some((state.clone(), generation, kube_seen));

@@ -334,6 +334,16 @@ pub async fn build(d: &Daemon) -> Status {
         Some(a) => a.rule().held(),
         None => Default::default(),
     };
+    // The Kubernetes Services on each VIP (several when shared).
+    let mut kube_names: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for s in state.services.values() {
+        if let Some(o) = &s.origin {
+            kube_names
+                .entry(s.vip)
+                .or_default()
+                .push(format!("{}/{}", o.namespace, o.name));
+        }
+    }
     let vips = state
         .allocations
         .iter()
@@ -349,11 +359,7 @@ pub async fn build(d: &Daemon) -> Status {
                 last_announced_ms_ago,
                 vip: vip.to_string(),
                 service: service.clone(),
-                kubernetes_service: state
-                    .services
-                    .get(service)
-                    .and_then(|s| s.origin.as_ref())
-                    .map(|o| format!("{}/{}", o.namespace, o.name)),
+                kubernetes_service: kube_names.get(vip).map(|n| n.join(",")),
                 owner: owner.map(|o| o.director),
                 owner_name: owner.and_then(|o| names.get(&o.director).cloned()),
                 epoch: owner.map(|o| o.epoch),

@@ -239,7 +239,8 @@ impl State {
         let before = store.counter();
         let result = f(&mut store);
         if store.counter() != before {
-            self.save(&store);
+            // Saved by the saver task, at most every SAVE_EVERY (a write
+            // does not wait for the whole store to be written out).
             self.changed.send_replace(store.counter());
         }
         result
@@ -284,6 +285,33 @@ impl State {
             .entry(format!("{verb} {resource}"))
             .or_insert(0) += 1;
     }
+}
+
+/// How often, at most, the state file is written while objects change.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+
+/// Writes the state file after changes, at most every [`SAVE_EVERY`], and
+/// once more at shutdown.
+async fn saver(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    let mut changed = state.changed.subscribe();
+    let mut saved = *changed.borrow_and_update();
+    loop {
+        tokio::select! {
+            r = changed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                tokio::time::sleep(SAVE_EVERY).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+        let now = *changed.borrow_and_update();
+        if now != saved {
+            state.read(|store| state.save(store));
+            saved = now;
+        }
+    }
+    state.read(|store| state.save(store));
 }
 
 /// A running double.
@@ -460,6 +488,9 @@ impl Double {
         let (shutdown, _) = watch::channel(false);
         let acceptor = tokio_rustls::TlsAcceptor::from(certs.server.clone());
         let mut tasks = Vec::new();
+        if state.state_file.is_some() {
+            tasks.push(tokio::spawn(saver(state.clone(), shutdown.subscribe())));
+        }
         for (listener, local) in listeners {
             tracing::info!(addr = %local, "listening");
             tasks.push(tokio::spawn(server::serve(

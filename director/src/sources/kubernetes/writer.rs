@@ -12,6 +12,7 @@ use std::time::Duration;
 use consensus::domain::Forwarding;
 use consensus::state::ClusterState;
 use consensus::Node;
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -25,6 +26,11 @@ use crate::leader::Decisions;
 
 /// The finalizer on every Service director serves.
 pub const FINALIZER: &str = "director.io/load-balancer-cleanup";
+
+/// Written with the finalizer: the class of the director group that added
+/// it, so that a group removes only its own finalizer from Services that
+/// stopped being its.
+pub const CLASS_ANNOTATION: &str = "director.io/finalizer-class";
 
 /// The `reportingController` of director's Events.
 pub const CONTROLLER: &str = "director.io/ipvs-controller";
@@ -154,7 +160,139 @@ fn in_state(state: &ClusterState, uid: &str) -> bool {
         || state.services.contains_key(&state_name(uid, true))
 }
 
-/// One pass: status, finalizers, Events.
+/// Writes in flight at once.
+const IN_FLIGHT: usize = 16;
+
+/// One write the round decided on.
+enum Job {
+    /// `status.loadBalancer.ingress` of a Service.
+    Status {
+        uid: String,
+        name: String,
+        api: Api<Service>,
+        want: Ingress,
+        rv: Option<String>,
+    },
+    /// A merge patch of a Service's metadata (the finalizer).
+    Meta {
+        name: String,
+        api: Api<Service>,
+        patch: serde_json::Value,
+        removing: bool,
+    },
+    /// An Event (Warnings carry the key they are published once under).
+    Event {
+        key: Option<(String, &'static str, String)>,
+        ev: Event,
+        regarding: ObjectReference,
+    },
+}
+
+/// What a job that succeeded did.
+enum Done {
+    Status {
+        uid: String,
+        want: Ingress,
+        rv: Option<String>,
+    },
+    Meta {
+        name: String,
+        removing: bool,
+    },
+    Event {
+        key: Option<(String, &'static str, String)>,
+    },
+}
+
+/// `f` within [`WRITE_TIMEOUT`].
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(WRITE_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer within {} s", WRITE_TIMEOUT.as_secs()).into(),
+        )),
+    }
+}
+
+async fn run_job(recorder: &Recorder, job: Job) -> (&'static str, Result<Done, kube::Error>) {
+    match job {
+        Job::Status {
+            uid,
+            name,
+            api,
+            want,
+            rv,
+        } => {
+            let list: Vec<serde_json::Value> = want
+                .iter()
+                .map(|(ip, mode)| json!({"ip": ip, "ipMode": mode}))
+                .collect();
+            let patch = json!({"status": {"loadBalancer": {"ingress": list}}});
+            let r = timed(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                .await;
+            ("status", r.map(|_| Done::Status { uid, want, rv }))
+        }
+        Job::Meta {
+            name,
+            api,
+            patch,
+            removing,
+        } => {
+            let short = name.rsplit('/').next().unwrap_or(&name).to_string();
+            let r = timed(api.patch(&short, &PatchParams::default(), &Patch::Merge(&patch))).await;
+            ("finalizer", r.map(|_| Done::Meta { name, removing }))
+        }
+        Job::Event { key, ev, regarding } => {
+            let r = timed(recorder.publish(&ev, &regarding)).await;
+            ("event", r.map(|()| Done::Event { key }))
+        }
+    }
+}
+
+/// Runs the jobs, [`IN_FLIGHT`] at once, and notes what they came to.
+async fn run_jobs(recorder: &Recorder, jobs: Vec<Job>, memory: &mut Memory) {
+    if jobs.is_empty() {
+        return;
+    }
+    let results: Vec<_> = futures_util::stream::iter(jobs)
+        .map(|job| run_job(recorder, job))
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    for (what, result) in results {
+        match result {
+            Ok(done) => {
+                if memory.errors.remove(what).is_some() {
+                    tracing::info!(write = what, "Kubernetes writes succeed again");
+                }
+                match done {
+                    Done::Status { uid, want, rv } => {
+                        tracing::debug!(%uid, ingress = ?want, "status updated");
+                        memory.written.insert(uid, (want, rv));
+                    }
+                    Done::Meta { name, removing } => {
+                        if removing {
+                            tracing::info!(service = %name, "finalizer removed; the Service may go");
+                        }
+                    }
+                    Done::Event { key } => {
+                        if let Some(key) = key {
+                            memory.published.insert(key);
+                        }
+                    }
+                }
+            }
+            // The object is gone: nothing left to write to it.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => note_error(memory, what, e.to_string()),
+        }
+    }
+}
+
+/// One pass: statuses first (what users wait for), then finalizers, then
+/// Events; of each kind [`IN_FLIGHT`] writes at a time.
 async fn round(
     source: &Source,
     recorder: &Recorder,
@@ -169,6 +307,7 @@ async fn round(
         .iter()
         .filter_map(|s| Some((s.metadata.uid.as_deref()?, s)))
         .collect();
+    let (mut statuses, mut metas, mut events) = (Vec::new(), Vec::new(), Vec::new());
 
     for (uid, ours) in &d.ours {
         let Some(svc) = by_uid.get(uid.as_str()) else {
@@ -178,85 +317,78 @@ async fn round(
         let rv = svc.metadata.resource_version.clone();
         let in_state = in_state(state, uid);
         let mut finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
+        let who = format!("{}/{}", ours.namespace, ours.name);
         if ours.deleting {
             // The VIP is withdrawn (the removal is committed) and released:
             // the Service may go.
             if has_finalizer(svc) && !in_state {
                 finalizers.retain(|f| f != FINALIZER);
-                let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
-                if write(
-                    memory,
-                    "finalizer",
-                    api.patch(&ours.name, &PatchParams::default(), &Patch::Merge(&patch)),
-                )
-                .await
-                {
-                    tracing::info!(service = %format!("{}/{}", ours.namespace, ours.name), "finalizer removed; the Service may go");
-                }
+                metas.push(Job::Meta {
+                    name: who,
+                    api,
+                    patch: json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}}),
+                    removing: true,
+                });
             }
             continue;
         }
         if !has_finalizer(svc) {
             finalizers.push(FINALIZER.to_string());
-            let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
-            write(
-                memory,
-                "finalizer",
-                api.patch(&ours.name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await;
+            // The class goes with the finalizer: a director group removes
+            // the finalizer only from Services its own class marked.
+            metas.push(Job::Meta {
+                name: who,
+                api: api.clone(),
+                patch: json!({"metadata": {
+                    "finalizers": finalizers,
+                    "annotations": {CLASS_ANNOTATION: d.class},
+                    "resourceVersion": rv,
+                }}),
+                removing: false,
+            });
         }
         let want = ingress(state, ours);
-        let have = shown(svc);
         let already = memory
             .written
             .get(uid)
             .is_some_and(|(w, at)| *w == want && *at == rv);
-        if want != have && !already {
-            let list: Vec<serde_json::Value> = want
-                .iter()
-                .map(|(ip, mode)| json!({"ip": ip, "ipMode": mode}))
-                .collect();
-            let patch = json!({"status": {"loadBalancer": {"ingress": list}}});
-            if write(
-                memory,
-                "status",
-                api.patch_status(&ours.name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await
-            {
-                tracing::info!(service = %format!("{}/{}", ours.namespace, ours.name), ingress = ?want, "status updated");
-                memory.written.insert(uid.clone(), (want, rv));
-            }
+        if want != shown(svc) && !already {
+            statuses.push(Job::Status {
+                uid: uid.clone(),
+                name: ours.name.clone(),
+                api,
+                want,
+                rv,
+            });
         }
         // Problems found in the Service (annotations, pools): one Warning
         // each, once.
-        let mut warnings: Vec<(&'static str, String)> = ours
+        let mut problems: Vec<(&'static str, String)> = ours
             .problems
             .iter()
             .map(|p| (p.reason, p.note.clone()))
             .collect();
         for v6 in &ours.families {
             if let Some(why) = d.pending.get(&state_name(uid, *v6)) {
-                warnings.push(("AllocationFailed", why.to_string()));
+                problems.push(("AllocationFailed", why.to_string()));
             }
         }
-        for (reason, note) in warnings {
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: reason.into(),
-                note: Some(note.clone()),
-                action: "Allocate".into(),
-                secondary: None,
-            };
-            publish(
-                memory,
-                recorder,
-                (uid.clone(), reason, note),
-                &ev,
-                &reference(&ours.namespace, &ours.name, uid),
-            )
-            .await;
+        for (reason, note) in problems {
+            let key = (uid.clone(), reason, note.clone());
+            if memory.published.contains(&key) {
+                continue;
+            }
+            events.push(Job::Event {
+                key: Some(key),
+                ev: Event {
+                    type_: EventType::Warning,
+                    reason: reason.into(),
+                    note: Some(note),
+                    action: "Allocate".into(),
+                    secondary: None,
+                },
+                regarding: reference(&ours.namespace, &ours.name, uid),
+            });
         }
     }
 
@@ -270,22 +402,34 @@ async fn round(
         if d.ours.contains_key(uid) || !has_finalizer(svc) || in_state(state, uid) {
             continue;
         }
+        let marked = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CLASS_ANNOTATION))
+            .is_some_and(|c| *c == d.class);
+        if !marked {
+            // Another director group's (or one without the mark): not ours
+            // to remove.
+            continue;
+        }
         let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
             continue;
         };
         let mut finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
         finalizers.retain(|f| f != FINALIZER);
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": svc.metadata.resource_version}});
-        let api: Api<Service> = Api::namespaced(client.clone(), ns);
-        write(
-            memory,
-            "finalizer",
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await;
+        metas.push(Job::Meta {
+            name: format!("{ns}/{name}"),
+            api: Api::namespaced(client.clone(), ns),
+            patch: json!({"metadata": {"finalizers": finalizers, "resourceVersion": svc.metadata.resource_version}}),
+            removing: true,
+        });
     }
 
-    events(state, recorder, memory).await;
+    run_jobs(recorder, statuses, memory).await;
+    run_jobs(recorder, metas, memory).await;
+    events.extend(changes(state, memory));
+    run_jobs(recorder, events, memory).await;
     memory.written.retain(|uid, _| d.ours.contains_key(uid));
     memory
         .published
@@ -294,12 +438,12 @@ async fn round(
 
 /// Normal Events for what changed in the state since the last round:
 /// an address allocated or released, a VIP's owner changed.
-async fn events(state: &Arc<ClusterState>, recorder: &Recorder, memory: &mut Memory) {
+fn changes(state: &Arc<ClusterState>, memory: &mut Memory) -> Vec<Job> {
     let Some(before) = memory.seen.replace(state.clone()) else {
-        return;
+        return Vec::new();
     };
     if Arc::ptr_eq(&before, state) {
-        return;
+        return Vec::new();
     }
     let mut out = Vec::new();
     for (name, svc) in &state.services {
@@ -330,90 +474,30 @@ async fn events(state: &Arc<ClusterState>, recorder: &Recorder, memory: &mut Mem
     for (name, svc) in &before.services {
         let Some(o) = &svc.origin else { continue };
         if !state.services.contains_key(name) && uid_of(name).is_some() {
-            out.push((
-                o.clone(),
-                "IPReleased",
-                format!("released {} and withdrew it from every director", svc.vip),
-            ));
+            let note = if state.allocations.contains_key(&svc.vip) {
+                format!(
+                    "no longer uses {} (the other Services of its sharing key keep it)",
+                    svc.vip
+                )
+            } else {
+                format!("released {} and withdrew it from every director", svc.vip)
+            };
+            out.push((o.clone(), "IPReleased", note));
         }
     }
-    for (o, reason, note) in out {
-        let ev = Event {
-            type_: EventType::Normal,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        let r = reference(&o.namespace, &o.name, &o.uid);
-        if let Err(e) = timed(recorder.publish(&ev, &r)).await {
-            note_error(memory, "event", e);
-        }
-    }
-}
-
-async fn publish(
-    memory: &mut Memory,
-    recorder: &Recorder,
-    key: (String, &'static str, String),
-    ev: &Event,
-    r: &ObjectReference,
-) {
-    if memory.published.contains(&key) {
-        return;
-    }
-    match timed(recorder.publish(ev, r)).await {
-        Ok(()) => {
-            memory.published.insert(key);
-        }
-        Err(e) => note_error(memory, "event", e),
-    }
-}
-
-/// An API call with [`WRITE_TIMEOUT`].
-async fn timed<T>(
-    f: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(WRITE_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", WRITE_TIMEOUT.as_secs())),
-    }
-}
-
-/// Runs one write; false (and the error logged once) when it failed.
-async fn write<T>(
-    memory: &mut Memory,
-    what: &'static str,
-    f: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> bool {
-    match timed_raw(f).await {
-        // The object is gone: nothing left to write to it.
-        Ok(Err(kube::Error::Api(e))) if e.code == 404 => false,
-        Ok(Err(e)) => {
-            note_error(memory, what, e.to_string());
-            false
-        }
-        Ok(Ok(_)) => {
-            if memory.errors.remove(what).is_some() {
-                tracing::info!(write = what, "Kubernetes writes succeed again");
-            }
-            true
-        }
-        Err(e) => {
-            note_error(memory, what, e);
-            false
-        }
-    }
-}
-
-/// An API call with [`WRITE_TIMEOUT`]; the call's own result inside.
-async fn timed_raw<T>(
-    f: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<Result<T, kube::Error>, String> {
-    tokio::time::timeout(WRITE_TIMEOUT, f)
-        .await
-        .map_err(|_| format!("no answer within {} s", WRITE_TIMEOUT.as_secs()))
+    out.into_iter()
+        .map(|(o, reason, note)| Job::Event {
+            key: None,
+            ev: Event {
+                type_: EventType::Normal,
+                reason: reason.into(),
+                note: Some(note),
+                action: "Reconcile".into(),
+                secondary: None,
+            },
+            regarding: reference(&o.namespace, &o.name, &o.uid),
+        })
+        .collect()
 }
 
 fn note_error(memory: &mut Memory, what: &'static str, e: String) {
