@@ -322,7 +322,10 @@ fn loadbalancer_services_through_the_real_kubectl() {
     });
     assert_eq!(ingress(&lab, "front-clash"), "");
     assert_eq!(
-        status_of(&lab, "front-https").unwrap()["vips"][0]["from"],
+        wait_for("front-https in the status", 30, || status_of(
+            &lab,
+            "front-https"
+        ))["vips"][0]["from"],
         "shared front"
     );
 
@@ -416,7 +419,7 @@ fn loadbalancer_services_through_the_real_kubectl() {
         .collect();
     assert_eq!(before, again, "addresses never change across restarts");
     assert_eq!(
-        status_of(&lab, "web").unwrap()["vips"][0]["vip"],
+        wait_for("web in the status", 30, || status_of(&lab, "web"))["vips"][0]["vip"],
         "10.10.0.201"
     );
 
@@ -425,13 +428,41 @@ fn loadbalancer_services_through_the_real_kubectl() {
     wait_for("the API to show unreachable", 60, || {
         (kube_status(&lab)["api_reachable"] == false).then_some(())
     });
+    // A new leader elected meanwhile (the old one restarted, its watches
+    // never listing) keeps every allocation.
+    let leader = wait_for("a leader's name", 60, || {
+        director_status(&lab, &all[0])?["cluster"]["leader_name"]
+            .as_str()
+            .map(str::to_string)
+    });
+    lab.terminate(&leader, Duration::from_secs(10)).unwrap();
+    lab.start_host(&leader).unwrap();
+    wait_for("a leader again", 60, || {
+        let s = director_status(&lab, &all[0])?;
+        (!s["cluster"]["leader"].is_null()
+            && all
+                .iter()
+                .all(|h| director_status(&lab, h).is_some_and(|x| x["lease"]["held"] == true)))
+        .then_some(())
+    });
     std::thread::sleep(Duration::from_secs(3));
-    for n in ["web", "req", "dual", "after"] {
-        assert!(
-            status_of(&lab, n).is_some(),
-            "{n} is kept while the API is away"
-        );
+    for h in &all {
+        let s = wait_for("a status", 30, || director_status(&lab, h));
+        for n in ["web", "req", "dual", "after"] {
+            let found = s["kubernetes"]["services"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["service"] == format!("default/{n}")));
+            assert!(
+                found,
+                "{n} is kept on {} while the API is away: {s}",
+                h.name()
+            );
+        }
     }
+    assert_eq!(
+        wait_for("web in the status", 30, || status_of(&lab, "web"))["vips"][0]["vip"],
+        "10.10.0.201"
+    );
     lab.start_api().unwrap();
     wait_for("the API to show reachable", 90, || {
         (kube_status(&lab)["api_reachable"] == true).then_some(())

@@ -18,7 +18,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Api;
 use serde_json::json;
-use tokio::sync::watch;
+use std::sync::Mutex;
+use tokio::sync::{mpsc, watch};
 
 use super::translate::{state_name, uid_of, Ours};
 use super::Source;
@@ -42,6 +43,60 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the writer looks again without a change (retries).
 const ROUND: Duration = Duration::from_secs(5);
 
+/// A Warning's identity: (Service UID, reason, note).
+type EventKey = (String, &'static str, String);
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Publishes the Events the rounds queue, [`IN_FLIGHT`] at a time.
+async fn publish_events(
+    recorder: Recorder,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    published: Arc<Mutex<BTreeSet<EventKey>>>,
+) {
+    let mut last_error: Option<String> = None;
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        let jobs: Vec<_> = batch
+            .drain(..)
+            .filter_map(|job| match job {
+                Job::Event { key, ev, regarding } => Some((key, ev, regarding)),
+                _ => None,
+            })
+            .map(|(key, ev, regarding)| {
+                let recorder = recorder.clone();
+                async move { (key, timed(recorder.publish(&ev, &regarding)).await) }
+            })
+            .collect();
+        let results: Vec<_> = futures_util::stream::iter(jobs)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, result) in results {
+            match result {
+                Ok(()) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("Kubernetes Events are published again");
+                    }
+                }
+                Err(e) => {
+                    // A Warning is queued again by the next round.
+                    if let Some(key) = key {
+                        locked(&published).remove(&key);
+                    }
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(error = %text, "an Event was not published");
+                        last_error = Some(text);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One ingress entry: the VIP and its ipMode.
 type Ingress = Vec<(String, &'static str)>;
 
@@ -52,12 +107,25 @@ struct Memory {
     /// the Service had then (skip rewriting until the watch shows a newer
     /// object).
     written: BTreeMap<String, (Ingress, Option<String>)>,
-    /// Events already published: (UID, reason, note).
-    published: BTreeSet<(String, &'static str, String)>,
+    /// Warnings published or on their way: (UID, reason, note). A Warning
+    /// whose publishing failed leaves the set and is queued again.
+    published: Arc<Mutex<BTreeSet<EventKey>>>,
+    /// Where Events go: the Event task publishes them beside the rounds,
+    /// so that statuses never wait for Events.
+    events: Option<mpsc::UnboundedSender<Job>>,
     /// The state the allocation and owner Events were last computed from.
     seen: Option<Arc<ClusterState>>,
     /// The last error of each kind of write, logged once.
     errors: BTreeMap<&'static str, String>,
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the writer until `stop`; it writes only while this director leads.
@@ -78,6 +146,14 @@ pub async fn run(
     let mut changes = node.watch();
     let mut kube = source.subscribe();
     let mut memory = Memory::default();
+    let (tx, rx) = mpsc::unbounded_channel();
+    memory.events = Some(tx);
+    let events = tokio::spawn(publish_events(
+        recorder.clone(),
+        rx,
+        memory.published.clone(),
+    ));
+    let _events = AbortOnDrop(events);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ROUND) => {}
@@ -199,9 +275,7 @@ enum Done {
         name: String,
         removing: bool,
     },
-    Event {
-        key: Option<(String, &'static str, String)>,
-    },
+    Event,
 }
 
 /// `f` within [`WRITE_TIMEOUT`].
@@ -244,9 +318,9 @@ async fn run_job(recorder: &Recorder, job: Job) -> (&'static str, Result<Done, k
             let r = timed(api.patch(&short, &PatchParams::default(), &Patch::Merge(&patch))).await;
             ("finalizer", r.map(|_| Done::Meta { name, removing }))
         }
-        Job::Event { key, ev, regarding } => {
+        Job::Event { ev, regarding, .. } => {
             let r = timed(recorder.publish(&ev, &regarding)).await;
-            ("event", r.map(|()| Done::Event { key }))
+            ("event", r.map(|()| Done::Event))
         }
     }
 }
@@ -277,11 +351,7 @@ async fn run_jobs(recorder: &Recorder, jobs: Vec<Job>, memory: &mut Memory) {
                             tracing::info!(service = %name, "finalizer removed; the Service may go");
                         }
                     }
-                    Done::Event { key } => {
-                        if let Some(key) = key {
-                            memory.published.insert(key);
-                        }
-                    }
+                    Done::Event => {}
                 }
             }
             // The object is gone: nothing left to write to it.
@@ -375,7 +445,7 @@ async fn round(
         }
         for (reason, note) in problems {
             let key = (uid.clone(), reason, note.clone());
-            if memory.published.contains(&key) {
+            if !locked(&memory.published).insert(key.clone()) {
                 continue;
             }
             events.push(Job::Event {
@@ -429,11 +499,13 @@ async fn round(
     run_jobs(recorder, statuses, memory).await;
     run_jobs(recorder, metas, memory).await;
     events.extend(changes(state, memory));
-    run_jobs(recorder, events, memory).await;
+    if let Some(queue) = &memory.events {
+        for job in events {
+            let _ = queue.send(job);
+        }
+    }
     memory.written.retain(|uid, _| d.ours.contains_key(uid));
-    memory
-        .published
-        .retain(|(uid, _, _)| d.ours.contains_key(uid));
+    locked(&memory.published).retain(|(uid, _, _)| d.ours.contains_key(uid));
 }
 
 /// Normal Events for what changed in the state since the last round:
