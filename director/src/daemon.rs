@@ -3,6 +3,10 @@
 //! Raft; every director's reconcilers make its kernel hold the committed
 //! state; the admin socket and the metrics endpoint serve its view.
 //!
+//! Under systemd (`$NOTIFY_SOCKET`) it reports readiness once it has joined
+//! the group and, on a data director, programmed IPVS; then its role and
+//! held VIPs as status lines, watchdog pings, reloads and the stop.
+//!
 //! A witness runs the Raft node, the leader's loop (it may lead), the admin
 //! socket and the metrics endpoint: it never opens IPVS, runs modprobe, or
 //! touches routes, nftables or sysctls.
@@ -24,6 +28,7 @@ use crate::dataplane::routes::{Routes, VipRoutes};
 use crate::dataplane::{ipvs, sysctl};
 use crate::ops::drain::{Drainer, DRAIN_ON_STOP};
 use crate::ops::status::OwnerClock;
+use crate::ops::systemd::{Field, Notifier, Summary};
 use crate::ops::{admin, metrics, Daemon};
 use crate::sources::kubernetes;
 
@@ -59,8 +64,14 @@ fn hold_guard(config: &Config) -> Duration {
     Duration::from_millis(config.lease.margin_ms / 2)
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`.
-pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
+/// How long readiness waits for the first IPVS pass after joining before
+/// it is reported anyway (with the failing pass in the status line).
+const IPVS_READY_WAIT: Duration = Duration::from_secs(20);
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads `path`. `notifier` tells
+/// systemd about readiness, status, reloads and the stop, and pings its
+/// watchdog ([`Notifier::from_env`]; [`Notifier::disabled`] for none).
+pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result<(), RunError> {
     let me = config
         .peers
         .iter()
@@ -107,12 +118,14 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
     let metrics_addr = config.metrics;
     let config = Arc::new(ConfigCell::new(config));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(
+        notifier.clone().watchdog_loop(stop_rx.clone()),
+    )];
     let wake = Wakeups {
         state: node.watch(),
         config: config.subscribe(),
         stop: stop_rx.clone(),
     };
-    let mut tasks = Vec::new();
     let mut reconcilers: Vec<Handle> = Vec::new();
 
     // The data path (never on a witness).
@@ -238,6 +251,13 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
         decisions_tx,
         stop_rx.clone(),
     )));
+    let status_lines = notifier.enabled().then(|| {
+        tokio::spawn(notify_systemd(
+            daemon.clone(),
+            notifier.clone(),
+            stop_rx.clone(),
+        ))
+    });
 
     let signal = |kind, name| {
         tokio::signal::unix::signal(kind).map_err(|source| RunError::Signal {
@@ -251,18 +271,38 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match config::reload(&config, path) {
-                Ok(c) => tracing::info!(
-                    file = %path.display(),
-                    services = c.services.len(),
-                    pools = c.pools.len(),
-                    "configuration reloaded"
-                ),
-                Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
-            },
+            _ = hup.recv() => {
+                // Before readiness systemd knows of no reload; after it,
+                // READY=1 ends the reload whether the file was taken or
+                // refused (the director serves either way).
+                let ready = notifier.is_ready();
+                if ready {
+                    notifier.reloading();
+                }
+                match config::reload(&config, path) {
+                    Ok(c) => tracing::info!(
+                        file = %path.display(),
+                        services = c.services.len(),
+                        pools = c.pools.len(),
+                        "configuration reloaded"
+                    ),
+                    Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+                }
+                if ready {
+                    notifier.notify(&[Field::Ready]);
+                }
+            }
         }
     }
     tracing::info!("stopping");
+    if let Some(t) = status_lines {
+        t.abort();
+    }
+    notifier.stopping(if drainer.rule.is_some() {
+        "stopping: handing the VIPs over"
+    } else {
+        "stopping"
+    });
     // Hand the VIPs over before leaving, so that stopping a director (a
     // package upgrade, a reboot) costs no failed request.
     if drainer.rule.is_some() {
@@ -291,4 +331,51 @@ pub async fn run(config: Config, path: &Path) -> Result<(), RunError> {
     }
     tracing::warn!("shutting down with tasks still holding the node");
     Ok(())
+}
+
+/// Tells systemd when this director serves, and then what it is doing.
+///
+/// Ready means joined (a leader is known) and, on a data director with
+/// IPVS, a successful IPVS pass started after joining (at most
+/// [`IPVS_READY_WAIT`]; without IPVS, at once). After that a status line
+/// (role, leader, held VIPs, problems) is sent whenever it changes, checked
+/// every second.
+async fn notify_systemd(d: Daemon, notifier: Arc<Notifier>, mut stop: watch::Receiver<bool>) {
+    notifier.status("joining the Raft group");
+    loop {
+        tokio::select! {
+            r = d.node.wait_for_leader(Duration::from_secs(60)) => if r.is_ok() { break },
+            _ = stop.changed() => return,
+        }
+    }
+    if let Some(ipvs) = d.reconcilers.iter().find(|h| h.name == "ipvs") {
+        notifier.status("joined; programming IPVS");
+        let programmed = tokio::select! {
+            ok = ipvs.applied(IPVS_READY_WAIT) => ok,
+            _ = stop.changed() => return,
+        };
+        if !programmed {
+            tracing::warn!(
+                wait = ?IPVS_READY_WAIT,
+                error = ipvs.stats.error().unwrap_or_default(),
+                "IPVS is not programmed yet; reporting ready anyway"
+            );
+        }
+    }
+    let mut last = Summary::of(&d).line();
+    notifier.ready(&last);
+    tracing::info!(status = %last, "ready (systemd notified)");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let line = Summary::of(&d).line();
+        if line != last {
+            notifier.status(&line);
+            last = line;
+        }
+    }
 }

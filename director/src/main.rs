@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use director::ops::admin::{self, Request};
 use director::ops::drain::DrainReport;
 use director::ops::status::{self, Status};
+use director::ops::systemd;
 use director::{config, daemon, ipvs, logging};
 
 /// Highly available IPVS load balancer for bare-metal Kubernetes.
@@ -24,6 +25,9 @@ enum Cmd {
     /// Run the daemon: join the Raft group, program IPVS, serve the admin
     /// socket. SIGHUP reloads the configuration (a bad file is refused and
     /// the running one stays); SIGTERM hands the VIPs over and stops it.
+    /// Under systemd ($NOTIFY_SOCKET: Type=notify) it reports readiness, a
+    /// status line, reloads and the stop, and pings the watchdog
+    /// (WatchdogSec=).
     Run {
         /// The configuration file.
         #[arg(long, default_value = "/etc/director/director.yaml")]
@@ -229,7 +233,8 @@ async fn run(cli: Cli) -> i32 {
                     return ipvs::EXIT_BAD_INPUT;
                 }
             };
-            match daemon::run(config, &path).await {
+            let notifier = std::sync::Arc::new(systemd::Notifier::from_env());
+            match daemon::run(config, &path, notifier).await {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("{e}");

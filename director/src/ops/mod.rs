@@ -1,6 +1,6 @@
 //! Operating a director: the admin socket and its typed protocol
 //! ([`admin`]), the status document ([`status`]), the Prometheus endpoint
-//! ([`metrics`]) and draining ([`drain`]). A new CLI command that talks to
+//! ([`metrics`]), draining ([`drain`]) and notifying systemd ([`systemd`]). A new CLI command that talks to
 //! the daemon adds a [`admin::Request`] variant, its answer here, and its
 //! subcommand in `main.rs`.
 
@@ -8,6 +8,7 @@ pub mod admin;
 pub mod drain;
 pub mod metrics;
 pub mod status;
+pub mod systemd;
 
 use std::sync::Arc;
 
