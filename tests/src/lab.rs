@@ -984,6 +984,24 @@ impl Lab {
     /// the objects it kept when it was stopped, and the node hosts
     /// registered as Ready Nodes the first time.
     pub fn start_api(&mut self) -> Result<(), LabError> {
+        self.start_api_with(&[])
+    }
+
+    /// Starts the API server with a fresh store (its saved objects
+    /// dropped) holding the Nodes and `objects`; for benchmarks that need
+    /// many objects at once. Stops it first if it runs.
+    pub fn restart_api_with(&mut self, objects: &[serde_json::Value]) -> Result<(), LabError> {
+        self.stop_api()?;
+        let spec = self.state.spec.clone();
+        let state = self
+            .env
+            .state_dir
+            .join(format!("{}api-state.json", spec.prefix));
+        let _ = fs::remove_file(&state);
+        self.start_api_with(objects)
+    }
+
+    fn start_api_with(&mut self, objects: &[serde_json::Value]) -> Result<(), LabError> {
         let host = self.host("api")?;
         if self.api_running() {
             return Ok(());
@@ -992,12 +1010,13 @@ impl Lab {
         let base = self.env.state_dir.join(format!("{}api", spec.prefix));
         let state = base.with_file_name(format!("{}api-state.json", spec.prefix));
         let seed = base.with_file_name(format!("{}api-nodes.json", spec.prefix));
-        let nodes: Vec<serde_json::Value> = spec
+        let mut nodes: Vec<serde_json::Value> = spec
             .hosts()
             .iter()
             .filter(|h| h.role == Role::Node)
             .map(crate::configs::node_object)
             .collect();
+        nodes.extend(objects.iter().cloned());
         let text = serde_json::to_string_pretty(
             &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": nodes}),
         )

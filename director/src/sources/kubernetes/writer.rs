@@ -43,6 +43,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the writer looks again without a change (retries).
 const ROUND: Duration = Duration::from_secs(5);
 
+/// How soon it looks again when a round left writes for the next.
+const AGAIN: Duration = Duration::from_millis(200);
+
 /// A Warning's identity: (Service UID, reason, note).
 type EventKey = (String, &'static str, String);
 
@@ -154,9 +157,11 @@ pub async fn run(
         memory.published.clone(),
     ));
     let _events = AbortOnDrop(events);
+    let mut more = false;
     loop {
+        let wait = if more { AGAIN } else { ROUND };
         tokio::select! {
-            _ = tokio::time::sleep(ROUND) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = changes.changed() => {}
             _ = kube.changed() => {}
             _ = decisions.changed() => {}
@@ -172,7 +177,7 @@ pub async fn run(
         }
         let d = decisions.borrow_and_update().clone();
         let state = node.state();
-        round(&source, &recorder, &state, &d, &mut memory).await;
+        more = round(&source, &recorder, &state, &d, &mut memory).await;
     }
 }
 
@@ -235,6 +240,9 @@ fn in_state(state: &ClusterState, uid: &str) -> bool {
     state.services.contains_key(&state_name(uid, false))
         || state.services.contains_key(&state_name(uid, true))
 }
+
+/// Finalizer writes per round (the rest wait for the next round).
+const METAS_PER_ROUND: usize = 64;
 
 /// Writes in flight at once.
 const IN_FLIGHT: usize = 16;
@@ -362,14 +370,15 @@ async fn run_jobs(recorder: &Recorder, jobs: Vec<Job>, memory: &mut Memory) {
 }
 
 /// One pass: statuses first (what users wait for), then finalizers, then
-/// Events; of each kind [`IN_FLIGHT`] writes at a time.
+/// Events; of each kind [`IN_FLIGHT`] writes at a time. True when writes
+/// were left for the next round.
 async fn round(
     source: &Source,
     recorder: &Recorder,
     state: &Arc<ClusterState>,
     d: &Decisions,
     memory: &mut Memory,
-) {
+) -> bool {
     let view = source.view();
     let client = source.client();
     let by_uid: BTreeMap<&str, &Arc<Service>> = view
@@ -497,6 +506,10 @@ async fn round(
     }
 
     run_jobs(recorder, statuses, memory).await;
+    // Finalizers in bounded portions: a burst of new Services gets its
+    // statuses first, round after round, and its finalizers meanwhile.
+    let more = metas.len() > METAS_PER_ROUND;
+    metas.truncate(METAS_PER_ROUND);
     run_jobs(recorder, metas, memory).await;
     events.extend(changes(state, memory));
     if let Some(queue) = &memory.events {
@@ -506,6 +519,7 @@ async fn round(
     }
     memory.written.retain(|uid, _| d.ours.contains_key(uid));
     locked(&memory.published).retain(|(uid, _, _)| d.ours.contains_key(uid));
+    more
 }
 
 /// Normal Events for what changed in the state since the last round:
@@ -529,8 +543,9 @@ fn changes(state: &Arc<ClusterState>, memory: &mut Memory) -> Vec<Job> {
             ));
         }
         let owner = |s: &ClusterState| s.owners.get(&svc.vip).map(|w| w.director);
-        if let Some(now) = owner(state) {
-            if owner(&before) != Some(now) {
+        // A move (the first placement is part of the allocation).
+        if let (Some(now), Some(was)) = (owner(state), owner(&before)) {
+            if was != now {
                 let who = state
                     .directors
                     .get(&now)
