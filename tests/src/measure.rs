@@ -499,6 +499,15 @@ impl IpvsOpsWatch {
     }
 }
 
+/// A number from the environment, or `default` when unset or not a number
+/// (benchmark settings).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,3 +260,19 @@ pub fn wait_until<T>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Polls `f` every 100 ms until it gives a value; panics naming `what` after
+/// `secs` seconds. For tests.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed().as_secs() < secs,
+            "timed out waiting for {what} after {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

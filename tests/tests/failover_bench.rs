@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use lab::configs::{keepalived_config, TimingProfile};
+use lab::measure::env_u64;
 use lab::scenario::{agreed_owner, director_status, wait_until};
 use lab::watch::{monotonic_ns, outage_ms, OwnerWatch, Pinger};
 use lab::{Host, Lab, LabEnv, LabError, LabGuard, LabSpec};
@@ -24,13 +25,6 @@ use serde_json::json;
 
 fn vip() -> IpAddr {
     IpAddr::V4(lab::topology::vip_v4(0).unwrap())
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// One system's results.

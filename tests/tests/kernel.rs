@@ -3,7 +3,7 @@
 //! kernel has IPVS); a plain `cargo test` skips them.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use lab::scenario::{director_status, http_tally, NatService};
+use lab::scenario::{director_status, http_tally, wait_for, NatService};
 use lab::watch::OwnerWatch;
 use lab::{Host, LabEnv, LabGuard, LabSpec};
 
@@ -87,20 +87,6 @@ fn settled(lab: &LabGuard, hosts: &[Host]) -> Option<(String, u64)> {
         .iter()
         .all(|h| director_status(lab, h).is_some_and(|s| s["lease"]["held"] == true))
         .then_some(owner)
-}
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed().as_secs() < secs,
-            "timed out waiting for {what} after {secs} s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// The daemon end to end in the real kernel: three `director run` in the lab

@@ -6,9 +6,9 @@
 //! checks the data path). They need root; `cargo xtask test` runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lab::scenario::director_status;
+use lab::scenario::{director_status, wait_for};
 use lab::{Host, LabEnv, LabGuard, LabSpec};
 use serde_json::Value;
 
@@ -18,20 +18,6 @@ fn env() -> LabEnv {
     env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
     env.kube_double = lab::lab::workspace_binary("kube-double").expect("the kube-double binary");
     env
-}
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed().as_secs() < secs,
-            "timed out waiting for {what} after {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `kubectl ARGS`, which must succeed.

@@ -31,19 +31,12 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use lab::configs::{director_config_with_services, kubernetes_section, TimingProfile};
-use lab::measure::{status_kib, NetnsIpvs};
+use lab::measure::{env_u64, status_kib, NetnsIpvs};
 use lab::{Host, Lab, LabEnv, LabGuard, LabSpec};
 use serde_json::{json, Value};
 
 const POOL: &str = "10.20.0.0/16";
 const GOAL_P99_S: f64 = 5.0;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn directors() -> Vec<Host> {
     (1..=3).map(Host::director).collect()

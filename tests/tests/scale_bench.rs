@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use ipvs_sys::ServiceKey;
 use lab::configs::{director_config_with_services, TimingProfile};
 use lab::measure::{
-    cpu_percent, ip_vs_hex, ipvs_family_id, ipvsadm_saved_sorted, process_sample, prometheus_sum,
-    IpvsOpsWatch, IpvsTable, NetnsIpvs, ProcessSample,
+    cpu_percent, env_u64, ip_vs_hex, ipvs_family_id, ipvsadm_saved_sorted, process_sample,
+    prometheus_sum, IpvsOpsWatch, IpvsTable, NetnsIpvs, ProcessSample,
 };
 use lab::scenario::director_status;
 use lab::watch::monotonic_ns;
@@ -67,13 +67,6 @@ const GOAL_IDLE_CPU_PERCENT: f64 = 2.0;
 const GOAL_RSS_MIB: f64 = 64.0;
 const GOAL_VISIBLE_MS: f64 = 1000.0;
 const GOAL_OPS: u64 = 1;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn directors() -> Vec<Host> {
     (1..=3).map(Host::director).collect()

@@ -445,46 +445,71 @@ struct ScaleLimits {
 /// generated config first).
 const SCALE_READY_TIMEOUT_S: u64 = 300;
 
-/// `bench kube`: the Kubernetes benchmark in one VM run.
-fn bench_kube(root: &Path, vm: &VmArgs, services: &str, timeout_s: u64) -> Result<i32> {
-    let counts = services.split(',').filter(|s| !s.trim().is_empty()).count() as u64;
+/// A benchmark test target run in one VM boot: builds the lab's binaries
+/// and the target (release), raises the VM's timeout to `needed`, and runs
+/// it with `env` (NAME=VALUE) and `out_var` naming `target/OUT`; the exit
+/// code.
+fn bench_in_vm(
+    root: &Path,
+    vm: &VmArgs,
+    target: &str,
+    env: Vec<String>,
+    (out_var, out_name): (&str, &str),
+    needed: Duration,
+) -> Result<i32> {
+    // The guest runs the host's tools: ipvsadm lists the tables, genl
+    // (iproute2) names the IPVS family for the nlmon watch.
     if lab::lab::which("ipvsadm").is_none() {
         install::apt_install(&["ipvsadm"])?;
     }
     build::build_lab_binaries(root, true)?;
-    let bench = build::build_tests(root, &[("director-tests", "kube_bench")], true)?;
+    let bench = build::build_tests(root, &[("director-tests", target)], true)?;
     let exe = bench
         .first()
-        .context("cargo built no Kubernetes benchmark")?
+        .with_context(|| format!("cargo built no {target}"))?
         .to_string_lossy()
         .into_owned();
-    let out = vm::target_dir(root).join("bench-kube.json");
+    let out = vm::target_dir(root).join(out_name);
     let _ = std::fs::remove_file(&out);
     let mut opts = vm.options();
-    let needed = Duration::from_secs(120 + (timeout_s + 300) * counts.max(1));
     if opts.timeout < needed {
         eprintln!(
-            "xtask: the VM timeout is raised to {} s to cover every run's limit",
+            "xtask: the VM timeout is raised to {} s to cover every phase's limit",
             needed.as_secs()
         );
         opts.timeout = needed;
     }
-    let argv: Vec<String> = vec![
-        "env".into(),
-        format!("KUBE_SERVICES={services}"),
-        format!("KUBE_TIMEOUT_S={timeout_s}"),
-        format!("KUBE_REVISION={}", revision(root)),
-        format!("KUBE_OUT={}", out.display()),
+    let mut argv: Vec<String> = vec!["env".into()];
+    argv.extend(env);
+    argv.extend([
+        format!("{out_var}={}", out.display()),
         exe,
         "--ignored".into(),
         "--nocapture".into(),
         "--test-threads=1".into(),
-    ];
+    ]);
     let code = vm::run(root, &opts, &argv)?.code;
     if out.is_file() {
         println!("results: {}", out.display());
     }
     Ok(code)
+}
+
+/// `bench kube`: the Kubernetes benchmark in one VM run.
+fn bench_kube(root: &Path, vm: &VmArgs, services: &str, timeout_s: u64) -> Result<i32> {
+    let counts = services.split(',').filter(|s| !s.trim().is_empty()).count() as u64;
+    bench_in_vm(
+        root,
+        vm,
+        "kube_bench",
+        vec![
+            format!("KUBE_SERVICES={services}"),
+            format!("KUBE_TIMEOUT_S={timeout_s}"),
+            format!("KUBE_REVISION={}", revision(root)),
+        ],
+        ("KUBE_OUT", "bench-kube.json"),
+        Duration::from_secs(120 + (timeout_s + 300) * counts.max(1)),
+    )
 }
 
 fn bench_scale(root: &Path, vm: &VmArgs, limits: &ScaleLimits) -> Result<i32> {
@@ -497,54 +522,27 @@ fn bench_scale(root: &Path, vm: &VmArgs, limits: &ScaleLimits) -> Result<i32> {
     if counts.is_empty() || counts.contains(&0) {
         anyhow::bail!("--services: at least one number, none of them 0");
     }
-    // The guest runs the host's tools: ipvsadm lists the tables, genl
-    // (iproute2) names the IPVS family for the nlmon watch.
-    if lab::lab::which("ipvsadm").is_none() {
-        install::apt_install(&["ipvsadm"])?;
-    }
-    build::build_lab_binaries(root, true)?;
-    let bench = build::build_tests(root, &[("director-tests", "scale_bench")], true)?;
-    let exe = bench
-        .first()
-        .context("cargo built no scale benchmark")?
-        .to_string_lossy()
-        .into_owned();
-    let out = vm::target_dir(root).join("bench-scale.json");
-    let _ = std::fs::remove_file(&out);
     // Every phase has its own limit inside; the VM's must cover them all.
     let per_run = SCALE_READY_TIMEOUT_S
         + limits.converge_timeout_s
         + limits.idle_s
         + limits.change_timeout_s
         + 180;
-    let mut opts = vm.options();
-    let needed = Duration::from_secs(120 + per_run * counts.len() as u64);
-    if opts.timeout < needed {
-        eprintln!(
-            "xtask: the VM timeout is raised to {} s to cover every phase's limit",
-            needed.as_secs()
-        );
-        opts.timeout = needed;
-    }
-    let argv: Vec<String> = vec![
-        "env".into(),
-        format!("SCALE_SERVICES={}", limits.services),
-        format!("SCALE_IDLE_S={}", limits.idle_s),
-        format!("SCALE_READY_TIMEOUT_S={SCALE_READY_TIMEOUT_S}"),
-        format!("SCALE_CONVERGE_TIMEOUT_S={}", limits.converge_timeout_s),
-        format!("SCALE_CHANGE_TIMEOUT_S={}", limits.change_timeout_s),
-        format!("SCALE_REVISION={}", revision(root)),
-        format!("SCALE_OUT={}", out.display()),
-        exe,
-        "--ignored".into(),
-        "--nocapture".into(),
-        "--test-threads=1".into(),
-    ];
-    let code = vm::run(root, &opts, &argv)?.code;
-    if out.is_file() {
-        println!("results: {}", out.display());
-    }
-    Ok(code)
+    bench_in_vm(
+        root,
+        vm,
+        "scale_bench",
+        vec![
+            format!("SCALE_SERVICES={}", limits.services),
+            format!("SCALE_IDLE_S={}", limits.idle_s),
+            format!("SCALE_READY_TIMEOUT_S={SCALE_READY_TIMEOUT_S}"),
+            format!("SCALE_CONVERGE_TIMEOUT_S={}", limits.converge_timeout_s),
+            format!("SCALE_CHANGE_TIMEOUT_S={}", limits.change_timeout_s),
+            format!("SCALE_REVISION={}", revision(root)),
+        ],
+        ("SCALE_OUT", "bench-scale.json"),
+        Duration::from_secs(120 + per_run * counts.len() as u64),
+    )
 }
 
 /// The checkout's commit, with `-dirty` when it has uncommitted changes.

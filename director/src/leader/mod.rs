@@ -327,6 +327,8 @@ pub async fn run(
     let mut changes = node.watch();
     let mut configs = config.subscribe();
     let mut kube_changes = kube.as_ref().map(|k| k.subscribe());
+    // How long the last catalogue pass took.
+    let mut last_pass = Duration::ZERO;
     // What the catalogue was last checked against: (state, config
     // generation, Kubernetes change count).
     let mut checked: Option<(Arc<ClusterState>, u64, u64)> = None;
@@ -359,8 +361,10 @@ pub async fn run(
             _ = configs.changed() => {}
             _ = kube_changed => {
                 // Changes come in bursts (a relist, many Services created
-                // at once): take them together.
-                tokio::time::sleep(KUBE_SETTLE).await;
+                // at once): take them together, waiting longer the longer
+                // a pass takes (at most a tenth of the time goes to passes).
+                let settle = (last_pass * 10).clamp(KUBE_SETTLE, Duration::from_secs(1));
+                tokio::time::sleep(settle).await;
             }
             _ = stop.changed() => return,
         }
@@ -390,6 +394,7 @@ pub async fn run(
             .as_ref()
             .is_some_and(|(s, g, k)| Arc::ptr_eq(s, &state) && *g == generation && *k == kube_seen);
         if !fresh {
+            let pass = std::time::Instant::now();
             let mut wanted = sources::statics::wanted(&cfg);
             let mut ours = BTreeMap::new();
             let ready = match (&kube, &cfg.kubernetes) {
@@ -408,6 +413,7 @@ pub async fn run(
                 (_, None) => None,
             };
             let Catalogue { cmds, pending } = catalogue(&cfg, &wanted, &state, ready);
+            last_pass = pass.elapsed();
             if ready == Some(true) {
                 let class = cfg
                     .kubernetes

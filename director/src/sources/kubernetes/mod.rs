@@ -11,9 +11,11 @@
 //! ready" and then the leader neither adds nor removes a Kubernetes
 //! service, and the data path runs from the replicated state alone.
 
+mod digest;
 pub mod translate;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,6 +139,7 @@ impl Source {
                 0,
                 Api::<Service>::all(client.clone()),
                 services_w,
+                digest::service,
                 stop.clone(),
             )),
             tokio::spawn(source.clone().drive(
@@ -144,6 +147,7 @@ impl Source {
                 1,
                 Api::<Node>::all(client.clone()),
                 nodes_w,
+                digest::node,
                 stop.clone(),
             )),
             tokio::spawn(source.clone().drive(
@@ -151,6 +155,7 @@ impl Source {
                 2,
                 Api::<EndpointSlice>::all(client),
                 slices_w,
+                digest::slice,
                 stop,
             )),
         ];
@@ -164,6 +169,7 @@ impl Source {
         index: usize,
         api: Api<K>,
         writer: reflector::store::Writer<K>,
+        relevant: fn(&K) -> u64,
         mut stop: watch::Receiver<bool>,
     ) where
         K: kube::Resource<DynamicType = ()>
@@ -178,6 +184,21 @@ impl Source {
             .default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut last_error: Option<String> = None;
+        // What the translation reads of each object, digested: a change
+        // that touches nothing of it (a status the leader wrote, a node's
+        // heartbeat, a resourceVersion) wakes nobody.
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut listing: HashMap<String, u64> = HashMap::new();
+        let key = |o: &K| {
+            let m = o.meta();
+            m.uid.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/{}",
+                    m.namespace.as_deref().unwrap_or(""),
+                    m.name.as_deref().unwrap_or("")
+                )
+            })
+        };
         loop {
             let item = tokio::select! {
                 item = stream.next() => item,
@@ -191,16 +212,27 @@ impl Source {
                     }
                     self.set_health(None);
                     match event {
+                        watcher::Event::Init => listing.clear(),
+                        watcher::Event::InitApply(o) => {
+                            listing.insert(key(&o), relevant(&o));
+                        }
                         watcher::Event::InitDone => {
                             if !self.listed[index].swap(true, Ordering::SeqCst) {
                                 tracing::info!(watch = what, "Kubernetes objects listed");
                             }
+                            seen = std::mem::take(&mut listing);
                             self.changes.send_modify(|n| *n += 1);
                         }
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                        watcher::Event::Apply(o) => {
+                            let d = relevant(&o);
+                            if seen.insert(key(&o), d) != Some(d) {
+                                self.changes.send_modify(|n| *n += 1);
+                            }
+                        }
+                        watcher::Event::Delete(o) => {
+                            seen.remove(&key(&o));
                             self.changes.send_modify(|n| *n += 1);
                         }
-                        watcher::Event::Init | watcher::Event::InitApply(_) => {}
                     }
                 }
                 Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
