@@ -329,6 +329,9 @@ pub async fn run(
     let mut kube_changes = kube.as_ref().map(|k| k.subscribe());
     // How long the last catalogue pass took.
     let mut last_pass = Duration::ZERO;
+    // The last translation of the Kubernetes view, by (change count,
+    // configuration generation).
+    let mut translated: Option<((u64, u64), Arc<kubernetes::translate::Translation>)> = None;
     // What the catalogue was last checked against: (state, config
     // generation, Kubernetes change count).
     let mut checked: Option<(Arc<ClusterState>, u64, u64)> = None;
@@ -401,9 +404,24 @@ pub async fn run(
                 (Some(source), Some(k)) => {
                     let ready = source.ready();
                     if ready {
-                        let t = kubernetes::translate(&source.view(), k, &cfg.defaults, &cfg.pools);
-                        wanted.extend(t.wanted);
-                        ours = t.ours;
+                        // The translation reads the view and the
+                        // configuration only: a commit alone reuses it.
+                        let key = (kube_seen, generation);
+                        let t = match &translated {
+                            Some((k2, t)) if *k2 == key => t.clone(),
+                            _ => {
+                                let t = Arc::new(kubernetes::translate(
+                                    &source.view(),
+                                    k,
+                                    &cfg.defaults,
+                                    &cfg.pools,
+                                ));
+                                translated = Some((key, t.clone()));
+                                t
+                            }
+                        };
+                        wanted.extend(t.wanted.iter().cloned());
+                        ours = t.ours.clone();
                     }
                     Some(ready)
                 }
