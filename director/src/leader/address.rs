@@ -55,14 +55,23 @@ pub enum Pending {
     },
 }
 
+/// The pool of those named in `names` that contains `vip`.
+pub fn containing<'a>(vip: IpAddr, names: &[String], pools: &'a [Pool]) -> Option<&'a Pool> {
+    names
+        .iter()
+        .filter_map(|n| pools.iter().find(|p| &p.name == n))
+        .find(|p| p.contains(&vip))
+}
+
 /// Whether `vip` still fits `request` (a shared VIP is checked against each
 /// member's request: a pool edit that drops it takes it away).
 pub fn fits(vip: IpAddr, request: &VipRequest, pools: &[Pool]) -> bool {
-    let named = |n: &String| pools.iter().find(|p| &p.name == n);
     match request {
         VipRequest::Address(ip) => *ip == vip,
-        VipRequest::Pool { name, .. } => named(name).is_some_and(|p| p.contains(&vip)),
-        VipRequest::Pools { keep, .. } => keep.iter().filter_map(named).any(|p| p.contains(&vip)),
+        VipRequest::Pool { name, .. } => {
+            containing(vip, std::slice::from_ref(name), pools).is_some()
+        }
+        VipRequest::Pools { keep, .. } => containing(vip, keep, pools).is_some(),
     }
 }
 
@@ -98,9 +107,8 @@ pub fn choose(
             }
         }
         VipRequest::Pools { keep, assign, v6 } => {
-            let named = |n: &String| pools.iter().find(|p| &p.name == n);
             if let Some(ip) = current {
-                if ip.is_ipv6() == *v6 && keep.iter().filter_map(named).any(|p| p.contains(&ip)) {
+                if ip.is_ipv6() == *v6 && containing(ip, keep, pools).is_some() {
                     return Ok(ip);
                 }
             }
@@ -109,7 +117,7 @@ pub fn choose(
             }
             assign
                 .iter()
-                .filter_map(named)
+                .filter_map(|n| pools.iter().find(|p| &p.name == n))
                 .find_map(|p| first_free(p, taken, Some(*v6)))
                 .ok_or_else(|| Pending::Exhausted(assign.clone()))
         }

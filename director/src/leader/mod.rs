@@ -11,6 +11,7 @@
 pub mod address;
 pub mod owners;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,9 +79,9 @@ pub struct Catalogue {
 /// are dropped), `Some(false)` while its watches have not listed everything
 /// (its services are left exactly as they are), `Some(true)` when its view
 /// is complete.
-pub fn catalogue(
+pub fn catalogue<W: Borrow<Wanted>>(
     config: &Config,
-    wanted: &[Wanted],
+    wanted: &[W],
     state: &ClusterState,
     kube: Option<bool>,
 ) -> Catalogue {
@@ -102,7 +103,7 @@ pub fn catalogue(
     }
     // Services a source no longer has go first, so that the addresses
     // they give back may be taken in the same round.
-    let named: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    let named: BTreeSet<&str> = wanted.iter().map(|w| w.borrow().name.as_str()).collect();
     let mut taken: BTreeSet<IpAddr> = state.allocations.keys().copied().collect();
     let mut removed = BTreeSet::new();
     for (name, s) in &state.services {
@@ -143,6 +144,7 @@ pub fn catalogue(
         }
     }
     for w in wanted {
+        let w: &Wanted = w.borrow();
         let holder = w.share.as_deref().unwrap_or(&w.name);
         let chosen = match held.get(holder) {
             // The group's VIP, while it fits this member's request; a pool
@@ -209,11 +211,7 @@ pub fn catalogue(
             if let (AddressFrom::Pool(name), VipRequest::Pools { keep, .. }) =
                 (&mut o.address, &w.vip)
             {
-                if let Some(p) = keep
-                    .iter()
-                    .filter_map(|n| config.pools.iter().find(|p| &p.name == n))
-                    .find(|p| p.contains(&vip))
-                {
+                if let Some(p) = address::containing(vip, keep, &config.pools) {
                     name.clone_from(&p.name);
                 }
             }
@@ -248,8 +246,9 @@ const KUBE_SETTLE: Duration = Duration::from_millis(20);
 /// with why.
 #[derive(Debug, Default, Clone)]
 pub struct Decisions {
-    /// Every Service that is ours, by UID.
-    pub ours: BTreeMap<String, kubernetes::translate::Ours>,
+    /// The translation of the view: every Service that is ours, by UID
+    /// (`translation.ours`).
+    pub translation: Arc<kubernetes::translate::Translation>,
     /// State names without a VIP, and why.
     pub pending: BTreeMap<String, address::Pending>,
     /// The class served (`kubernetes.class`).
@@ -398,48 +397,47 @@ pub async fn run(
             .is_some_and(|(s, g, k)| Arc::ptr_eq(s, &state) && *g == generation && *k == kube_seen);
         if !fresh {
             let pass = std::time::Instant::now();
-            let mut wanted = sources::statics::wanted(&cfg);
-            let mut ours = BTreeMap::new();
-            let ready = match (&kube, &cfg.kubernetes) {
-                (Some(source), Some(k)) => {
-                    let ready = source.ready();
-                    if ready {
-                        // The translation reads the view and the
-                        // configuration only: a commit alone reuses it.
-                        let key = (kube_seen, generation);
-                        let t = match &translated {
-                            Some((k2, t)) if *k2 == key => t.clone(),
-                            _ => {
-                                let t = Arc::new(kubernetes::translate(
-                                    &source.view(),
-                                    k,
-                                    &cfg.defaults,
-                                    &cfg.pools,
-                                ));
-                                translated = Some((key, t.clone()));
-                                t
-                            }
-                        };
-                        wanted.extend(t.wanted.iter().cloned());
-                        ours = t.ours.clone();
-                    }
-                    Some(ready)
+            let statics = sources::statics::wanted(&cfg);
+            let (ready, translation) = match (&kube, &cfg.kubernetes) {
+                (Some(source), Some(k)) if source.ready() => {
+                    // The translation reads the view and the configuration
+                    // only: a commit alone reuses it.
+                    let key = (kube_seen, generation);
+                    let t = match &translated {
+                        Some((at, t)) if *at == key => t.clone(),
+                        _ => {
+                            let t = Arc::new(kubernetes::translate(
+                                &source.view(),
+                                k,
+                                &cfg.defaults,
+                                &cfg.pools,
+                            ));
+                            translated = Some((key, t.clone()));
+                            t
+                        }
+                    };
+                    (Some(true), Some(t))
                 }
+                (Some(_), Some(_)) => (Some(false), None),
                 // Configured but without a client (its kubeconfig did not
                 // load): its services stay exactly as they are.
-                (None, Some(_)) => Some(false),
-                (_, None) => None,
+                (None, Some(_)) => (Some(false), None),
+                (_, None) => (None, None),
             };
+            let wanted: Vec<&Wanted> = statics
+                .iter()
+                .chain(translation.iter().flat_map(|t| t.wanted.iter()))
+                .collect();
             let Catalogue { cmds, pending } = catalogue(&cfg, &wanted, &state, ready);
             last_pass = pass.elapsed();
-            if ready == Some(true) {
+            if let Some(translation) = translation {
                 let class = cfg
                     .kubernetes
                     .as_ref()
                     .map(|k| k.class.clone())
                     .unwrap_or_default();
                 decisions.send_replace(Arc::new(Decisions {
-                    ours,
+                    translation,
                     pending,
                     class,
                 }));
@@ -814,7 +812,7 @@ mod tests {
             out.pending
         );
         // While the watches have not listed, nothing of Kubernetes changes.
-        let out = catalogue(&c, &[], &s, Some(false));
+        let out = catalogue::<Wanted>(&c, &[], &s, Some(false));
         assert!(out.cmds.is_empty(), "{:?}", out.cmds);
         // A pool edit that drops b's address releases it (b pending).
         c.pools[0].ranges = vec![(
@@ -830,7 +828,7 @@ mod tests {
         );
         assert!(out.pending.contains_key(&b.name));
         // Without the Kubernetes source configured, its services go.
-        let out = catalogue(&c, &[], &s, None);
+        let out = catalogue::<Wanted>(&c, &[], &s, None);
         assert_eq!(out.cmds.len(), 2, "{:?}", out.cmds);
     }
 
@@ -888,7 +886,7 @@ mod tests {
         commit(&mut s, out.cmds);
         assert_eq!(s.services[&x.name].vip, vip);
         // All go: released.
-        let out = catalogue(&c, &[], &s, Some(true));
+        let out = catalogue::<Wanted>(&c, &[], &s, Some(true));
         commit(&mut s, out.cmds);
         assert!(!s.allocations.contains_key(&vip), "{:?}", s.allocations);
     }

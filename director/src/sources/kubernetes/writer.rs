@@ -56,7 +56,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Publishes the Events the rounds queue, [`IN_FLIGHT`] at a time.
 async fn publish_events(
     recorder: Recorder,
-    mut queue: mpsc::UnboundedReceiver<Job>,
+    mut queue: mpsc::UnboundedReceiver<EventJob>,
     published: Arc<Mutex<BTreeSet<EventKey>>>,
 ) {
     let mut last_error: Option<String> = None;
@@ -64,11 +64,7 @@ async fn publish_events(
     while queue.recv_many(&mut batch, 256).await > 0 {
         let jobs: Vec<_> = batch
             .drain(..)
-            .filter_map(|job| match job {
-                Job::Event { key, ev, regarding } => Some((key, ev, regarding)),
-                _ => None,
-            })
-            .map(|(key, ev, regarding)| {
+            .map(|EventJob { key, ev, regarding }| {
                 let recorder = recorder.clone();
                 async move { (key, timed(recorder.publish(&ev, &regarding)).await) }
             })
@@ -104,7 +100,7 @@ async fn publish_events(
 type Ingress = Vec<(String, &'static str)>;
 
 /// What the writer remembers between rounds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Memory {
     /// Per Service UID: the ingress last written and the resourceVersion
     /// the Service had then (skip rewriting until the watch shows a newer
@@ -115,7 +111,7 @@ struct Memory {
     published: Arc<Mutex<BTreeSet<EventKey>>>,
     /// Where Events go: the Event task publishes them beside the rounds,
     /// so that statuses never wait for Events.
-    events: Option<mpsc::UnboundedSender<Job>>,
+    events: mpsc::UnboundedSender<EventJob>,
     /// The state the allocation and owner Events were last computed from.
     seen: Option<Arc<ClusterState>>,
     /// The last error of each kind of write, logged once.
@@ -148,14 +144,15 @@ pub async fn run(
     );
     let mut changes = node.watch();
     let mut kube = source.subscribe();
-    let mut memory = Memory::default();
     let (tx, rx) = mpsc::unbounded_channel();
-    memory.events = Some(tx);
-    let events = tokio::spawn(publish_events(
-        recorder.clone(),
-        rx,
-        memory.published.clone(),
-    ));
+    let mut memory = Memory {
+        written: BTreeMap::new(),
+        published: Arc::default(),
+        events: tx,
+        seen: None,
+        errors: BTreeMap::new(),
+    };
+    let events = tokio::spawn(publish_events(recorder, rx, memory.published.clone()));
     let _events = AbortOnDrop(events);
     let mut more = false;
     loop {
@@ -177,7 +174,7 @@ pub async fn run(
         }
         let d = decisions.borrow_and_update().clone();
         let state = node.state();
-        more = round(&source, &recorder, &state, &d, &mut memory).await;
+        more = round(&source, &state, &d, &mut memory).await;
     }
 }
 
@@ -264,12 +261,14 @@ enum Job {
         patch: serde_json::Value,
         removing: bool,
     },
-    /// An Event (Warnings carry the key they are published once under).
-    Event {
-        key: Option<(String, &'static str, String)>,
-        ev: Event,
-        regarding: ObjectReference,
-    },
+}
+
+/// An Event for the Event task (a Warning carries the key it is published
+/// once under).
+struct EventJob {
+    key: Option<EventKey>,
+    ev: Event,
+    regarding: ObjectReference,
 }
 
 /// What a job that succeeded did.
@@ -283,7 +282,6 @@ enum Done {
         name: String,
         removing: bool,
     },
-    Event,
 }
 
 /// `f` within [`WRITE_TIMEOUT`].
@@ -298,7 +296,7 @@ async fn timed<T>(
     }
 }
 
-async fn run_job(recorder: &Recorder, job: Job) -> (&'static str, Result<Done, kube::Error>) {
+async fn run_job(job: Job) -> (&'static str, Result<Done, kube::Error>) {
     match job {
         Job::Status {
             uid,
@@ -326,20 +324,16 @@ async fn run_job(recorder: &Recorder, job: Job) -> (&'static str, Result<Done, k
             let r = timed(api.patch(&short, &PatchParams::default(), &Patch::Merge(&patch))).await;
             ("finalizer", r.map(|_| Done::Meta { name, removing }))
         }
-        Job::Event { ev, regarding, .. } => {
-            let r = timed(recorder.publish(&ev, &regarding)).await;
-            ("event", r.map(|()| Done::Event))
-        }
     }
 }
 
 /// Runs the jobs, [`IN_FLIGHT`] at once, and notes what they came to.
-async fn run_jobs(recorder: &Recorder, jobs: Vec<Job>, memory: &mut Memory) {
+async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) {
     if jobs.is_empty() {
         return;
     }
     let results: Vec<_> = futures_util::stream::iter(jobs)
-        .map(|job| run_job(recorder, job))
+        .map(run_job)
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
@@ -359,7 +353,6 @@ async fn run_jobs(recorder: &Recorder, jobs: Vec<Job>, memory: &mut Memory) {
                             tracing::info!(service = %name, "finalizer removed; the Service may go");
                         }
                     }
-                    Done::Event => {}
                 }
             }
             // The object is gone: nothing left to write to it.
@@ -374,7 +367,6 @@ async fn run_jobs(recorder: &Recorder, jobs: Vec<Job>, memory: &mut Memory) {
 /// were left for the next round.
 async fn round(
     source: &Source,
-    recorder: &Recorder,
     state: &Arc<ClusterState>,
     d: &Decisions,
     memory: &mut Memory,
@@ -388,7 +380,7 @@ async fn round(
         .collect();
     let (mut statuses, mut metas, mut events) = (Vec::new(), Vec::new(), Vec::new());
 
-    for (uid, ours) in &d.ours {
+    for (uid, ours) in &d.translation.ours {
         let Some(svc) = by_uid.get(uid.as_str()) else {
             continue;
         };
@@ -457,7 +449,7 @@ async fn round(
             if !locked(&memory.published).insert(key.clone()) {
                 continue;
             }
-            events.push(Job::Event {
+            events.push(EventJob {
                 key: Some(key),
                 ev: Event {
                     type_: EventType::Warning,
@@ -478,7 +470,7 @@ async fn round(
         let Some(uid) = svc.metadata.uid.as_deref() else {
             continue;
         };
-        if d.ours.contains_key(uid) || !has_finalizer(svc) || in_state(state, uid) {
+        if d.translation.ours.contains_key(uid) || !has_finalizer(svc) || in_state(state, uid) {
             continue;
         }
         let marked = svc
@@ -505,26 +497,26 @@ async fn round(
         });
     }
 
-    run_jobs(recorder, statuses, memory).await;
+    run_jobs(statuses, memory).await;
     // Finalizers in bounded portions: a burst of new Services gets its
     // statuses first, round after round, and its finalizers meanwhile.
     let more = metas.len() > METAS_PER_ROUND;
     metas.truncate(METAS_PER_ROUND);
-    run_jobs(recorder, metas, memory).await;
+    run_jobs(metas, memory).await;
     events.extend(changes(state, memory));
-    if let Some(queue) = &memory.events {
-        for job in events {
-            let _ = queue.send(job);
-        }
+    for job in events {
+        let _ = memory.events.send(job);
     }
-    memory.written.retain(|uid, _| d.ours.contains_key(uid));
-    locked(&memory.published).retain(|(uid, _, _)| d.ours.contains_key(uid));
+    memory
+        .written
+        .retain(|uid, _| d.translation.ours.contains_key(uid));
+    locked(&memory.published).retain(|(uid, _, _)| d.translation.ours.contains_key(uid));
     more
 }
 
 /// Normal Events for what changed in the state since the last round:
 /// an address allocated or released, a VIP's owner changed.
-fn changes(state: &Arc<ClusterState>, memory: &mut Memory) -> Vec<Job> {
+fn changes(state: &Arc<ClusterState>, memory: &mut Memory) -> Vec<EventJob> {
     let Some(before) = memory.seen.replace(state.clone()) else {
         return Vec::new();
     };
@@ -573,7 +565,7 @@ fn changes(state: &Arc<ClusterState>, memory: &mut Memory) -> Vec<Job> {
         }
     }
     out.into_iter()
-        .map(|(o, reason, note)| Job::Event {
+        .map(|(o, reason, note)| EventJob {
             key: None,
             ev: Event {
                 type_: EventType::Normal,
