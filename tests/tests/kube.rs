@@ -99,6 +99,31 @@ fn backends(lab: &LabGuard, name: &str) -> Option<Vec<String>> {
     )
 }
 
+/// A merge patch of a Node's status (`kubectl patch --subresource=status`).
+fn patch_node_status(lab: &LabGuard, node: &str, patch: &str) {
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "node",
+            node,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    );
+}
+
+/// Labels the node out of the load balancers' node set, or back in.
+fn exclude_node(lab: &LabGuard, node: &str, out: bool) {
+    let label = format!(
+        "node.kubernetes.io/exclude-from-external-load-balancers{}",
+        if out { "=" } else { "-" }
+    );
+    kubectl(lab, &["label", "node", node, &label]);
+}
+
 fn finalizers(lab: &LabGuard, name: &str) -> String {
     kubectl(
         lab,
@@ -182,54 +207,24 @@ fn loadbalancer_services_through_the_real_kubectl() {
 
     // A node that is not Ready takes no new connections; excluded, it is
     // no backend; both undone, it is back.
-    kubectl(
+    patch_node_status(
         &lab,
-        &[
-            "patch",
-            "node",
-            "n2",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady"}]}}"#,
-        ],
+        "n2",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady"}]}}"#,
     );
     wait_for("n2 at weight 0", 30, || {
         (backends(&lab, "web")? == ["n1=1", "n2=0"]).then_some(())
     });
-    kubectl(
+    patch_node_status(
         &lab,
-        &[
-            "patch",
-            "node",
-            "n2",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#,
-        ],
+        "n2",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#,
     );
-    kubectl(
-        &lab,
-        &[
-            "label",
-            "node",
-            "n2",
-            "node.kubernetes.io/exclude-from-external-load-balancers=",
-        ],
-    );
+    exclude_node(&lab, "n2", true);
     wait_for("n2 excluded", 30, || {
         (backends(&lab, "web")? == ["n1=1"]).then_some(())
     });
-    kubectl(
-        &lab,
-        &[
-            "label",
-            "node",
-            "n2",
-            "node.kubernetes.io/exclude-from-external-load-balancers-",
-        ],
-    );
+    exclude_node(&lab, "n2", false);
     wait_for("n2 back", 30, || {
         (backends(&lab, "web")? == ["n1=1", "n2=1"]).then_some(())
     });
@@ -244,17 +239,10 @@ fn loadbalancer_services_through_the_real_kubectl() {
         node["metadata"].as_object_mut().unwrap().remove(field);
     }
     create(&lab, "n2", &node.to_string());
-    kubectl(
+    patch_node_status(
         &lab,
-        &[
-            "patch",
-            "node",
-            "n2",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &serde_json::json!({"status": n2.parse::<Value>().unwrap()["status"]}).to_string(),
-        ],
+        "n2",
+        &serde_json::json!({"status": n2.parse::<Value>().unwrap()["status"]}).to_string(),
     );
     wait_for("n2 registered again", 30, || {
         (backends(&lab, "web")? == ["n1=1", "n2=1"]).then_some(())
