@@ -1,5 +1,6 @@
 //! The typed vocabulary of a virtual service, as the replicated state holds
-//! it: protocol, scheduler and its flags, forwarding mode, persistence.
+//! it: protocol, scheduler and its flags, forwarding mode, persistence,
+//! health check.
 //!
 //! Values are validated once, where they enter (the configuration file, later
 //! Kubernetes objects), and travel as these types from there to the kernel.
@@ -191,6 +192,143 @@ pub struct Persistence {
     /// 0..=32, IPv6: 0..=128); None: each client address on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netmask: Option<u8>,
+}
+
+words! {
+    /// What happens to a backend whose health check fails.
+    OnFail, "on_fail" {
+        /// Weight 0: no new connections, open ones finish.
+        Weight0 = "weight0",
+        /// Out of the IPVS table: open connections are cut.
+        Remove = "remove",
+    }
+}
+
+// The words! macro derives the traits, Default among none of them.
+#[allow(clippy::derivable_impls)]
+impl Default for OnFail {
+    fn default() -> Self {
+        OnFail::Weight0
+    }
+}
+
+/// An inclusive range of HTTP status codes a health check accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StatusRange {
+    /// Lowest accepted code.
+    pub from: u16,
+    /// Highest accepted code.
+    pub to: u16,
+}
+
+impl StatusRange {
+    /// Whether `code` is in the range.
+    pub fn contains(self, code: u16) -> bool {
+        (self.from..=self.to).contains(&code)
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from == self.to {
+            write!(f, "{}", self.from)
+        } else {
+            write!(f, "{}-{}", self.from, self.to)
+        }
+    }
+}
+
+/// How one backend is probed. `port: None` probes the backend's own port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Probe {
+    /// A TCP connection is accepted.
+    Tcp {
+        /// The port to connect to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
+    /// An HTTP (or, with `tls`, HTTPS) GET answers with an accepted status.
+    Http {
+        /// The port to ask.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// The request path (`/healthz`).
+        path: String,
+        /// The Host header (None: the backend's address).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// Accepted status codes.
+        expect: Vec<StatusRange>,
+        /// HTTPS (the certificate is not verified, as a health check of a
+        /// node's self-signed endpoint needs).
+        #[serde(default)]
+        tls: bool,
+    },
+    /// A UDP datagram is sent; no ICMP error comes back (or, with
+    /// `expect_reply`, a reply does).
+    Udp {
+        /// The port to send to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// The datagram.
+        #[serde(default)]
+        send: String,
+        /// Whether a reply is needed (otherwise silence within the timeout
+        /// passes and only an ICMP error fails).
+        #[serde(default)]
+        expect_reply: bool,
+    },
+}
+
+impl Probe {
+    /// The word the configuration uses (`tcp`, `http`, `https`, `udp`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Tcp { .. } => "tcp",
+            Probe::Http { tls: false, .. } => "http",
+            Probe::Http { tls: true, .. } => "https",
+            Probe::Udp { .. } => "udp",
+        }
+    }
+
+    /// The port it asks (None: the backend's).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Probe::Tcp { port } | Probe::Http { port, .. } | Probe::Udp { port, .. } => *port,
+        }
+    }
+
+    /// The transport it speaks: a probe without a port of its own checks
+    /// only the backends of ports of this protocol.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Probe::Tcp { .. } | Probe::Http { .. } => Protocol::Tcp,
+            Probe::Udp { .. } => Protocol::Udp,
+        }
+    }
+}
+
+/// A backend health check: how, how often, and what a failure does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// How a backend is probed.
+    pub probe: Probe,
+    /// Milliseconds between two probes of one backend.
+    pub interval_ms: u32,
+    /// Milliseconds a probe may take.
+    pub timeout_ms: u32,
+    /// Passes in a row that bring a failed backend back.
+    pub rise: u32,
+    /// Failures in a row that take a backend out.
+    pub fall: u32,
+    /// What taking a backend out means.
+    #[serde(default)]
+    pub on_fail: OnFail,
+    /// Where traffic goes while every backend of a port is out (None: the
+    /// backends stay as they are, since nothing would answer otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::domain::{Forwarding, Persistence, Protocol, Scheduler, SchedulerFlag};
+pub use crate::domain::{
+    Forwarding, HealthCheck, OnFail, Persistence, Probe, Protocol, Scheduler, SchedulerFlag,
+    StatusRange,
+};
 
 /// A director's Raft node id.
 pub type NodeId = u64;
@@ -76,6 +79,9 @@ pub struct VirtualService {
     pub persistence: Option<Persistence>,
     /// The ports.
     pub ports: Vec<ServicePort>,
+    /// How every director checks the backends (None: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Box<HealthCheck>>,
     /// The Kubernetes Service it serves (None: a static service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
@@ -342,6 +348,7 @@ mod tests {
             scheduler_flags: BTreeSet::new(),
             forwarding: Forwarding::Nat,
             persistence: None,
+            health: None,
             origin: None,
             share: None,
             ports: vec![ServicePort {

@@ -26,6 +26,7 @@ use crate::dataplane::driver::{self, Handle, Wakeups};
 use crate::dataplane::nft::{Gate, Nft};
 use crate::dataplane::routes::{Routes, VipRoutes};
 use crate::dataplane::{ipvs, sysctl};
+use crate::health::Health;
 use crate::ops::drain::{Drainer, DRAIN_ON_STOP};
 use crate::ops::status::OwnerClock;
 use crate::ops::systemd::{Field, Notifier, Summary};
@@ -130,6 +131,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
 
     // The data path (never on a witness).
     let mut ipvs_handle = None;
+    let mut health = None;
     let mut announcer = None;
     let mut rule = None;
     let gate = Arc::new(Gate::default());
@@ -144,12 +146,27 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
                 tracing::error!(error = %e, "IPVS unavailable, virtual services are not programmed")
             }
         }
+        let checks = Arc::new(Health::default());
+        tasks.push(tokio::spawn(crate::health::run(
+            checks.clone(),
+            node.watch(),
+            stop_rx.clone(),
+        )));
         if let Some(h) = &ipvs_handle {
-            let r = ipvs::Ipvs::new(node.clone(), config.clone(), h.clone());
+            let mut down = checks.down();
+            let r = ipvs::Ipvs::new(node.clone(), config.clone(), h.clone(), down.clone());
             let (h, t) = driver::spawn(r, wake.clone(), resync);
+            // A backend going down or coming back is a pass now.
+            let kick = h.clone();
+            tasks.push(tokio::spawn(async move {
+                while down.changed().await.is_ok() {
+                    kick.kick();
+                }
+            }));
             reconcilers.push(h);
             tasks.push(t);
         }
+        health = Some(checks);
         let (h, t) = driver::spawn(Nft::new(node.clone(), gate.clone()), wake.clone(), resync);
         nft_handle = Some(h.clone());
         reconcilers.push(h);
@@ -227,6 +244,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         clock: clock.clone(),
         reconcilers,
         kube: kube.clone(),
+        health,
     };
     {
         let (d, p, s) = (daemon.clone(), admin_path.clone(), stop_rx.clone());

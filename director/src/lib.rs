@@ -14,6 +14,8 @@
 //!   and the one loop that proposes them;
 //! - [`dataplane`]: the reconcilers that make each director's kernel hold
 //!   the committed state, and their driver;
+//! - [`health`]: the backend health checks, a local input of the data
+//!   plane;
 //! - [`announce`]: ARP, NDP, announcement bursts and the hold rule;
 //! - [`ops`]: the admin socket, status, metrics and drain;
 //! - [`daemon`]: `director run`, wiring the above together;
@@ -23,6 +25,7 @@ pub mod announce;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod ipvs;
 pub mod leader;
 pub mod logging;

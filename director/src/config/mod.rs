@@ -12,6 +12,7 @@ use std::time::Duration;
 use consensus::domain::{Forwarding, Persistence, Protocol, Scheduler, SchedulerFlag};
 use consensus::{LeaseTiming, NodeId, Timing};
 
+pub mod health;
 mod live;
 mod parse;
 
@@ -150,6 +151,8 @@ pub struct StaticService {
     pub forwarding: Forwarding,
     /// Client persistence (`persistence_s` above 0), with its netmask.
     pub persistence: Option<Persistence>,
+    /// How the backends are checked (None: not checked).
+    pub health: Option<Box<consensus::domain::HealthCheck>>,
 }
 
 /// How a virtual service is balanced: what `defaults:` gives every
@@ -164,6 +167,8 @@ pub struct ServiceSettings {
     pub forwarding: Forwarding,
     /// Client persistence.
     pub persistence: Option<Persistence>,
+    /// Backend health checks, before the source's default kind.
+    pub health: health::HealthSettings,
 }
 
 /// The Kubernetes source (`kubernetes:`): director serves the cluster's

@@ -60,6 +60,7 @@ struct KubeServiceIn {
     forwarding: Option<Spanned<String>>,
     persistence_s: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<i64>>,
+    health: Option<Spanned<health::HealthIn>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,7 @@ struct DefaultsIn {
     forwarding: Option<Spanned<String>>,
     persistence_s: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<i64>>,
+    health: Option<Spanned<health::HealthIn>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +148,7 @@ struct ServiceIn {
     forwarding: Option<Spanned<String>>,
     persistence_s: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<i64>>,
+    health: Option<Spanned<health::HealthIn>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -763,6 +766,12 @@ fn services(
             timeout_s: persistence_s,
             netmask,
         });
+        let health = match &s.value.health {
+            Some(h) => health::apply(h, &defaults.health, &format!("{path}.health"), errs),
+            None => defaults.health.clone(),
+        }
+        .resolve(health::HealthKind::Tcp, None)
+        .map(Box::new);
         let shared: Vec<Backend> = s
             .value
             .backends
@@ -853,6 +862,7 @@ fn services(
                 scheduler_flags,
                 forwarding,
                 persistence,
+                health,
             });
         }
     }
@@ -867,6 +877,7 @@ struct Defaults {
     forwarding: Forwarding,
     persistence_s: u32,
     persistence_netmask: Option<u8>,
+    health: health::HealthSettings,
 }
 
 impl Defaults {
@@ -880,6 +891,7 @@ impl Defaults {
                 timeout_s: self.persistence_s,
                 netmask: self.persistence_netmask,
             }),
+            health: self.health.clone(),
         }
     }
 
@@ -891,6 +903,7 @@ impl Defaults {
             forwarding: Forwarding::Nat,
             persistence_s: 0,
             persistence_netmask: None,
+            health: health::HealthSettings::default(),
         };
         let Some(d) = d else { return out };
         let d = &d.value;
@@ -913,6 +926,9 @@ impl Defaults {
         }
         if let Some(m) = &d.persistence_netmask {
             out.persistence_netmask = netmask(m, "defaults.persistence_netmask", errs);
+        }
+        if let Some(h) = &d.health {
+            out.health = health::apply(h, &out.health, "defaults.health", errs);
         }
         out
     }
@@ -1003,6 +1019,9 @@ fn kubernetes(doc: &FileIn, errs: &mut Errors, defaults: &Defaults) -> Option<Ku
             timeout_s: timeout,
             netmask: mask,
         });
+        if let Some(h) = &o.health {
+            set.health = health::apply(h, &set.health, &format!("{path}.health"), errs);
+        }
         if services.insert(key.clone(), set).is_some() {
             errs.at(
                 s,

@@ -5,7 +5,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use consensus::state::{ClusterState, Forwarding, Protocol, SchedulerFlag, VirtualService};
+use tokio::sync::watch;
+
+use consensus::state::{
+    Backend, ClusterState, Forwarding, HealthCheck, OnFail, Protocol, SchedulerFlag, VirtualService,
+};
 use consensus::Node;
 use ipvs_sys::{
     Change, Destination, Forward, IpvsHandle, Netmask, Service, ServiceFlags, ServiceKey,
@@ -14,6 +18,7 @@ use ipvs_sys::{
 
 use super::driver::{Desired, OpError, Reconciler};
 use crate::config::{Config, ConfigCell};
+use crate::health::Down;
 use crate::ipvs::plan::{self, Entry};
 
 /// The kernel's view of one virtual service port: the IPVS service with its
@@ -58,9 +63,10 @@ pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
 }
 
 /// The IPVS table every data director programs: one IPVS service per port
-/// of every virtual service, masquerade for `nat`, direct routing for `dr`.
-/// Sorted by service key.
-pub fn desired(state: &ClusterState) -> Vec<Entry> {
+/// of every virtual service, masquerade for `nat`, direct routing for `dr`,
+/// each backend as this director's health checks see it
+/// ([`backends`]). Sorted by service key.
+pub fn desired(state: &ClusterState, down: &Down) -> Vec<Entry> {
     let mut out = Vec::new();
     for vs in state.services.values() {
         let forward = match vs.forwarding {
@@ -68,18 +74,57 @@ pub fn desired(state: &ClusterState) -> Vec<Entry> {
             Forwarding::Dr => Forward::DirectRoute,
         };
         for p in &vs.ports {
-            let dests = p
-                .backends
-                .iter()
-                .map(|b| Destination {
-                    weight: i32::try_from(b.weight).unwrap_or(i32::MAX),
-                    ..Destination::new(b.address, b.port, forward)
+            let dests = backends(vs.health.as_deref(), p.protocol, &p.backends, down)
+                .into_iter()
+                .map(|(address, port, weight)| Destination {
+                    weight: i32::try_from(weight).unwrap_or(i32::MAX),
+                    ..Destination::new(address, port, forward)
                 })
                 .collect();
             out.push((service(vs, p.protocol, p.port), dests));
         }
     }
     out.sort_by_key(|(s, _)| s.key);
+    out
+}
+
+/// The destinations of one port (address, port, weight) with health
+/// applied: a backend that is down gets weight 0 (`on_fail: weight0`: its
+/// open connections finish) or is left out (`remove`). When every backend
+/// that would take traffic is down, the port goes to the check's fallback
+/// if it has one, and otherwise keeps its backends as they are: nothing
+/// would answer either way, and a check that fails everywhere at once is
+/// more often the check's fault.
+pub fn backends(
+    check: Option<&HealthCheck>,
+    protocol: Protocol,
+    list: &[Backend],
+    down: &Down,
+) -> Vec<(IpAddr, u16, u32)> {
+    let all = || list.iter().map(|b| (b.address, b.port, b.weight)).collect();
+    let Some(check) = check else { return all() };
+    let is_down = |b: &Backend| {
+        crate::health::target(check, protocol, b).is_some_and(|t| down.contains(check, t))
+    };
+    let serving = list.iter().filter(|b| b.weight > 0 && !is_down(b)).count();
+    let wanted = list.iter().filter(|b| b.weight > 0).count();
+    let mut out: Vec<(IpAddr, u16, u32)> = Vec::with_capacity(list.len() + 1);
+    if serving == 0 && wanted > 0 {
+        let Some(fallback) = check.fallback else {
+            return all();
+        };
+        out.push((fallback.ip(), fallback.port(), 1));
+    }
+    for b in list {
+        match (is_down(b), check.on_fail) {
+            (false, _) => out.push((b.address, b.port, b.weight)),
+            (true, OnFail::Weight0) => out.push((b.address, b.port, 0)),
+            (true, OnFail::Remove) => {}
+        }
+    }
+    // A fallback that is also a backend appears once, as the fallback.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(a, p, _)| seen.insert((*a, *p)));
     out
 }
 
@@ -110,15 +155,23 @@ pub struct Ipvs {
     node: Arc<Node>,
     config: Arc<ConfigCell>,
     handle: IpvsHandle,
+    down: watch::Receiver<Arc<Down>>,
 }
 
 impl Ipvs {
-    /// A reconciler programming through `handle`.
-    pub fn new(node: Arc<Node>, config: Arc<ConfigCell>, handle: IpvsHandle) -> Self {
+    /// A reconciler programming through `handle`, leaving out (or
+    /// weighting 0) what the health checks report in `down`.
+    pub fn new(
+        node: Arc<Node>,
+        config: Arc<ConfigCell>,
+        handle: IpvsHandle,
+        down: watch::Receiver<Arc<Down>>,
+    ) -> Self {
         Ipvs {
             node,
             config,
             handle,
+            down,
         }
     }
 }
@@ -145,7 +198,8 @@ impl Reconciler for Ipvs {
     }
 
     fn desired(&mut self) -> Desired<Vec<Entry>> {
-        Desired::steady(desired(&self.node.state()))
+        let down = self.down.borrow().clone();
+        Desired::steady(desired(&self.node.state(), &down))
     }
 
     fn plan(&self, desired: &Vec<Entry>, observed: &Vec<Entry>) -> Vec<Change> {
@@ -232,7 +286,7 @@ mod tests {
             timeout_s: 300,
             netmask: Some(24),
         });
-        let t = desired(&s);
+        let t = desired(&s, &Down::default());
         let svc = &t
             .iter()
             .find(|e| e.0.key.to_string().contains("10.10.0.200"))
@@ -246,13 +300,70 @@ mod tests {
         assert_eq!(svc.netmask, Netmask::V4("255.255.255.0".parse().unwrap()));
     }
 
+    #[test]
+    fn health_takes_failing_backends_out_and_all_down_keeps_or_falls_back() {
+        use consensus::state::Probe;
+        let b = |last: u8, weight| Backend {
+            address: format!("10.0.0.{last}").parse().unwrap(),
+            port: 30080,
+            weight,
+        };
+        let list = [b(1, 1), b(2, 2), b(3, 0)];
+        let mut check = HealthCheck {
+            probe: Probe::Tcp { port: None },
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 3,
+            on_fail: OnFail::Weight0,
+            fallback: None,
+        };
+        let addr = |last: u8| -> IpAddr { format!("10.0.0.{last}").parse().unwrap() };
+        let mut down = Down::default();
+        let none = backends(Some(&check), Protocol::Tcp, &list, &down);
+        assert_eq!(
+            none,
+            vec![
+                (addr(1), 30080, 1),
+                (addr(2), 30080, 2),
+                (addr(3), 30080, 0)
+            ]
+        );
+        down.set(&check, "10.0.0.1:30080".parse().unwrap(), true);
+        let one = backends(Some(&check), Protocol::Tcp, &list, &down);
+        assert_eq!(one[0], (addr(1), 30080, 0));
+        assert_eq!(one[1], (addr(2), 30080, 2));
+        // Not checked on UDP ports (a TCP check without a port of its own).
+        let udp = backends(Some(&check), Protocol::Udp, &list, &down);
+        assert_eq!(udp[0], (addr(1), 30080, 1));
+        check.on_fail = OnFail::Remove;
+        let mut down_r = Down::default();
+        down_r.set(&check, "10.0.0.1:30080".parse().unwrap(), true);
+        let removed = backends(Some(&check), Protocol::Tcp, &list, &down_r);
+        assert_eq!(removed, vec![(addr(2), 30080, 2), (addr(3), 30080, 0)]);
+        // Every serving backend down: kept as they are ...
+        down_r.set(&check, "10.0.0.2:30080".parse().unwrap(), true);
+        let kept = backends(Some(&check), Protocol::Tcp, &list, &down_r);
+        assert_eq!(kept, none);
+        // ... or the fallback alone takes traffic.
+        check.fallback = Some("10.0.0.9:80".parse().unwrap());
+        let mut down_f = Down::default();
+        for a in ["10.0.0.1:30080", "10.0.0.2:30080"] {
+            down_f.set(&check, a.parse().unwrap(), true);
+        }
+        let fb = backends(Some(&check), Protocol::Tcp, &list, &down_f);
+        assert_eq!(fb, vec![(addr(9), 80, 1), (addr(3), 30080, 0)]);
+        // Without a check, the committed weights.
+        assert_eq!(backends(None, Protocol::Tcp, &list, &down_f), none);
+    }
+
     /// Apply the plan, plan again: nothing. From an empty kernel, from a
     /// kernel with a stray managed service and a changed weight, and to an
     /// empty wanted table.
     #[test]
     fn applying_the_plan_leaves_nothing_to_do() {
         let s = state();
-        let want = desired(&s);
+        let want = desired(&s, &Down::default());
         let mut drifted = want.clone();
         drifted[0].1[0].weight = 5;
         drifted[1].1.pop();

@@ -60,8 +60,14 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
         if vs.forwarding != Forwarding::Nat {
             continue;
         }
+        let fallback = vs.health.as_ref().and_then(|h| h.fallback);
         for p in &vs.ports {
-            for b in &p.backends {
+            let fallback = fallback.map(|f| consensus::state::Backend {
+                address: f.ip(),
+                port: f.port(),
+                weight: 1,
+            });
+            for b in p.backends.iter().chain(fallback.as_ref()) {
                 let family = match b.address {
                     IpAddr::V4(_) => "ip",
                     IpAddr::V6(_) => "ip6",
@@ -420,6 +426,7 @@ mod tests {
                 scheduler_flags: BTreeSet::new(),
                 forwarding: Forwarding::Nat,
                 persistence: None,
+                health: None,
                 origin: None,
                 share: None,
                 ports: vec![ServicePort {

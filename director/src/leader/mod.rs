@@ -224,6 +224,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
             forwarding: w.forwarding,
             persistence: w.persistence,
             ports: w.ports.clone(),
+            health: w.health.clone(),
             origin,
             share: w.share.clone(),
         };
@@ -532,7 +533,7 @@ mod tests {
             !owners.values().any(|d| *d == 1),
             "the leader is spared: {cmds:?}"
         );
-        let t = desired_ipvs(&s);
+        let t = desired_ipvs(&s, &Default::default());
         assert!(
             t.iter()
                 .any(|(svc, d)| svc.key == ServiceKey::tcp(v6, 80) && d.len() == 2),
@@ -711,7 +712,7 @@ mod tests {
     #[test]
     fn the_hot_standby_table_has_every_service() {
         let s = seeded();
-        let t = desired_ipvs(&s);
+        let t = desired_ipvs(&s, &Default::default());
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].0.scheduler, "rr");
         assert_eq!(t[0].1.len(), 2);
@@ -733,6 +734,7 @@ mod tests {
             forwarding: consensus::domain::Forwarding::Nat,
             persistence: None,
             ports: Vec::new(),
+            health: None,
             origin: Some(consensus::state::Origin {
                 namespace: "default".into(),
                 name: uid.into(),

@@ -135,6 +135,8 @@ pub fn render(status: &Status) -> String {
     );
     let mut active = Vec::new();
     let mut inactive = Vec::new();
+    let mut weight = Vec::new();
+    let mut up = Vec::new();
     for s in &status.services {
         for b in &s.backends {
             let l = format!(
@@ -144,8 +146,40 @@ pub fn render(status: &Status) -> String {
                 b.port
             );
             active.push((l.clone(), f64::from(b.active)));
-            inactive.push((l, f64::from(b.inactive)));
+            inactive.push((l.clone(), f64::from(b.inactive)));
+            weight.push((l.clone(), b.weight as f64));
+            if let (Some(h @ ("up" | "down")), Some(check)) = (b.health.as_deref(), &b.health_check)
+            {
+                up.push((format!("{l},check=\"{}\"", label(check)), one(h == "up")));
+            }
         }
+    }
+    family(
+        &mut o,
+        "director_backend_weight",
+        "gauge",
+        "Each backend's weight in this director's IPVS table (0 while its health check fails).",
+        &weight,
+    );
+    family(
+        &mut o,
+        "director_backend_up",
+        "gauge",
+        "1 if the backend passes its health check here, 0 if it fails it (checked backends that have had a result).",
+        &up,
+    );
+    if let Some(h) = &status.health {
+        family(
+            &mut o,
+            "director_health_targets",
+            "gauge",
+            "Health-check targets (check and address:port) by state.",
+            &[
+                ("state=\"up\"".into(), h.up as f64),
+                ("state=\"down\"".into(), h.down as f64),
+                ("state=\"unknown\"".into(), h.unknown as f64),
+            ],
+        );
     }
     family(
         &mut o,
@@ -238,6 +272,44 @@ pub fn render(status: &Status) -> String {
     o
 }
 
+/// The health checker's counters and probe-duration histogram.
+pub fn render_health(h: &crate::health::Health) -> String {
+    use crate::health::DURATION_BUCKETS;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut o = String::new();
+    let s = &h.stats;
+    family(
+        &mut o,
+        "director_health_checks_total",
+        "counter",
+        "Health-check probes run here, by result.",
+        &[
+            ("result=\"pass\"".into(), s.passed.load(Relaxed) as f64),
+            ("result=\"fail\"".into(), s.failed.load(Relaxed) as f64),
+        ],
+    );
+    family(
+        &mut o,
+        "director_health_transitions_total",
+        "counter",
+        "Changes of a health-check target between up and down.",
+        &[(String::new(), s.transitions.load(Relaxed) as f64)],
+    );
+    let name = "director_health_check_duration_seconds";
+    let _ = writeln!(o, "# HELP {name} How long health-check probes take.");
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    let mut total = 0u64;
+    for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+        total += s.buckets[i].load(Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {total}");
+    }
+    total += s.buckets[DURATION_BUCKETS.len()].load(Relaxed);
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(o, "{name}_sum {}", s.duration_us.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count {total}");
+    o
+}
+
 /// Serves `GET /metrics` on `addr` until stopped.
 pub async fn serve(addr: SocketAddr, d: Daemon, mut stop: watch::Receiver<bool>) {
     let listener = match TcpListener::bind(addr).await {
@@ -276,7 +348,11 @@ pub async fn serve(addr: SocketAddr, d: Daemon, mut stop: watch::Receiver<bool>)
             let (code, body) = if head.starts_with("GET ")
                 && (path == "/metrics" || path.starts_with("/metrics?"))
             {
-                ("200 OK", render(&status::build(&d).await))
+                let mut text = render(&status::build(&d).await);
+                if let Some(h) = &d.health {
+                    text.push_str(&render_health(h));
+                }
+                ("200 OK", text)
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())
             };

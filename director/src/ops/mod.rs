@@ -40,4 +40,6 @@ pub struct Daemon {
     pub reconcilers: Vec<Handle>,
     /// The Kubernetes source, when configured and connected.
     pub kube: Option<Arc<crate::sources::kubernetes::Source>>,
+    /// The backend health checks (None on a witness).
+    pub health: Option<Arc<crate::health::Health>>,
 }

@@ -47,6 +47,9 @@ pub struct Status {
     /// The Kubernetes source (absent when not configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeStatus>,
+    /// The backend health checks (None on a witness).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSummary>,
 }
 
 /// The Kubernetes view.
@@ -240,6 +243,39 @@ pub struct BackendStatus {
     pub active: u32,
     /// Inactive connections.
     pub inactive: u32,
+    /// Its health check here, as `KIND ADDRESS:PORT[PATH]` (None: not
+    /// checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
+    /// `up`, `down` or `unknown` (not probed yet); None: not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Since when it is in that state (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_since_unix_ms: Option<u64>,
+    /// How long ago that was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_since_ms_ago: Option<u64>,
+    /// The last failure, while it is not passing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
+    /// The health check's fallback, serving while every backend is down.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
+}
+
+/// The backend health checks of this director.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthSummary {
+    /// Targets probed (one per check and address:port).
+    pub targets: usize,
+    /// Up.
+    pub up: usize,
+    /// Down.
+    pub down: usize,
+    /// Not probed yet.
+    pub unknown: usize,
 }
 
 /// One reconciler of the data plane.
@@ -377,7 +413,20 @@ pub async fn build(d: &Daemon) -> Status {
     };
     let by_vip: BTreeMap<std::net::IpAddr, &consensus::state::VirtualService> =
         state.services.values().map(|v| (v.vip, v)).collect();
-    let services = crate::dataplane::ipvs::desired(&state)
+    let down = d
+        .health
+        .as_ref()
+        .map(|h| h.down().borrow().clone())
+        .unwrap_or_default();
+    // The port of the state behind each kernel service (shared VIPs: the
+    // one with that port).
+    let mut ports = BTreeMap::new();
+    for vs in state.services.values() {
+        for p in &vs.ports {
+            ports.insert((vs.vip, p.protocol, p.port), (vs, p));
+        }
+    }
+    let services = crate::dataplane::ipvs::desired(&state, &down)
         .iter()
         .map(|(s, dests)| {
             let programmed = kernel.get(&s.key);
@@ -402,13 +451,26 @@ pub async fn build(d: &Daemon) -> Status {
                                 .find(|x| x.addr == want.addr && x.port == want.port)
                         });
                         let c = k.and_then(|x| x.counters).unwrap_or_default();
-                        BackendStatus {
+                        let mut b = BackendStatus {
                             address: want.addr.to_string(),
                             port: want.port,
                             weight: i64::from(k.map(|x| x.weight).unwrap_or(want.weight)),
                             active: c.active,
                             inactive: c.inactive,
+                            ..Default::default()
+                        };
+                        if let (
+                            ipvs_sys::ServiceKey::Addr {
+                                addr,
+                                protocol,
+                                port,
+                            },
+                            Some(h),
+                        ) = (s.key, &d.health)
+                        {
+                            backend_health(&mut b, want, (addr, protocol, port), &ports, h);
                         }
+                        b
                     })
                     .collect(),
             }
@@ -453,6 +515,77 @@ pub async fn build(d: &Daemon) -> Status {
         reconcilers,
         announcements_sent: d.announcer.as_ref().map_or(0, |a| a.sent()),
         kubernetes: d.kube.as_ref().map(|k| kube_status(k, &state, &names)),
+        health: d.health.as_ref().map(|h| {
+            let report = h.report();
+            let count = |up| report.iter().filter(|(_, _, s)| s.up == up).count();
+            HealthSummary {
+                targets: report.len(),
+                up: count(Some(true)),
+                down: count(Some(false)),
+                unknown: count(None),
+            }
+        }),
+    }
+}
+
+/// The state of a port of the committed state, by VIP, protocol and port.
+type PortsByKey<'a> = BTreeMap<
+    (IpAddr, consensus::state::Protocol, u16),
+    (
+        &'a consensus::state::VirtualService,
+        &'a consensus::state::ServicePort,
+    ),
+>;
+
+/// Fills in the health of backend `want` of the kernel service `key`.
+fn backend_health(
+    b: &mut BackendStatus,
+    want: &ipvs_sys::Destination,
+    key: (IpAddr, ipvs_sys::Protocol, u16),
+    ports: &PortsByKey<'_>,
+    health: &crate::health::Health,
+) {
+    let protocol = match key.1 {
+        ipvs_sys::Protocol::Tcp => consensus::state::Protocol::Tcp,
+        ipvs_sys::Protocol::Udp => consensus::state::Protocol::Udp,
+        ipvs_sys::Protocol::Sctp => consensus::state::Protocol::Sctp,
+        ipvs_sys::Protocol::Other(_) => return,
+    };
+    let Some((vs, port)) = ports.get(&(key.0, protocol, key.2)) else {
+        return;
+    };
+    let Some(check) = vs.health.as_deref() else {
+        return;
+    };
+    let Some(backend) = port
+        .backends
+        .iter()
+        .find(|x| x.address == want.addr && x.port == want.port)
+    else {
+        b.fallback = check.fallback == Some(std::net::SocketAddr::new(want.addr, want.port));
+        return;
+    };
+    let Some(target) = crate::health::target(check, protocol, backend) else {
+        return;
+    };
+    b.health_check = Some(match &check.probe {
+        consensus::state::Probe::Http { path, .. } => {
+            format!("{} {target}{path}", check.probe.kind())
+        }
+        other => format!("{} {target}", other.kind()),
+    });
+    let st = health.state_of(check, target);
+    b.health = Some(
+        match st.as_ref().and_then(|x| x.up) {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "unknown",
+        }
+        .into(),
+    );
+    if let Some(st) = st.filter(|x| x.up.is_some()) {
+        (b.health_since_unix_ms, b.health_since_ms_ago) = when(Some(st.since));
+        b.health_error = st.last_error;
     }
 }
 
@@ -639,9 +772,21 @@ fn table(v: &Status) -> String {
             }
         );
         for b in &x.backends {
+            let health = match (&b.health, b.fallback) {
+                (_, true) => "   fallback".to_string(),
+                (Some(h), _) => format!(
+                    "   {h} ({}){}",
+                    ago(b.health_since_ms_ago),
+                    b.health_error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+                (None, false) => String::new(),
+            };
             let _ = writeln!(
                 o,
-                "    -> {:<26} weight {:<4} active {:<6} inactive {}",
+                "    -> {:<26} weight {:<4} active {:<6} inactive {:<6}{health}",
                 format!("{}:{}", b.address, b.port),
                 b.weight,
                 b.active,

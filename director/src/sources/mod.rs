@@ -11,7 +11,9 @@ pub mod statics;
 use std::net::IpAddr;
 
 pub use consensus::state::Origin;
-use consensus::state::{Forwarding, Persistence, Scheduler, SchedulerFlag, ServicePort};
+use consensus::state::{
+    Forwarding, HealthCheck, Persistence, Scheduler, SchedulerFlag, ServicePort,
+};
 use std::collections::BTreeSet;
 
 /// Where a wanted service's VIP comes from.
@@ -57,6 +59,8 @@ pub struct Wanted {
     pub persistence: Option<Persistence>,
     /// Ports and their backends.
     pub ports: Vec<ServicePort>,
+    /// How every director checks the backends.
+    pub health: Option<Box<HealthCheck>>,
     /// The Kubernetes Service it serves (None: a static service); the
     /// leader fills in where the address came from.
     pub origin: Option<Origin>,

@@ -29,6 +29,7 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
             scheduler_flags: s.scheduler_flags.clone(),
             forwarding: s.forwarding,
             persistence: s.persistence,
+            health: s.health.clone(),
             origin: None,
             share: None,
             ports: s

@@ -12,6 +12,7 @@ use consensus::state::{AddressFrom, Backend, Origin, ServicePort};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::config::health::HealthKind;
 use crate::config::{Kubernetes, Pool, ServiceSettings};
 use crate::sources::{VipRequest, Wanted};
 
@@ -37,6 +38,9 @@ pub const ANN_FORWARDING: &str = "director.io/forwarding";
 /// Services of one namespace with the same key share one VIP when their
 /// ports do not collide.
 pub const ANN_SHARING: &str = "director.io/sharing-key";
+/// Annotation: the backend health check, a YAML flow mapping with the
+/// fields of a `health:` block (`{type: http, port: 8080, path: /ready}`).
+pub const ANN_HEALTH: &str = "director.io/health-check";
 
 /// Nodes with this label are no backends (KEP-3458).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -319,6 +323,17 @@ fn service(
     let local = spec.external_traffic_policy.as_deref() == Some("Local");
     let serving = local.then(|| serving_nodes(slices, &ours.namespace, &ours.name));
     let direct = settings.forwarding == consensus::domain::Forwarding::Dr;
+    // kube-proxy answers for a Service of externalTrafficPolicy Local on its
+    // healthCheckNodePort: healthy only where the Service has an endpoint.
+    let local_port = spec
+        .health_check_node_port
+        .filter(|_| local)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0);
+    let health = settings
+        .health
+        .resolve(HealthKind::KubeProxy, local_port)
+        .map(Box::new);
     let mut out = Vec::new();
     for (v6, (vip, mut from, _)) in requests {
         let share = sharing.as_ref().map(|key| {
@@ -387,6 +402,7 @@ fn service(
             forwarding: settings.forwarding,
             persistence: settings.persistence,
             ports,
+            health: health.clone(),
             origin: Some(Origin {
                 namespace: ours.namespace.clone(),
                 name: ours.name.clone(),
@@ -498,6 +514,12 @@ fn settings(
         match persistence(v.trim()) {
             Ok(p) => out.persistence = p,
             Err(why) => bad(ANN_PERSISTENCE, v, why),
+        }
+    }
+    if let Some(v) = annotations.get(ANN_HEALTH) {
+        match crate::config::health::apply_text(v, &out.health) {
+            Ok(h) => out.health = h,
+            Err(why) => bad(ANN_HEALTH, v, why),
         }
     }
     out

@@ -20,6 +20,7 @@ fn defaults() -> ServiceSettings {
         scheduler_flags: BTreeSet::new(),
         forwarding: Forwarding::Nat,
         persistence: None,
+        health: Default::default(),
     }
 }
 
