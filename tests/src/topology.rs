@@ -37,7 +37,8 @@ pub const NODEPORT_UDP: u16 = 30080;
 /// (kube-proxy's default `healthzBindAddress` port): `GET /healthz` answers
 /// `200 OK` with a small JSON body (`lastUpdated`, `currentTime`,
 /// `nodeEligible`), or `503 Service Unavailable` while the node is marked
-/// failing (`labnet serve --healthz-fail-file`); any other path answers
+/// failing (`labnet serve --healthz-fail-file`, set by `cargo xtask lab node
+/// healthz fail|ok nN` and `Lab::set_node_healthz`); any other path answers
 /// `404`.
 pub const KUBE_PROXY_HEALTHZ: u16 = 10256;
 /// Largest number of directors a lab may have.
