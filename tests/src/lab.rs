@@ -65,6 +65,17 @@ pub enum LabError {
     /// The lab has no host of that name.
     #[error("the lab has no host `{0}` (hosts: {1})")]
     NoSuchHost(String, String),
+    /// A node-host operation named a host that is not one of the lab's node
+    /// hosts.
+    #[error(
+        "`{host}` is not a node host of this lab; node hosts (NodePort stand-ins) are {nodes}"
+    )]
+    NotANode {
+        /// The name given.
+        host: String,
+        /// The lab's node hosts.
+        nodes: String,
+    },
     /// A lab size is out of range.
     #[error("invalid lab size: {0}")]
     BadSpec(String),
@@ -543,6 +554,7 @@ impl Lab {
             for suffix in [
                 "-labnet.log",
                 "-labnet.ready",
+                "-healthz.fail",
                 "-director.log",
                 ".yaml",
                 "-keepalived.conf",
@@ -615,6 +627,8 @@ impl Lab {
             self.build_host(&spec, &host)?;
         }
         for host in spec.hosts().iter().filter(|h| h.role == Role::Node) {
+            // Every node starts healthy, whatever an earlier lab left.
+            self.set_node_healthz(&host.name(), true)?;
             self.start_node_server(&spec, host)?;
         }
         if spec.kube {
@@ -964,6 +978,92 @@ impl Lab {
         Ok(())
     }
 
+    /// The node host of that name, or an error naming the lab's node hosts.
+    fn node_host(&self, name: &str) -> Result<Host, LabError> {
+        let nodes: Vec<Host> = self
+            .state
+            .spec
+            .hosts()
+            .into_iter()
+            .filter(|h| h.role == Role::Node)
+            .collect();
+        Host::parse(name)
+            .filter(|h| nodes.contains(h))
+            .ok_or_else(|| LabError::NotANode {
+                host: name.to_string(),
+                nodes: nodes.iter().map(Host::name).collect::<Vec<_>>().join(" "),
+            })
+    }
+
+    /// Whether the node host's `labnet serve` (its NodePorts and health
+    /// endpoint) runs.
+    pub fn node_running(&self, name: &str) -> bool {
+        self.state.processes.get(name).is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.what == "nodeport-server" && process_matches(p))
+        })
+    }
+
+    /// Stops the node host's `labnet serve` (SIGTERM, by its tracked PID):
+    /// its NodePorts (TCP 30080 and 30081, UDP 30080) and its health
+    /// endpoint (TCP 10256) go away, so connections to them are refused.
+    /// The host, its link and its health setting stay. An error if `name`
+    /// is not a node host of the lab.
+    pub fn stop_node(&mut self, name: &str) -> Result<(), LabError> {
+        self.node_host(name)?;
+        let procs = self.state.processes.get(name).cloned().unwrap_or_default();
+        for p in procs.iter().filter(|p| p.what == "nodeport-server") {
+            stop_process(p).map_err(LabError::Teardown)?;
+        }
+        if let Some(ps) = self.state.processes.get_mut(name) {
+            ps.retain(|p| p.what != "nodeport-server");
+        }
+        self.save()
+    }
+
+    /// Starts the node host's `labnet serve` again and waits until every
+    /// port is bound; a no-op if it runs. Its health is what
+    /// [`Lab::set_node_healthz`] last set (a restart does not reset it).
+    pub fn start_node(&mut self, name: &str) -> Result<(), LabError> {
+        let host = self.node_host(name)?;
+        if self.node_running(name) {
+            return Ok(());
+        }
+        let spec = self.state.spec.clone();
+        self.start_node_server(&spec, &host)
+    }
+
+    /// Makes the node host's health endpoint (`GET /healthz` on TCP 10256)
+    /// answer `200 OK` (`healthy`) or `503 Service Unavailable`, from the
+    /// next request on, by removing or creating its fail file; works whether
+    /// or not the node's server runs.
+    pub fn set_node_healthz(&self, name: &str, healthy: bool) -> Result<(), LabError> {
+        let host = self.node_host(name)?;
+        let path = self.healthz_fail_path(&host);
+        let result = if healthy {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        } else {
+            fs::write(&path, b"")
+        };
+        result.map_err(|source| LabError::Io {
+            op: if healthy { "removing" } else { "writing" },
+            path,
+            source,
+        })
+    }
+
+    /// The file whose existence makes the node's `/healthz` answer 503.
+    fn healthz_fail_path(&self, host: &Host) -> PathBuf {
+        self.env.state_dir.join(format!(
+            "{}{}-healthz.fail",
+            self.state.spec.prefix,
+            host.name()
+        ))
+    }
+
     /// The kubeconfig the API server `api` writes (server
     /// `https://10.10.0.5:6443`, reachable from every lab host).
     pub fn kubeconfig_path(&self) -> PathBuf {
@@ -1123,6 +1223,8 @@ impl Lab {
             "serve".into(),
             "--name".into(),
             name.into(),
+            "--healthz-fail-file".into(),
+            self.healthz_fail_path(host).into_os_string(),
             "--ready-file".into(),
             ready.clone().into_os_string(),
         ];
@@ -1423,5 +1525,56 @@ fn stop_process_within(p: &Process, grace: Duration) -> Result<(), String> {
             return Err(format!("{} (pid {}) survived SIGKILL", p.what, p.pid));
         }
         thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lab that was never brought up: only its files, in `dir`.
+    fn paper_lab(dir: &Path) -> Lab {
+        Lab {
+            env: LabEnv {
+                state_dir: dir.to_path_buf(),
+                labnet: PathBuf::from("labnet"),
+                director: None,
+                kube_double: PathBuf::from("kube-double"),
+            },
+            state: LabState {
+                spec: LabSpec::new(3, 2).with_prefix("t-"),
+                processes: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn node_commands_take_only_the_labs_node_hosts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut lab = paper_lab(dir.path());
+        for bad in ["d1", "client", "n3", "x", "n01"] {
+            let e = lab.stop_node(bad).expect_err(bad).to_string();
+            assert_eq!(
+                e,
+                format!("`{bad}` is not a node host of this lab; node hosts (NodePort stand-ins) are n1 n2")
+            );
+            assert!(lab.start_node(bad).is_err(), "{bad}");
+            assert!(lab.set_node_healthz(bad, false).is_err(), "{bad}");
+            assert!(!lab.node_running(bad), "{bad}");
+        }
+        assert!(!lab.node_running("n1"));
+    }
+
+    #[test]
+    fn a_failing_node_is_a_file_in_the_state_dir() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lab = paper_lab(dir.path());
+        let fail = dir.path().join("t-n2-healthz.fail");
+        lab.set_node_healthz("n2", false).expect("fail");
+        assert!(fail.is_file());
+        lab.set_node_healthz("n2", false).expect("fail twice");
+        lab.set_node_healthz("n2", true).expect("ok");
+        assert!(!fail.exists());
+        lab.set_node_healthz("n2", true).expect("ok twice");
     }
 }

@@ -33,6 +33,14 @@ pub const NODEPORT_TCP: u16 = 30081;
 /// UDP port of every node's echo responder: the reply is the node's name, a
 /// space, then the datagram received.
 pub const NODEPORT_UDP: u16 = 30080;
+/// TCP port of every node's stand-in for kube-proxy's health endpoint
+/// (kube-proxy's default `healthzBindAddress` port): `GET /healthz` answers
+/// `200 OK` with a small JSON body (`lastUpdated`, `currentTime`,
+/// `nodeEligible`), or `503 Service Unavailable` while the node is marked
+/// failing (`labnet serve --healthz-fail-file`, set by `cargo xtask lab node
+/// healthz fail|ok nN` and `Lab::set_node_healthz`); any other path answers
+/// `404`.
+pub const KUBE_PROXY_HEALTHZ: u16 = 10256;
 /// Largest number of directors a lab may have.
 pub const MAX_DIRECTORS: u8 = 8;
 /// Largest number of node hosts a lab may have.

@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's developer commands.
 //!
 //! - `vm -- CMD...`: run CMD as root under a real kernel with IPVS.
-//! - `lab up|down|exec|status`: the namespace lab.
+//! - `lab up|down|exec|status|node ...`: the namespace lab.
 //! - `test`: every check CI runs, with one VM boot for all kernel tests.
 //! - `bench raft|ipvs|failover|scale|kube`: benchmarks (they measure and report).
 //! - `demo`: the lab with IPVS carrying traffic, end to end.
@@ -214,6 +214,12 @@ enum LabCmd {
         #[arg(value_parser = ["stop", "start"])]
         action: String,
     },
+    /// A node host's NodePort stand-in (`labnet serve`): stop it, start it,
+    /// or make its kube-proxy health endpoint (`/healthz` on TCP 10256) fail.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
     /// Host death: cut HOST's link and SIGKILL its director.
     Kill {
         /// d1, d2, ...
@@ -267,6 +273,31 @@ enum LabCmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Stop HOST's NodePort servers and health endpoint: connections to
+    /// TCP 30080, 30081 and 10256 are refused; host and link stay up.
+    Stop {
+        /// n1, n2, ...
+        host: String,
+    },
+    /// Start HOST's NodePort servers and health endpoint again (no-op if
+    /// they run).
+    Start {
+        /// n1, n2, ...
+        host: String,
+    },
+    /// Make HOST's `/healthz` answer 503 (`fail`) or 200 (`ok`) from the
+    /// next request on.
+    Healthz {
+        /// fail or ok.
+        #[arg(value_parser = ["fail", "ok"])]
+        state: String,
+        /// n1, n2, ...
+        host: String,
     },
 }
 
@@ -643,6 +674,37 @@ fn lab_command(root: &Path, command: LabCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        LabCmd::Node { command } => {
+            let mut lab = Lab::open("", lab_env(root, false)?)?;
+            let healthz = lab::topology::KUBE_PROXY_HEALTHZ;
+            match command {
+                NodeCmd::Stop { host } => {
+                    lab.stop_node(&host)?;
+                    println!("{host}: NodePort servers and health endpoint stopped");
+                }
+                NodeCmd::Start { host } => {
+                    lab.start_node(&host)?;
+                    println!(
+                        "{host}: NodePort servers running (tcp/{} tcp/{} udp/{}), health endpoint on tcp/{healthz}",
+                        lab::topology::NODEPORT_HTTP,
+                        lab::topology::NODEPORT_TCP,
+                        lab::topology::NODEPORT_UDP
+                    );
+                }
+                NodeCmd::Healthz { state, host } => {
+                    let healthy = state == "ok";
+                    lab.set_node_healthz(&host, healthy)?;
+                    if healthy {
+                        println!("{host}: /healthz on tcp/{healthz} answers 200 OK");
+                    } else {
+                        println!(
+                            "{host}: /healthz on tcp/{healthz} answers 503 Service Unavailable"
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
         LabCmd::Down => {
             let lab = Lab::open("", lab_env(root, false)?)?;
             lab.down()?;
@@ -955,4 +1017,54 @@ fn demo_inside(root: &Path) -> Result<i32> {
             1
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// The `lab node` commands of docs/lab.md, which tests and people use.
+    #[test]
+    fn lab_node_commands_parse() {
+        let node = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Cmd::Lab {
+                command: LabCmd::Node { command },
+            }) => command,
+            other => panic!("{args:?} parsed as {other:?}"),
+        };
+        assert!(matches!(
+            node(&["lab", "node", "stop", "n1"]),
+            NodeCmd::Stop { host } if host == "n1"
+        ));
+        assert!(matches!(
+            node(&["lab", "node", "start", "n2"]),
+            NodeCmd::Start { host } if host == "n2"
+        ));
+        assert!(matches!(
+            node(&["lab", "node", "healthz", "fail", "n1"]),
+            NodeCmd::Healthz { state, host } if state == "fail" && host == "n1"
+        ));
+        assert!(matches!(
+            node(&["lab", "node", "healthz", "ok", "n1"]),
+            NodeCmd::Healthz { state, host } if state == "ok" && host == "n1"
+        ));
+        for bad in [
+            &["lab", "node", "healthz", "broken", "n1"][..],
+            &["lab", "node", "healthz", "n1"],
+            &["lab", "node", "stop"],
+            &["lab", "node", "restart", "n1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 }

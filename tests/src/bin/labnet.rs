@@ -3,7 +3,9 @@
 //! - `labnet serve --name n1`: the NodePort stand-in of a node host. HTTP on
 //!   TCP 30080 (every path answers `200` with the node's name), a plain TCP
 //!   responder on 30081 (writes the node's name, then echoes until the client
-//!   closes) and a UDP echo on 30080 (replies `<name> <datagram>`).
+//!   closes), a UDP echo on 30080 (replies `<name> <datagram>`) and
+//!   kube-proxy's health endpoint on TCP 10256 (`/healthz` answers `200`, or
+//!   `503` while the file of `--healthz-fail-file` exists).
 //! - `labnet http-get ADDR:PORT --count N`: N requests, each on a new
 //!   connection, and a JSON tally of which node answered how often.
 //! - `labnet ping`, `labnet arp-watch`, `labnet route-watch`: the observers of
@@ -14,13 +16,13 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use lab::topology::{NODEPORT_HTTP, NODEPORT_TCP, NODEPORT_UDP};
+use lab::topology::{KUBE_PROXY_HEALTHZ, NODEPORT_HTTP, NODEPORT_TCP, NODEPORT_UDP};
 use lab::watch::monotonic_ns;
 
 #[derive(Debug, Parser)]
@@ -32,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve HTTP, TCP and UDP as a node's NodePort stand-in.
+    /// Serve HTTP, TCP and UDP as a node's NodePort stand-in, and
+    /// kube-proxy's health endpoint (`GET /healthz`).
     Serve {
         /// The name every answer carries (the node's host name).
         #[arg(long)]
@@ -46,6 +49,13 @@ enum Cmd {
         /// UDP port of the echo responder.
         #[arg(long, default_value_t = NODEPORT_UDP)]
         udp_port: u16,
+        /// TCP port of the health endpoint (kube-proxy's `healthzBindAddress`).
+        #[arg(long, default_value_t = KUBE_PROXY_HEALTHZ)]
+        healthz_port: u16,
+        /// While this file exists, `/healthz` answers `503 Service
+        /// Unavailable` (looked at on every request).
+        #[arg(long)]
+        healthz_fail_file: Option<PathBuf>,
         /// File created once every socket is bound.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -151,8 +161,18 @@ fn main() -> Result<()> {
             http_port,
             tcp_port,
             udp_port,
+            healthz_port,
+            healthz_fail_file,
             ready_file,
-        } => serve(&name, http_port, tcp_port, udp_port, ready_file),
+        } => serve(
+            &name,
+            http_port,
+            tcp_port,
+            udp_port,
+            healthz_port,
+            healthz_fail_file,
+            ready_file,
+        ),
         Cmd::HttpGet {
             target,
             count,
@@ -394,6 +414,8 @@ fn serve(
     http_port: u16,
     tcp_port: u16,
     udp_port: u16,
+    healthz_port: u16,
+    healthz_fail_file: Option<PathBuf>,
     ready_file: Option<PathBuf>,
 ) -> Result<()> {
     // "[::]" takes IPv4 too (bindv6only is 0 in a fresh namespace).
@@ -403,15 +425,30 @@ fn serve(
         TcpListener::bind(("::", tcp_port)).with_context(|| format!("binding TCP {tcp_port}"))?;
     let udp =
         UdpSocket::bind(("::", udp_port)).with_context(|| format!("binding UDP {udp_port}"))?;
+    let healthz = TcpListener::bind(("::", healthz_port))
+        .with_context(|| format!("binding TCP {healthz_port}"))?;
     if let Some(path) = ready_file {
         std::fs::write(&path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    eprintln!("labnet: {name} serving http/{http_port} tcp/{tcp_port} udp/{udp_port}");
+    eprintln!(
+        "labnet: {name} serving http/{http_port} tcp/{tcp_port} udp/{udp_port} healthz/{healthz_port}"
+    );
     let n = name.to_string();
     thread::spawn(move || accept_loop(http, n, answer_http));
     let n = name.to_string();
     thread::spawn(move || accept_loop(tcp, n, answer_tcp));
+    thread::spawn(move || {
+        for conn in healthz.incoming() {
+            match conn {
+                Ok(stream) => {
+                    let fail = healthz_fail_file.clone();
+                    thread::spawn(move || answer_healthz(stream, fail.as_deref()));
+                }
+                Err(e) => eprintln!("labnet: accept: {e}"),
+            }
+        }
+    });
     udp_echo(udp, name)
 }
 
@@ -427,7 +464,8 @@ fn accept_loop(listener: TcpListener, name: String, answer: fn(TcpStream, &str))
     }
 }
 
-fn answer_http(mut stream: TcpStream, name: &str) {
+/// Reads a request's head (up to the blank line, at most 16 KiB).
+fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -437,6 +475,11 @@ fn answer_http(mut stream: TcpStream, name: &str) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    buf
+}
+
+fn answer_http(mut stream: TcpStream, name: &str) {
+    let buf = read_head(&mut stream);
     let body = format!("{name}\n");
     let first_line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let reply = if first_line.windows(5).any(|w| w == b"HTTP/") {
@@ -448,6 +491,101 @@ fn answer_http(mut stream: TcpStream, name: &str) {
         body
     };
     let _ = stream.write_all(reply.as_bytes());
+}
+
+/// Answers one request to the health endpoint; `/healthz` fails while
+/// `fail_file` exists (its modification time is when the node stopped being
+/// healthy).
+fn answer_healthz(mut stream: TcpStream, fail_file: Option<&Path>) {
+    let head = read_head(&mut stream);
+    let first_line =
+        String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
+            .into_owned();
+    let path = first_line.split_whitespace().nth(1).unwrap_or_default();
+    let now = SystemTime::now();
+    let failing_since = fail_file
+        .and_then(|f| std::fs::metadata(f).ok())
+        .map(|m| m.modified().unwrap_or(now));
+    let reply = healthz_reply(path, failing_since, now);
+    let _ = stream.write_all(reply.to_http().as_bytes());
+}
+
+/// One answer of the health endpoint.
+#[derive(Debug, PartialEq, Eq)]
+struct HealthzReply {
+    /// Status code and reason, e.g. `200 OK`.
+    status: &'static str,
+    /// `Content-Type` of the body.
+    content_type: &'static str,
+    body: String,
+}
+
+impl HealthzReply {
+    fn to_http(&self) -> String {
+        format!(
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.status,
+            self.content_type,
+            self.body.len(),
+            self.body
+        )
+    }
+}
+
+/// What kube-proxy's health server (`--healthz-bind-address`, port 10256)
+/// answers for `path` (the request target): `/healthz` is `200 OK` with
+/// `{"lastUpdated": ..., "currentTime": ..., "nodeEligible": true}`, or, when
+/// `failing_since` is set, `503 Service Unavailable` with that time as
+/// `lastUpdated`; any other path is `404` with Go's not-found body.
+fn healthz_reply(path: &str, failing_since: Option<SystemTime>, now: SystemTime) -> HealthzReply {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path != "/healthz" {
+        return HealthzReply {
+            status: "404 Not Found",
+            content_type: "text/plain; charset=utf-8",
+            body: "404 page not found\n".into(),
+        };
+    }
+    let body = serde_json::json!({
+        "lastUpdated": rfc3339(failing_since.unwrap_or(now)),
+        "currentTime": rfc3339(now),
+        "nodeEligible": true,
+    })
+    .to_string();
+    HealthzReply {
+        status: if failing_since.is_some() {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        },
+        content_type: "application/json",
+        body,
+    }
+}
+
+/// `t` as RFC 3339 UTC with whole seconds, e.g. `2023-11-14T22:13:20Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's
+    // `civil_from_days`), in eras of 400 years from 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn answer_tcp(mut stream: TcpStream, name: &str) {
@@ -743,6 +881,65 @@ fn one_get(addr: SocketAddr, timeout: Duration) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kube-proxy's health server (pkg/proxy/healthcheck): `/healthz` is 200
+    /// when healthy and 503 when not, JSON either way; other paths are 404.
+    #[test]
+    fn healthz_answers_like_kube_proxy() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ok = healthz_reply("/healthz", None, now);
+        assert_eq!(ok.status, "200 OK");
+        assert_eq!(ok.content_type, "application/json");
+        let body: serde_json::Value = serde_json::from_str(&ok.body).expect("JSON body");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "lastUpdated": "2023-11-14T22:13:20Z",
+                "currentTime": "2023-11-14T22:13:20Z",
+                "nodeEligible": true,
+            })
+        );
+        assert_eq!(
+            healthz_reply("/healthz?verbose", None, now).status,
+            "200 OK"
+        );
+
+        let since = now - Duration::from_secs(60);
+        let failing = healthz_reply("/healthz", Some(since), now);
+        assert_eq!(failing.status, "503 Service Unavailable");
+        let body: serde_json::Value = serde_json::from_str(&failing.body).expect("JSON body");
+        assert_eq!(body["lastUpdated"], "2023-11-14T22:12:20Z");
+        assert_eq!(body["currentTime"], "2023-11-14T22:13:20Z");
+
+        for other in ["/", "/livez", "/healthz/", "", "/metrics"] {
+            for since in [None, Some(since)] {
+                let r = healthz_reply(other, since, now);
+                assert_eq!(r.status, "404 Not Found", "{other:?}");
+                assert_eq!(r.body, "404 page not found\n");
+            }
+        }
+    }
+
+    #[test]
+    fn the_healthz_reply_is_one_complete_http_response() {
+        let r = healthz_reply("/healthz", None, SystemTime::UNIX_EPOCH);
+        let text = r.to_http();
+        let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));
+        assert!(head.contains("\r\nContent-Type: application/json"));
+        assert_eq!(body, r.body);
+    }
+
+    /// Dates as `date -u -d @SECS +%FT%TZ` prints them.
+    #[test]
+    fn rfc3339_dates() {
+        let at = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00Z");
+    }
 
     /// The request `ipvsadm -e -t 10.10.0.200:80 -r 10.10.0.21:30080 -m -w 3`
     /// sends (strace -x -e trace=sendmsg, Debian's ipvsadm 1.31 on kernel
