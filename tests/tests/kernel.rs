@@ -1052,3 +1052,188 @@ fn a_kubernetes_service_gets_a_pool_address_and_survives_owner_and_api_loss() {
     let _ = std::fs::remove_file(&manifest);
     lab.down().expect("lab down");
 }
+
+/// The weight of `backend` under the kernel service whose `ipvsadm -Ln`
+/// line starts with `service` on `host`; None when either is missing.
+fn kernel_weight(lab: &LabGuard, host: &str, service: &str, backend: &str) -> Option<u32> {
+    let t = lab.exec(host, &["ipvsadm", "-Ln"]).ok()?;
+    let mut lines = t.lines().skip_while(|l| !l.starts_with(service)).skip(1);
+    lines
+        .by_ref()
+        .take_while(|l| l.trim_start().starts_with("->"))
+        .find(|l| l.split_whitespace().nth(1) == Some(backend))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+}
+
+/// Waits until every director's kernel has `backend` of `service` at
+/// `weight`; how long that took.
+fn until_weight(
+    lab: &LabGuard,
+    hosts: &[Host],
+    service: &str,
+    backend: &str,
+    weight: u32,
+) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    wait_for(&format!("{backend} at weight {weight}"), 60, || {
+        hosts
+            .iter()
+            .all(|h| kernel_weight(lab, &h.name(), service, backend) == Some(weight))
+            .then_some(())
+    });
+    t0.elapsed()
+}
+
+/// Health checks in the kernel: a node's NodePort server stops, and on
+/// every director its weight goes to 0 within fall x interval (+ the probe
+/// timeout); a client loop through the VIP sees no failed request after
+/// that; restarted, it is back within rise x interval. kube-proxy's
+/// `/healthz` failing takes the node out of the services checked by it
+/// (and only those).
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_stopped_node_drops_out_and_returns_as_its_health_check_says() {
+    use nix::sys::signal::Signal;
+    use std::time::Duration;
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let mut lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-health-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    wait_for("a settled owner", 120, || settled(&lab, &all));
+    // interval 500 ms, timeout 300 ms, fall 2, rise 2, for every service;
+    // a second service checked by kube-proxy's healthz.
+    let (interval, timeout, fall, rise) = (500u64, 300u64, 2u64, 2u64);
+    let defaults = format!(
+        "defaults:\n  scheduler: rr\n  forwarding: nat\n  health: {{type: http, path: /, interval_ms: {interval}, timeout_ms: {timeout}, rise: {rise}, fall: {fall}}}\n"
+    );
+    let extra = "  - name: kp\n    vip: 10.10.0.205\n    health: {type: kube-proxy}\n    ports:\n      - {port: 81, protocol: tcp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n";
+    for h in &all {
+        let path = lab.director_config_path(h);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("defaults:\n  scheduler: rr\n  forwarding: nat\n", &defaults);
+        assert!(text.contains("health:"), "{text}");
+        std::fs::write(&path, text + extra).unwrap();
+        lab.signal_director(&h.name(), Signal::SIGHUP).unwrap();
+    }
+    const WEB: &str = "TCP  10.10.0.200:80";
+    const KP: &str = "TCP  10.10.0.205:81";
+    let n1 = "10.10.0.21:30080";
+    let n2 = "10.10.0.22:30080";
+    // Every backend up on every director, as status says.
+    wait_for("every backend checked and up", 60, || {
+        all.iter()
+            .all(|h| {
+                let Some(s) = director_status(&lab, h) else {
+                    return false;
+                };
+                let svcs = s["services"].as_array().cloned().unwrap_or_default();
+                let checked: Vec<&serde_json::Value> = svcs
+                    .iter()
+                    .filter(|x| {
+                        x["service"] == "TCP 10.10.0.200:80" || x["service"] == "TCP 10.10.0.205:81"
+                    })
+                    .flat_map(|x| x["backends"].as_array().into_iter().flatten())
+                    .collect();
+                checked.len() == 4 && checked.iter().all(|b| b["health"] == "up")
+            })
+            .then_some(())
+    });
+    for h in &all {
+        for (svc, b) in [(WEB, n1), (WEB, n2), (KP, n1), (KP, n2)] {
+            assert_eq!(
+                kernel_weight(&lab, &h.name(), svc, b),
+                Some(1),
+                "{h} {svc} {b}"
+            );
+        }
+    }
+
+    // n1's servers stop while a client loops on the VIP.
+    let t_loop = std::time::Instant::now();
+    let client =
+        lab::scenario::ClientLoop::start(&lab, "client", "10.10.0.200:80", Duration::from_secs(12))
+            .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.stop_node("n1").unwrap();
+    let stopped_at_ms = t_loop.elapsed().as_millis();
+    let out = until_weight(&lab, &all, WEB, n1, 0);
+    let zeroed_ms = u64::try_from(t_loop.elapsed().as_millis()).unwrap();
+    let window = Duration::from_millis(fall * interval + timeout);
+    eprintln!(
+        "health: n1 stopped -> weight 0 on every director after {} ms (fall x interval + timeout = {} ms)",
+        out.as_millis(),
+        window.as_millis()
+    );
+    // Polling three directors' tables costs time too: a second of slack.
+    assert!(out <= window + Duration::from_secs(1), "took {out:?}");
+    let tally = client.finish().unwrap();
+    eprintln!(
+        "health: client loop: {} served, {} failed at {:?} ms (n1 stopped at {stopped_at_ms} ms, out at {zeroed_ms} ms)",
+        tally.requests - tally.failed,
+        tally.failed,
+        tally.failed_at_ms
+    );
+    assert_eq!(tally.failed_at_ms.len(), tally.failed as usize, "{tally:?}");
+    assert!(
+        tally.failed_at_ms.iter().all(|(at, _)| *at <= zeroed_ms),
+        "a request failed after the fall window: {tally:?}"
+    );
+    assert!(tally.from("n2") > 0, "{tally:?}");
+    let after = http_tally(&lab, "client", "10.10.0.200:80", 30).unwrap();
+    assert_eq!((after.failed, after.from("n2")), (0, 30), "{after:?}");
+    // Status names the failure.
+    let st = director_status(&lab, &all[0]).unwrap();
+    let b = st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["service"] == "TCP 10.10.0.200:80")
+        .and_then(|x| {
+            x["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["address"] == "10.10.0.21")
+                .cloned()
+        })
+        .unwrap();
+    assert_eq!(b["health"], "down", "{b}");
+    assert!(
+        b["health_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connect")),
+        "{b}"
+    );
+    assert_eq!(st["health"]["down"].as_u64(), Some(2), "{st}");
+
+    // Back: within rise x interval (+ the slack), and traffic splits again.
+    lab.start_node("n1").unwrap();
+    let back = until_weight(&lab, &all, WEB, n1, 1);
+    eprintln!(
+        "health: n1 started -> weight 1 on every director after {} ms (rise x interval = {} ms)",
+        back.as_millis(),
+        rise * interval
+    );
+    assert!(
+        back <= Duration::from_millis(rise * interval + timeout) + Duration::from_secs(1),
+        "took {back:?}"
+    );
+    let split = http_tally(&lab, "client", "10.10.0.200:80", 20).unwrap();
+    assert_eq!(split.failed, 0, "{split:?}");
+    assert!(split.from("n1") > 0 && split.from("n2") > 0, "{split:?}");
+
+    // kube-proxy's healthz fails on n2: out of the service it checks, and
+    // only of that one.
+    lab.set_node_healthz("n2", false).unwrap();
+    let kp_out = until_weight(&lab, &all, KP, n2, 0);
+    eprintln!(
+        "health: n2 healthz 503 -> out of {KP} after {} ms",
+        kp_out.as_millis()
+    );
+    for h in &all {
+        assert_eq!(kernel_weight(&lab, &h.name(), WEB, n2), Some(1), "{h}");
+    }
+    lab.set_node_healthz("n2", true).unwrap();
+    until_weight(&lab, &all, KP, n2, 1);
+    lab.down().expect("lab down");
+}

@@ -655,7 +655,7 @@ fn http_get(target: &str, count: u32, span: Option<Duration>, timeout: Duration)
             }
             Err(e) => {
                 *errors.entry(format!("{e:#}")).or_default() += 1;
-                if failed_at.len() < 100 {
+                if failed_at.len() < 1000 {
                     failed_at.push(at);
                 }
             }
