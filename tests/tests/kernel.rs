@@ -1204,7 +1204,8 @@ fn a_stopped_node_drops_out_and_returns_as_its_health_check_says() {
             .is_some_and(|e| e.contains("connect")),
         "{b}"
     );
-    assert_eq!(st["health"]["down"].as_u64(), Some(2), "{st}");
+    // n1 over IPv4 and IPv6 for web and web6, and its kube-proxy healthz.
+    assert_eq!(st["health"]["down"].as_u64(), Some(3), "{st}");
 
     // Back: within rise x interval (+ the slack), and traffic splits again.
     lab.start_node("n1").unwrap();
