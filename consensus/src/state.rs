@@ -74,6 +74,11 @@ pub struct VirtualService {
     pub scheduler_flags: BTreeSet<SchedulerFlag>,
     /// How IPVS forwards to the backends.
     pub forwarding: Forwarding,
+    /// `nat` only: whether the directors source-NAT traffic to the backends
+    /// (to the VIP, so that replies reach whoever owns it); false: the
+    /// nodes route the clients back through the directors.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub snat: bool,
     /// Client persistence, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<Persistence>,
@@ -89,6 +94,14 @@ pub struct VirtualService {
     /// several services share one VIP on disjoint ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// The Kubernetes Service a virtual service serves, and where its address
@@ -348,6 +361,7 @@ mod tests {
             scheduler_flags: BTreeSet::new(),
             forwarding: Forwarding::Nat,
             persistence: None,
+            snat: true,
             health: None,
             origin: None,
             share: None,

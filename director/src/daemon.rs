@@ -166,6 +166,15 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
             reconcilers.push(h);
             tasks.push(t);
         }
+        if let Some(h) = &ipvs_handle {
+            let (h, t) = driver::spawn(
+                crate::dataplane::sync::Sync::new(config.clone(), h.clone()),
+                wake.clone(),
+                resync,
+            );
+            reconcilers.push(h);
+            tasks.push(t);
+        }
         health = Some(checks);
         let (h, t) = driver::spawn(Nft::new(node.clone(), gate.clone()), wake.clone(), resync);
         nft_handle = Some(h.clone());

@@ -149,6 +149,8 @@ pub struct StaticService {
     pub scheduler_flags: BTreeSet<SchedulerFlag>,
     /// How IPVS forwards to the backends.
     pub forwarding: Forwarding,
+    /// `nat`: source-NAT to the VIP.
+    pub snat: bool,
     /// Client persistence (`persistence_s` above 0), with its netmask.
     pub persistence: Option<Persistence>,
     /// How the backends are checked (None: not checked).
@@ -165,6 +167,8 @@ pub struct ServiceSettings {
     pub scheduler_flags: BTreeSet<SchedulerFlag>,
     /// How IPVS forwards to the backends.
     pub forwarding: Forwarding,
+    /// `nat`: source-NAT to the VIP (false: the nodes route back).
+    pub snat: bool,
     /// Client persistence.
     pub persistence: Option<Persistence>,
     /// Backend health checks, before the source's default kind.
@@ -238,6 +242,42 @@ pub struct Config {
     pub services: Vec<StaticService>,
     /// The Kubernetes source, if configured.
     pub kubernetes: Option<Kubernetes>,
+    /// The IPVS connection-sync daemons.
+    pub sync: SyncDaemons,
+}
+
+/// The kernel's IPVS connection-sync daemons (`sync:`): every data
+/// director runs a master (sending the connections it forwards) and a
+/// backup (learning the others'), so a new owner of a VIP knows the open
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncDaemons {
+    /// Whether the daemons run.
+    pub enabled: bool,
+    /// The interface they use (None: `interface`).
+    pub interface: Option<String>,
+    /// The sync ID: a backup takes only messages with its ID, so two
+    /// clusters on one LAN need different IDs.
+    pub sync_id: u8,
+    /// Multicast group.
+    pub group: IpAddr,
+    /// UDP port.
+    pub port: u16,
+    /// Multicast TTL.
+    pub ttl: u8,
+}
+
+impl Default for SyncDaemons {
+    fn default() -> Self {
+        SyncDaemons {
+            enabled: true,
+            interface: None,
+            sync_id: 1,
+            group: IpAddr::V4(std::net::Ipv4Addr::new(224, 0, 0, 81)),
+            port: 8848,
+            ttl: 1,
+        }
+    }
 }
 
 impl Config {

@@ -37,6 +37,18 @@ struct FileIn {
     #[serde(default)]
     services: Vec<Spanned<ServiceIn>>,
     kubernetes: Option<Spanned<KubernetesIn>>,
+    sync: Option<Spanned<SyncIn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncIn {
+    enabled: Option<Spanned<bool>>,
+    interface: Option<Spanned<String>>,
+    sync_id: Option<Spanned<i64>>,
+    group: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    ttl: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +73,7 @@ struct KubeServiceIn {
     persistence_s: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<i64>>,
     health: Option<Spanned<health::HealthIn>>,
+    snat: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +144,7 @@ struct DefaultsIn {
     persistence_s: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<i64>>,
     health: Option<Spanned<health::HealthIn>>,
+    snat: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +163,7 @@ struct ServiceIn {
     persistence_s: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<i64>>,
     health: Option<Spanned<health::HealthIn>>,
+    snat: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +283,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let reconcile_resync = reconcile(&doc, &mut errs);
     let services = services(&doc, &mut errs, &pools, &pool_names, &defaults);
     let kubernetes = kubernetes(&doc, &mut errs, &defaults);
+    let sync = sync(&doc, &mut errs);
 
     if !errs.list.is_empty() {
         return Err(errs.list);
@@ -289,7 +305,59 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         defaults: defaults.settings(),
         services,
         kubernetes,
+        sync,
     })
+}
+
+/// The `sync` part of the file.
+fn sync(doc: &FileIn, errs: &mut Errors) -> SyncDaemons {
+    let mut out = SyncDaemons::default();
+    let Some(s) = &doc.sync else { return out };
+    let v = &s.value;
+    if let Some(e) = &v.enabled {
+        out.enabled = e.value;
+    }
+    if let Some(i) = &v.interface {
+        if i.value.is_empty() || i.value.len() > 15 || i.value.contains(['/', ' ']) {
+            errs.at(
+                i,
+                "sync.interface",
+                format!("{:?} is not an interface name", i.value),
+            );
+        } else {
+            out.interface = Some(i.value.clone());
+        }
+    }
+    if let Some(n) = &v.sync_id {
+        if let Some(id) = int::<u8>(n, "sync.sync_id", "0..=255", errs) {
+            out.sync_id = id;
+        }
+    }
+    if let Some(g) = &v.group {
+        match g.value.parse::<IpAddr>() {
+            Ok(ip) if ip.is_multicast() => out.group = ip,
+            _ => errs.at(
+                g,
+                "sync.group",
+                format!("{:?} is not a multicast address", g.value),
+            ),
+        }
+    }
+    if let Some(p) = &v.port {
+        match int::<u16>(p, "sync.port", "1..=65535", errs) {
+            Some(0) => errs.at(p, "sync.port", "0 is out of range 1..=65535"),
+            Some(n) => out.port = n,
+            None => {}
+        }
+    }
+    if let Some(t) = &v.ttl {
+        match int::<u8>(t, "sync.ttl", "1..=255", errs) {
+            Some(0) => errs.at(t, "sync.ttl", "0 is out of range 1..=255"),
+            Some(n) => out.ttl = n,
+            None => {}
+        }
+    }
+    out
 }
 
 /// The `members` part of the file.
@@ -766,6 +834,14 @@ fn services(
             timeout_s: persistence_s,
             netmask,
         });
+        let snat = s.value.snat.as_ref().map_or(defaults.snat, |v| v.value);
+        if let (Some(v), Some(Forwarding::Dr)) = (&s.value.snat, forwarding) {
+            errs.at(
+                v,
+                format!("{path}.snat"),
+                "applies to forwarding nat only (dr keeps the client's address by itself)",
+            );
+        }
         let health = match &s.value.health {
             Some(h) => health::apply(h, &defaults.health, &format!("{path}.health"), errs),
             None => defaults.health.clone(),
@@ -861,6 +937,7 @@ fn services(
                 scheduler,
                 scheduler_flags,
                 forwarding,
+                snat,
                 persistence,
                 health,
             });
@@ -878,6 +955,7 @@ struct Defaults {
     persistence_s: u32,
     persistence_netmask: Option<u8>,
     health: health::HealthSettings,
+    snat: bool,
 }
 
 impl Defaults {
@@ -892,6 +970,7 @@ impl Defaults {
                 netmask: self.persistence_netmask,
             }),
             health: self.health.clone(),
+            snat: self.snat,
         }
     }
 
@@ -904,6 +983,7 @@ impl Defaults {
             persistence_s: 0,
             persistence_netmask: None,
             health: health::HealthSettings::default(),
+            snat: true,
         };
         let Some(d) = d else { return out };
         let d = &d.value;
@@ -929,6 +1009,9 @@ impl Defaults {
         }
         if let Some(h) = &d.health {
             out.health = health::apply(h, &out.health, "defaults.health", errs);
+        }
+        if let Some(v) = &d.snat {
+            out.snat = v.value;
         }
         out
     }
@@ -1021,6 +1104,9 @@ fn kubernetes(doc: &FileIn, errs: &mut Errors, defaults: &Defaults) -> Option<Ku
         });
         if let Some(h) = &o.health {
             set.health = health::apply(h, &set.health, &format!("{path}.health"), errs);
+        }
+        if let Some(v) = &o.snat {
+            set.snat = v.value;
         }
         if services.insert(key.clone(), set).is_some() {
             errs.at(

@@ -7,6 +7,7 @@
 //! - [`routes`]: the local routes of the VIPs held here (and their
 //!   announcements);
 //! - [`nft`]: the SNAT table and the drain gate;
+//! - [`sync`]: the kernel's IPVS connection-sync daemons;
 //! - [`sysctl`]: what forwarding needs.
 //!
 //! A new kind of kernel object is a new module implementing
@@ -16,4 +17,5 @@ pub mod driver;
 pub mod ipvs;
 pub mod nft;
 pub mod routes;
+pub mod sync;
 pub mod sysctl;

@@ -1,8 +1,8 @@
 //! The nftables reconciler: two tables of this director's own.
 //!
 //! - `inet director_snat`: the source NAT that brings replies back through
-//!   this director in `nat` mode (IPVS masquerade with conntrack, and an
-//!   nftables masquerade for traffic to the backends).
+//!   the VIP's owner in `nat` mode (IPVS masquerade with conntrack, and an
+//!   nftables SNAT to the VIP for traffic to the backends).
 //! - `inet director_drain`: the drain gate, present only while a drain
 //!   turns new TCP connections to its VIPs away (a SYN without ACK is
 //!   dropped before conntrack and IPVS, priority raw).
@@ -53,13 +53,23 @@ pub enum NftOp {
     Delete(&'static str),
 }
 
-/// The SNAT script for `state`: masquerade traffic to every `nat` backend.
+/// The SNAT script for `state`: traffic IPVS forwards to a backend of a
+/// `nat` service (with `snat`) leaves with the VIP as its source, so that
+/// the nodes' replies go to whoever holds the VIP, now or after a failover
+/// (the source port is kept where it is free, so a connection keeps its
+/// addresses across the move). Only traffic addressed to the VIP is
+/// matched (`ct original`): the director's own traffic to the nodes (health
+/// checks) keeps its address.
 pub fn snat_ruleset(state: &ClusterState) -> String {
     let mut rules = BTreeSet::new();
     for vs in state.services.values() {
-        if vs.forwarding != Forwarding::Nat {
+        if vs.forwarding != Forwarding::Nat || !vs.snat {
             continue;
         }
+        let family = match vs.vip {
+            IpAddr::V4(_) => "ip",
+            IpAddr::V6(_) => "ip6",
+        };
         let fallback = vs.health.as_ref().and_then(|h| h.fallback);
         for p in &vs.ports {
             let fallback = fallback.map(|f| consensus::state::Backend {
@@ -68,13 +78,12 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
                 weight: 1,
             });
             for b in p.backends.iter().chain(fallback.as_ref()) {
-                let family = match b.address {
-                    IpAddr::V4(_) => "ip",
-                    IpAddr::V6(_) => "ip6",
-                };
+                if b.address.is_ipv4() != vs.vip.is_ipv4() {
+                    continue;
+                }
                 rules.insert(format!(
-                    "    {family} daddr {} {} dport {} masquerade\n",
-                    b.address, p.protocol, b.port
+                    "    {family} daddr {} {} dport {} ct original {family} daddr {} snat {family} to {}\n",
+                    b.address, p.protocol, b.port, vs.vip, vs.vip
                 ));
             }
         }
@@ -426,6 +435,7 @@ mod tests {
                 scheduler_flags: BTreeSet::new(),
                 forwarding: Forwarding::Nat,
                 persistence: None,
+                snat: true,
                 health: None,
                 origin: None,
                 share: None,
@@ -448,13 +458,22 @@ mod tests {
     }
 
     #[test]
-    fn snat_masquerades_traffic_to_nat_backends() {
-        let r = snat_ruleset(&state());
+    fn snat_sends_nat_backend_traffic_from_the_vip() {
+        let mut st = state();
+        let r = snat_ruleset(&st);
+        let vip = st.services.values().next().unwrap().vip;
         assert!(
-            r.contains("ip daddr 10.10.0.21 tcp dport 30080 masquerade"),
+            r.contains(&format!(
+                "ip daddr 10.10.0.21 tcp dport 30080 ct original ip daddr {vip} snat ip to {vip}"
+            )),
             "{r}"
         );
         assert!(r.starts_with("table inet director_snat {"));
+        // snat: false: the nodes route back; nothing to rewrite.
+        for vs in st.services.values_mut() {
+            vs.snat = false;
+        }
+        assert!(!snat_ruleset(&st).contains("snat ip to"));
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
             scheduler: w.scheduler,
             scheduler_flags: w.scheduler_flags.clone(),
             forwarding: w.forwarding,
+            snat: w.snat,
             persistence: w.persistence,
             ports: w.ports.clone(),
             health: w.health.clone(),
@@ -734,6 +735,7 @@ mod tests {
             forwarding: consensus::domain::Forwarding::Nat,
             persistence: None,
             ports: Vec::new(),
+            snat: true,
             health: None,
             origin: Some(consensus::state::Origin {
                 namespace: "default".into(),

@@ -55,6 +55,8 @@ pub struct Wanted {
     pub scheduler_flags: BTreeSet<SchedulerFlag>,
     /// Forwarding mode.
     pub forwarding: Forwarding,
+    /// `nat`: source-NAT to the VIP (false: the nodes route back).
+    pub snat: bool,
     /// Client persistence.
     pub persistence: Option<Persistence>,
     /// Ports and their backends.

@@ -28,6 +28,7 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
             scheduler: s.scheduler,
             scheduler_flags: s.scheduler_flags.clone(),
             forwarding: s.forwarding,
+            snat: s.snat,
             persistence: s.persistence,
             health: s.health.clone(),
             origin: None,

@@ -38,6 +38,9 @@ pub const ANN_FORWARDING: &str = "director.io/forwarding";
 /// Services of one namespace with the same key share one VIP when their
 /// ports do not collide.
 pub const ANN_SHARING: &str = "director.io/sharing-key";
+/// Annotation: `false` turns the source NAT of a `nat` Service off (the
+/// nodes route its clients back through the directors).
+pub const ANN_SNAT: &str = "director.io/snat";
 /// Annotation: the backend health check, a YAML flow mapping with the
 /// fields of a `health:` block (`{type: http, port: 8080, path: /ready}`).
 pub const ANN_HEALTH: &str = "director.io/health-check";
@@ -400,6 +403,7 @@ fn service(
             scheduler: settings.scheduler,
             scheduler_flags: settings.scheduler_flags.clone(),
             forwarding: settings.forwarding,
+            snat: settings.snat,
             persistence: settings.persistence,
             ports,
             health: health.clone(),
@@ -514,6 +518,13 @@ fn settings(
         match persistence(v.trim()) {
             Ok(p) => out.persistence = p,
             Err(why) => bad(ANN_PERSISTENCE, v, why),
+        }
+    }
+    if let Some(v) = annotations.get(ANN_SNAT) {
+        match v.trim() {
+            "true" => out.snat = true,
+            "false" => out.snat = false,
+            _ => bad(ANN_SNAT, v, "not true or false".into()),
         }
     }
     if let Some(v) = annotations.get(ANN_HEALTH) {

@@ -21,6 +21,7 @@ fn defaults() -> ServiceSettings {
         forwarding: Forwarding::Nat,
         persistence: None,
         health: Default::default(),
+        snat: true,
     }
 }
 
