@@ -197,8 +197,9 @@ pub(super) fn apply(
         match HealthKind::parse(&k.value) {
             Ok(kind) => {
                 out.kind = Some(kind);
-                // What belongs to another kind is not inherited.
-                if base.kind != Some(kind) {
+                // What belongs to another kind is not inherited (what a
+                // level gave without naming a kind stays).
+                if base.kind.is_some_and(|b| b != kind) {
                     out.port = None;
                     out.path = None;
                     out.host = None;
@@ -206,29 +207,38 @@ pub(super) fn apply(
                     out.send.clear();
                     out.expect_reply = false;
                 }
-                let http = matches!(kind, HealthKind::Http | HealthKind::Https);
-                let kube = kind == HealthKind::KubeProxy;
-                let misplaced = [
-                    ("path", v.path.is_some() && !(http || kube)),
-                    ("host", v.host.is_some() && !(http || kube)),
-                    ("expect", v.expect.is_some() && !(http || kube)),
-                    ("send", v.send.is_some() && kind != HealthKind::Udp),
-                    (
-                        "expect_reply",
-                        v.expect_reply.is_some() && kind != HealthKind::Udp,
-                    ),
-                ];
-                for (name, bad) in misplaced {
-                    if bad {
-                        errs.at(
-                            h,
-                            format!("{field}.{name}"),
-                            format!("does not apply to a {} check", k.value),
-                        );
-                    }
-                }
             }
             Err(why) => errs.at(k, format!("{field}.type"), why),
+        }
+    }
+    // Fields of another kind than the one this level ends with are refused
+    // (with no kind named anywhere yet, a field of any kind is taken: the
+    // source's default kind decides later).
+    if let Some(kind) = out.kind {
+        let http = matches!(
+            kind,
+            HealthKind::Http | HealthKind::Https | HealthKind::KubeProxy
+        );
+        let udp = kind == HealthKind::Udp;
+        let misplaced = [
+            ("path", v.path.is_some() && !http),
+            ("host", v.host.is_some() && !http),
+            ("expect", v.expect.is_some() && !http),
+            ("send", v.send.is_some() && !udp),
+            ("expect_reply", v.expect_reply.is_some() && !udp),
+        ];
+        let word = HealthKind::WORDS
+            .iter()
+            .find(|(_, k)| *k == kind)
+            .map_or("", |(w, _)| *w);
+        for (name, bad) in misplaced {
+            if bad {
+                errs.at(
+                    h,
+                    format!("{field}.{name}"),
+                    format!("does not apply to a {word} check"),
+                );
+            }
         }
     }
     if let Some(p) = &v.port {
@@ -314,6 +324,10 @@ pub(super) fn apply(
     );
     bounded(&v.rise, "rise", 1, 100, &mut out.rise);
     bounded(&v.fall, "fall", 1, 100, &mut out.fall);
+    // A shorter interval given alone shortens the inherited timeout with it.
+    if v.timeout_ms.is_none() && out.timeout_ms > out.interval_ms {
+        out.timeout_ms = out.interval_ms;
+    }
     if out.timeout_ms > out.interval_ms {
         errs.at(
             h,
@@ -459,6 +473,12 @@ mod tests {
         assert_eq!(tcp.interval_ms, 500);
         let same = apply_text("{rise: 3}", &h).unwrap();
         assert_eq!(same.path.as_deref(), Some("/ready"));
+        // Without a kind above, a kind named below keeps what was given.
+        let port = from("{port: 8080}").unwrap();
+        assert_eq!(apply_text("{type: tcp}", &port).unwrap().port, Some(8080));
+        // A short interval alone takes the timeout down with it.
+        let fast = from("{interval_ms: 500}").unwrap();
+        assert_eq!((fast.interval_ms, fast.timeout_ms), (500, 500));
     }
 
     #[test]
@@ -506,6 +526,13 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("health.port: 0 is out of range"), "{e}");
+        // A field of another kind than the inherited one.
+        let tcp = from("{type: tcp}").unwrap();
+        let e = apply_text("{path: /x}", &tcp).unwrap_err();
+        assert!(
+            e.contains("health.path: does not apply to a tcp check"),
+            "{e}"
+        );
         let e = from("{colour: red}").unwrap_err();
         assert!(e.contains("colour"), "{e}");
     }

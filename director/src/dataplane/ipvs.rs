@@ -110,7 +110,12 @@ pub fn backends(
     let wanted = list.iter().filter(|b| b.weight > 0).count();
     let mut out: Vec<(IpAddr, u16, u32)> = Vec::with_capacity(list.len() + 1);
     if serving == 0 && wanted > 0 {
-        let Some(fallback) = check.fallback else {
+        // A fallback of the other family cannot take this port's traffic.
+        let same_family = |f: &std::net::SocketAddr| {
+            list.first()
+                .is_some_and(|b| b.address.is_ipv4() == f.is_ipv4())
+        };
+        let Some(fallback) = check.fallback.filter(same_family) else {
             return all();
         };
         out.push((fallback.ip(), fallback.port(), 1));

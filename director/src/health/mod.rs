@@ -104,7 +104,7 @@ pub struct TargetState {
     /// Results in a row against the state (failures while up, passes while
     /// down).
     pub streak: u32,
-    /// The last failure's reason, until a pass.
+    /// The last probe's failure (None after a pass).
     pub last_error: Option<String>,
     /// When it was last probed.
     pub last_checked: Option<SystemTime>,
@@ -139,10 +139,7 @@ impl TargetState {
         self.last_checked = Some(now);
         self.last_duration = took;
         let ok = result.is_ok();
-        match result {
-            Ok(()) => {}
-            Err(e) => self.last_error = Some(e.clone()),
-        }
+        self.last_error = result.as_ref().err().cloned();
         let flip = match self.up {
             None => true,
             Some(up) if up == ok => {
@@ -159,9 +156,6 @@ impl TargetState {
             self.up = Some(ok);
             self.since = now;
             self.streak = 0;
-            if ok {
-                self.last_error = None;
-            }
             return was_serving != ok;
         }
         false
@@ -353,8 +347,9 @@ pub async fn run(
     }
 }
 
-/// Where in its interval a target is probed: a hash of it, so that many
-/// targets spread out and a restart keeps each one's place.
+/// Where in its interval a target is first probed, from its start: a hash
+/// of the target, so that many targets started together spread over the
+/// interval.
 fn phase(key: &(HealthCheck, SocketAddr), interval: Duration) -> Duration {
     let mut h = std::hash::DefaultHasher::new();
     key.hash(&mut h);

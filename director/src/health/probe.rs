@@ -49,7 +49,11 @@ async fn once(probe: &Probe, target: SocketAddr, silence: Duration) -> Result<()
                 },
             };
             let code = if *tls {
-                let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+                // SNI: the Host header's name when it is one, else none.
+                let sni = host_name(&host)
+                    .and_then(|h| rustls::pki_types::ServerName::try_from(h.to_string()).ok());
+                let name =
+                    sni.unwrap_or(rustls::pki_types::ServerName::IpAddress(target.ip().into()));
                 let stream = tokio_rustls::TlsConnector::from(tls_config())
                     .connect(name, stream)
                     .await
@@ -164,6 +168,19 @@ pub fn status_code(buf: &[u8]) -> Result<Option<u16>, String> {
     }
 }
 
+/// The DNS name of a Host header (`example.com:8443` -> `example.com`);
+/// None for an address.
+fn host_name(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        return None;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.chars().all(|c| c.is_ascii_digit()) && !n.contains(':') => n,
+        _ => host,
+    };
+    (name.parse::<std::net::IpAddr>().is_err() && !name.is_empty()).then_some(name)
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
@@ -263,6 +280,14 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn sni_comes_from_a_host_name_only() {
+        assert_eq!(host_name("example.com:8443"), Some("example.com"));
+        assert_eq!(host_name("example.com"), Some("example.com"));
+        assert_eq!(host_name("10.0.0.1:443"), None);
+        assert_eq!(host_name("[fd00::1]:443"), None);
+    }
 
     #[test]
     fn status_lines() {

@@ -410,3 +410,54 @@ fn services_are_translated_oldest_first() {
     let names: Vec<&str> = t.wanted.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(names, ["kube/u-b/ipv4", "kube/u-a/ipv4"]);
 }
+
+#[test]
+fn health_is_kube_proxy_by_default_and_the_annotation_or_snat_change_it() {
+    use consensus::domain::Probe;
+    let probe = |t: &Translation| t.wanted[0].health.as_ref().map(|h| h.probe.clone());
+    // kube-proxy's /healthz on every node.
+    let t = run(&view(vec![web(json!({}))]));
+    assert!(
+        matches!(probe(&t), Some(Probe::Http { port: Some(10256), ref path, .. }) if path == "/healthz"),
+        "{:?}",
+        probe(&t)
+    );
+    assert!(t.wanted[0].snat);
+    // externalTrafficPolicy Local: the Service's healthCheckNodePort.
+    let t = run(&view(vec![web(json!({"spec": {
+        "externalTrafficPolicy": "Local", "healthCheckNodePort": 31234
+    }}))]));
+    assert!(
+        matches!(probe(&t), Some(Probe::Http { port: Some(31234), ref path, .. }) if path == "/"),
+        "{:?}",
+        probe(&t)
+    );
+    // The annotation: its own check, and snat off.
+    let t = run(&view(vec![web(json!({"metadata": {"annotations": {
+        ANN_HEALTH: "{type: tcp, port: 8080, fall: 5}", ANN_SNAT: "false"
+    }}}))]));
+    assert_eq!(probe(&t), Some(Probe::Tcp { port: Some(8080) }));
+    assert_eq!(t.wanted[0].health.as_ref().unwrap().fall, 5);
+    assert!(!t.wanted[0].snat);
+    // A bad one: a Warning naming it, and the default check.
+    let t = run(&view(vec![web(json!({"metadata": {"annotations": {
+        ANN_HEALTH: "{type: ping}"
+    }}}))]));
+    assert!(matches!(
+        probe(&t),
+        Some(Probe::Http {
+            port: Some(10256),
+            ..
+        })
+    ));
+    let p = &t.ours["u-web"].problems[0];
+    assert!(
+        p.note.contains(ANN_HEALTH) && p.note.contains("unknown check type"),
+        "{p:?}"
+    );
+    // `none` turns it off.
+    let t = run(&view(vec![web(json!({"metadata": {"annotations": {
+        ANN_HEALTH: "{type: none}"
+    }}}))]));
+    assert_eq!(probe(&t), None);
+}
