@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lab::{Lab, LabError};
 use crate::topology::{Host, NODEPORT_HTTP};
@@ -190,6 +190,136 @@ impl ClientLoop {
 
     /// Waits until it ends; its tally.
     pub fn finish(self) -> Result<HttpTally, LabError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| LabError::Io {
+                op: "waiting for",
+                path: self.what.clone().into(),
+                source,
+            })?;
+        serde_json::from_slice(&out.stdout).map_err(|source| LabError::BadOutput {
+            command: self.what,
+            source,
+        })
+    }
+}
+
+/// What `labnet fetch --json` prints: one HTTP answer, whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpReply {
+    /// The status code, e.g. 200.
+    pub status: u16,
+    /// Every header as the server wrote it (name as written, value trimmed);
+    /// of a name written twice, the last. Look names up with
+    /// [`HttpReply::header`].
+    pub headers: BTreeMap<String, String>,
+    /// The body (lossy UTF-8).
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The value of header `name`, whatever its case; `labnet serve` sends
+    /// `X-Node` (the node's name) and `X-Client` (the connection's peer as
+    /// the node saw it, `ADDRESS:PORT`).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP GET of `path` from `host` to `target` (ADDR:PORT) with `labnet
+/// fetch --json`: status, headers and body. Fails unless the answer is 200.
+pub fn http_fetch(lab: &Lab, host: &str, target: &str, path: &str) -> Result<HttpReply, LabError> {
+    let labnet = lab.env().labnet.to_string_lossy().into_owned();
+    let out = lab.exec(host, &[&labnet, "fetch", "--json", target, path])?;
+    serde_json::from_str(out.trim()).map_err(|source| LabError::BadOutput {
+        command: format!("[{host}] labnet fetch --json {target} {path}"),
+        source,
+    })
+}
+
+/// What `labnet stream` reports: one TCP connection to the plain TCP
+/// responder (through a VIP), a counter line sent every interval and its
+/// echo checked, for a fixed time. Times are milliseconds after the start
+/// (CLOCK_MONOTONIC), taken when the client read or noticed the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// The node that answered (the responder's first line); None when the
+    /// connection failed before it came.
+    pub node: Option<String>,
+    /// Counters sent (`1\n`, `2\n`, ...).
+    pub sent: u64,
+    /// Counters echoed back correctly and in order.
+    pub echoed: u64,
+    /// True iff nothing went wrong and every counter sent came back before
+    /// the end (`--timeout-ms` after the last send at the latest): the
+    /// connection survived whatever happened meanwhile.
+    pub survived: bool,
+    /// The first error, which ended the run: the connection refused, reset or
+    /// closed (EOF), a wrong or out-of-order echo, or no echo progress for
+    /// longer than `--timeout-ms`.
+    pub error: Option<String>,
+    /// When the error happened.
+    pub error_at_ms: Option<u64>,
+    /// The longest time between two consecutive echoed counters (a stall
+    /// during a failover shows here).
+    pub max_gap_ms: u64,
+    /// [when the gap began, its length] of every gap between consecutive
+    /// echoes over 100 ms, the first 100.
+    pub gaps_over_100ms: Vec<(u64, u64)>,
+    /// The whole run, connect to close.
+    pub duration_ms: u64,
+}
+
+/// `labnet stream` in the background: one TCP connection kept busy for a
+/// fixed time, to see whether it survives a failover and how long it
+/// stalled.
+#[derive(Debug)]
+pub struct Stream {
+    child: std::process::Child,
+    what: String,
+}
+
+impl Stream {
+    /// Starts it in `host` against `target` (ADDR:PORT of the plain TCP
+    /// responder, e.g. through a VIP) for `span`, one counter every
+    /// `interval`; an echo may lag up to 3 s (`labnet stream`'s default
+    /// `--timeout-ms`).
+    pub fn start(
+        lab: &Lab,
+        host: &str,
+        target: &str,
+        span: Duration,
+        interval: Duration,
+    ) -> Result<Self, LabError> {
+        let labnet = lab.env().labnet.clone();
+        let mut cmd = lab.command(host, &labnet.to_string_lossy())?;
+        cmd.args([
+            "stream",
+            target,
+            "--for-ms",
+            &span.as_millis().to_string(),
+            "--interval-ms",
+            &interval.as_millis().to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+        let child = cmd.spawn().map_err(|source| LabError::Io {
+            op: "starting",
+            path: labnet,
+            source,
+        })?;
+        Ok(Stream {
+            child,
+            what: format!("[{host}] labnet stream {target}"),
+        })
+    }
+
+    /// Waits until it ends; its report.
+    pub fn finish(self) -> Result<StreamReport, LabError> {
         let out = self
             .child
             .wait_with_output()

@@ -1,27 +1,36 @@
 //! `labnet`: the lab's traffic tools.
 //!
 //! - `labnet serve --name n1`: the NodePort stand-in of a node host. HTTP on
-//!   TCP 30080 (every path answers `200` with the node's name), a plain TCP
+//!   TCP 30080 (every path answers `200` with the node's name as body, and
+//!   headers `X-Node: NAME` and `X-Client: ADDRESS:PORT`), a plain TCP
 //!   responder on 30081 (writes the node's name, then echoes until the client
 //!   closes), a UDP echo on 30080 (replies `<name> <datagram>`) and
 //!   kube-proxy's health endpoint on TCP 10256 (`/healthz` answers `200`, or
 //!   `503` while the file of `--healthz-fail-file` exists).
 //! - `labnet http-get ADDR:PORT --count N`: N requests, each on a new
 //!   connection, and a JSON tally of which node answered how often.
+//! - `labnet fetch ADDR:PORT [PATH] [--json]`: one GET; the body, or with
+//!   `--json` status, headers and body as JSON.
+//! - `labnet stream ADDR:PORT`: one TCP connection to the plain TCP
+//!   responder for a fixed time, a counter sent every interval and its echo
+//!   checked; a JSON report of whether the connection survived and how long
+//!   its echoes stalled.
 //! - `labnet ping`, `labnet arp-watch`, `labnet route-watch`: the observers of
 //!   `lab::watch` (client-visible outage, ARP answers, local routes).
 //! - `labnet ipvs-ops --family-id ID`: every change to IPVS that a process of
 //!   this namespace asks the kernel for, seen on an nlmon device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use lab::scenario::{HttpReply, StreamReport};
 use lab::topology::{KUBE_PROXY_HEALTHZ, NODEPORT_HTTP, NODEPORT_TCP, NODEPORT_UDP};
 use lab::watch::monotonic_ns;
 
@@ -89,11 +98,35 @@ enum Cmd {
     },
     /// One HTTP GET of PATH from ADDR:PORT; prints the body (exit 1 unless 200).
     Fetch {
-        /// Target, e.g. 10.10.0.11:9469.
+        /// Target, e.g. 10.10.0.11:9469 or [fd10:10::200]:80.
         target: SocketAddr,
         /// The path.
         #[arg(default_value = "/")]
         path: String,
+        /// Print one JSON object instead of the body:
+        /// `{"status":200,"headers":{"X-Node":"n1",...},"body":"n1\n"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold ONE TCP connection to the plain TCP responder (e.g. through a
+    /// VIP) for `--for-ms`: read its first line (the node's name), send a
+    /// counter line (`1`, `2`, ...) every interval and check that each comes
+    /// back, in order. Stops at the first error (reset, EOF, wrong echo, no
+    /// echo for `--timeout-ms`) and prints one JSON report; exits 0 either
+    /// way.
+    Stream {
+        /// Target, e.g. 10.10.0.203:81 or [fd10:10::203]:81.
+        target: SocketAddr,
+        /// Milliseconds between counters.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Milliseconds to keep sending (from the start, connect included).
+        #[arg(long, default_value_t = 20_000)]
+        for_ms: u64,
+        /// Longest wait for the connection, the name line and each echo
+        /// (after the last send too), in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
     /// ICMP echo to ADDR every interval; prints `reply T_NS SEQ` per reply.
     Ping {
@@ -189,7 +222,24 @@ fn main() -> Result<()> {
             count,
             hold_ms,
         } => tcp_tally(&target, count, Duration::from_millis(hold_ms)),
-        Cmd::Fetch { target, path } => fetch(target, &path),
+        Cmd::Fetch { target, path, json } => fetch(target, &path, json),
+        Cmd::Stream {
+            target,
+            interval_ms,
+            for_ms,
+            timeout_ms,
+        } => {
+            let report = stream(
+                target,
+                StreamPlan {
+                    interval: Duration::from_millis(interval_ms),
+                    span: Duration::from_millis(for_ms),
+                    timeout: Duration::from_millis(timeout_ms),
+                },
+            );
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Cmd::Ping { addr, interval_ms } => ping(addr, Duration::from_millis(interval_ms)),
         Cmd::ArpWatch {
             vip,
@@ -483,14 +533,32 @@ fn answer_http(mut stream: TcpStream, name: &str) {
     let body = format!("{name}\n");
     let first_line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let reply = if first_line.windows(5).any(|w| w == b"HTTP/") {
+        let client = stream
+            .peer_addr()
+            .map(|peer| format!("X-Client: {}\r\n", client_address(peer)))
+            .unwrap_or_default();
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Node: {name}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Node: {name}\r\n{client}Connection: close\r\n\r\n{body}",
             body.len()
         )
     } else {
         body
     };
     let _ = stream.write_all(reply.as_bytes());
+}
+
+/// A connection's peer as the `X-Client` header gives it, `ADDRESS:PORT`:
+/// an IPv4 client of a `[::]` listener (an IPv4-mapped IPv6 address,
+/// `::ffff:a.b.c.d`) in its plain IPv4 form, every other address as it is
+/// (`[fd10:10::100]:40000`).
+fn client_address(peer: SocketAddr) -> String {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())).to_string(),
+            None => peer.to_string(),
+        },
+        SocketAddr::V4(_) => peer.to_string(),
+    }
 }
 
 /// Answers one request to the health endpoint; `/healthz` fails while
@@ -592,6 +660,11 @@ fn answer_tcp(mut stream: TcpStream, name: &str) {
     if stream.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }
+    echo_until_closed(stream);
+}
+
+/// Writes back everything read until the client closes.
+fn echo_until_closed(mut stream: TcpStream) {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {
@@ -716,6 +789,310 @@ fn tcp_tally(target: &str, count: u32, hold: Duration) -> Result<()> {
     Ok(())
 }
 
+/// How `labnet stream` runs.
+#[derive(Debug, Clone, Copy)]
+struct StreamPlan {
+    /// Time between two counters.
+    interval: Duration,
+    /// How long to keep sending, from the start (connect included).
+    span: Duration,
+    /// The longest wait for the connection, for the name line, and for echo
+    /// progress while counters are outstanding.
+    timeout: Duration,
+}
+
+/// What the reader thread of `labnet stream` hands over, with the time it
+/// was read.
+#[derive(Debug)]
+enum Received {
+    /// A whole line, without its newline.
+    Line(String),
+    /// The peer closed the connection.
+    Eof,
+    /// Reading failed (a reset, ...).
+    Failed(String),
+}
+
+/// The longest line the stream's reader buffers (a counter is 20 digits).
+const STREAM_LINE_MAX: usize = 64 * 1024;
+
+/// Reads `stream` until it ends and sends each line as it completes; the
+/// echo may come in any chunks.
+fn read_lines(mut stream: TcpStream, to: mpsc::Sender<(Instant, Received)>) {
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => {
+                let _ = to.send((Instant::now(), Received::Eof));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = to.send((Instant::now(), Received::Failed(format!("read: {e}"))));
+                return;
+            }
+        };
+        let at = Instant::now();
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line[..end]).into_owned();
+            if to.send((at, Received::Line(text))).is_err() {
+                return;
+            }
+        }
+        if pending.len() > STREAM_LINE_MAX {
+            let what = format!("a line longer than {STREAM_LINE_MAX} bytes");
+            let _ = to.send((at, Received::Failed(what)));
+            return;
+        }
+    }
+}
+
+/// Where a stream stands; becomes its [`StreamReport`].
+#[derive(Debug)]
+struct StreamProgress {
+    start: Instant,
+    node: Option<String>,
+    sent: u64,
+    echoed: u64,
+    /// When each counter not yet echoed was sent, oldest first.
+    outstanding: VecDeque<Instant>,
+    /// When the last counter came back.
+    last_echo: Option<Instant>,
+    max_gap: Duration,
+    gaps_over_100ms: Vec<(u64, u64)>,
+}
+
+/// The error that ended a stream, and when it was noticed.
+#[derive(Debug)]
+struct StreamFailure {
+    at: Instant,
+    what: String,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl StreamProgress {
+    fn new(start: Instant) -> Self {
+        StreamProgress {
+            start,
+            node: None,
+            sent: 0,
+            echoed: 0,
+            outstanding: VecDeque::new(),
+            last_echo: None,
+            max_gap: Duration::ZERO,
+            gaps_over_100ms: Vec::new(),
+        }
+    }
+
+    /// Takes one echoed line read at `at`: it must be the oldest counter
+    /// not yet echoed.
+    fn echo(&mut self, at: Instant, line: &str) -> Result<(), StreamFailure> {
+        let due = self.echoed + 1;
+        if self.outstanding.is_empty() || line != due.to_string() {
+            let what = if self.outstanding.is_empty() {
+                format!("echo {line:?} when nothing was due (sent {})", self.sent)
+            } else {
+                format!("echo {line:?} where {due} was due")
+            };
+            return Err(StreamFailure { at, what });
+        }
+        self.outstanding.pop_front();
+        self.echoed = due;
+        if let Some(before) = self.last_echo {
+            let gap = at.saturating_duration_since(before);
+            self.max_gap = self.max_gap.max(gap);
+            if gap > Duration::from_millis(100) && self.gaps_over_100ms.len() < 100 {
+                self.gaps_over_100ms
+                    .push((ms(before.saturating_duration_since(self.start)), ms(gap)));
+            }
+        }
+        self.last_echo = Some(at);
+        Ok(())
+    }
+
+    fn report(self, failure: Option<StreamFailure>) -> StreamReport {
+        let start = self.start;
+        StreamReport {
+            node: self.node,
+            sent: self.sent,
+            echoed: self.echoed,
+            survived: failure.is_none() && self.outstanding.is_empty(),
+            error_at_ms: failure
+                .as_ref()
+                .map(|f| ms(f.at.saturating_duration_since(start))),
+            error: failure.map(|f| f.what),
+            max_gap_ms: ms(self.max_gap),
+            gaps_over_100ms: self.gaps_over_100ms,
+            duration_ms: ms(start.elapsed()),
+        }
+    }
+}
+
+/// `labnet stream`: one connection to the plain TCP responder at `addr`,
+/// held and checked as `plan` says.
+fn stream(addr: SocketAddr, plan: StreamPlan) -> StreamReport {
+    // Deadlines are `Instant`s: a year is as good as forever and cannot
+    // overflow them.
+    let year = Duration::from_secs(365 * 86_400);
+    let plan = StreamPlan {
+        interval: plan.interval.clamp(Duration::from_millis(1), year),
+        span: plan.span.min(year),
+        timeout: plan.timeout.min(year),
+    };
+    let start = Instant::now();
+    let mut progress = StreamProgress::new(start);
+    let failure = stream_session(addr, plan, &mut progress).err();
+    progress.report(failure)
+}
+
+fn stream_session(
+    addr: SocketAddr,
+    plan: StreamPlan,
+    p: &mut StreamProgress,
+) -> Result<(), StreamFailure> {
+    let fail = |what: String| StreamFailure {
+        at: Instant::now(),
+        what,
+    };
+    let mut conn = TcpStream::connect_timeout(&addr, plan.timeout)
+        .map_err(|e| fail(format!("connect: {e}")))?;
+    // Each counter goes out when it is due, not when Nagle lets it.
+    conn.set_nodelay(true)
+        .and_then(|()| conn.set_write_timeout(Some(plan.timeout)))
+        .map_err(|e| fail(format!("setting up the socket: {e}")))?;
+    let reading = conn
+        .try_clone()
+        .map_err(|e| fail(format!("cloning the socket: {e}")))?;
+    let (to, from) = mpsc::channel();
+    let reader = thread::spawn(move || read_lines(reading, to));
+    let result = stream_exchange(&mut conn, &from, plan, p);
+    // Wakes the reader, which then sees the end.
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    let _ = reader.join();
+    result
+}
+
+/// The name line, then the counters until `plan.span` ends and every
+/// counter is back.
+fn stream_exchange(
+    conn: &mut TcpStream,
+    from: &mpsc::Receiver<(Instant, Received)>,
+    plan: StreamPlan,
+    p: &mut StreamProgress,
+) -> Result<(), StreamFailure> {
+    match from.recv_timeout(plan.timeout) {
+        Ok((_, Received::Line(name))) => p.node = Some(name),
+        Ok((at, other)) => return Err(stream_ended(at, other)),
+        Err(_) => {
+            return Err(StreamFailure {
+                at: Instant::now(),
+                what: format!("no name line within {} ms", ms(plan.timeout)),
+            })
+        }
+    }
+    let end = p.start + plan.span;
+    let mut next_send = Instant::now();
+    // When echo progress was last seen (the name line counts).
+    let mut progress_at = Instant::now();
+    loop {
+        let now = Instant::now();
+        let sending = now < end;
+        if sending && now >= next_send {
+            let counter = p.sent + 1;
+            conn.write_all(format!("{counter}\n").as_bytes())
+                .map_err(|e| StreamFailure {
+                    at: Instant::now(),
+                    what: format!("write: {e}"),
+                })?;
+            p.sent = counter;
+            p.outstanding.push_back(now);
+            // Late ticks are skipped, not sent in a burst.
+            while next_send <= now {
+                next_send += plan.interval;
+            }
+        }
+        if !sending && p.outstanding.is_empty() {
+            return Ok(());
+        }
+        // The oldest counter outstanding must come back within the timeout
+        // of its send or of the last progress, whichever is later.
+        let stall_deadline = p
+            .outstanding
+            .front()
+            .map(|sent| (*sent).max(progress_at) + plan.timeout);
+        let now = Instant::now();
+        if let Some(deadline) = stall_deadline.filter(|d| now >= *d) {
+            // An echo read in time but not yet taken is progress.
+            if let Ok((at, got)) = from.try_recv() {
+                take_echo(p, &mut progress_at, at, got)?;
+                continue;
+            }
+            let waited = now.saturating_duration_since(deadline) + plan.timeout;
+            return Err(StreamFailure {
+                at: now,
+                what: format!(
+                    "no echo for {} ms: counters {}..={} outstanding",
+                    ms(waited),
+                    p.echoed + 1,
+                    p.sent
+                ),
+            });
+        }
+        let wake = [sending.then_some(next_send), stall_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
+        let wait = if sending { wake.min(end) } else { wake };
+        match from.recv_timeout(wait.saturating_duration_since(now)) {
+            Ok((at, got)) => take_echo(p, &mut progress_at, at, got)?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(StreamFailure {
+                    at: Instant::now(),
+                    what: "the reader stopped".into(),
+                })
+            }
+        }
+    }
+}
+
+/// Takes what the reader read at `at`: an echo, or the end of the stream.
+fn take_echo(
+    p: &mut StreamProgress,
+    progress_at: &mut Instant,
+    at: Instant,
+    got: Received,
+) -> Result<(), StreamFailure> {
+    match got {
+        Received::Line(line) => {
+            p.echo(at, &line)?;
+            *progress_at = at;
+            Ok(())
+        }
+        other => Err(stream_ended(at, other)),
+    }
+}
+
+/// The failure of a stream whose reader read `what` where an echo was due.
+fn stream_ended(at: Instant, what: Received) -> StreamFailure {
+    StreamFailure {
+        at,
+        what: match what {
+            Received::Line(line) => format!("unexpected line {line:?}"),
+            Received::Eof => "the peer closed the connection (EOF)".into(),
+            Received::Failed(e) => e,
+        },
+    }
+}
+
 /// NETLINK_GENERIC: nlmon gives each frame its netlink protocol as the
 /// packet's protocol.
 const NETLINK_GENERIC: u16 = 16;
@@ -837,7 +1214,23 @@ fn ipvs_ops(family_id: u16, ready_file: Option<PathBuf>) -> Result<()> {
     }
 }
 
-fn fetch(addr: SocketAddr, path: &str) -> Result<()> {
+/// Prints the body of `GET path` from `addr`, or with `json` the whole
+/// answer as an [`HttpReply`]; fails unless the status is 200.
+fn fetch(addr: SocketAddr, path: &str, json: bool) -> Result<()> {
+    let reply = fetch_reply(addr, path)?;
+    if json {
+        println!("{}", serde_json::to_string(&reply)?);
+    } else {
+        print!("{}", reply.body);
+    }
+    if reply.status != 200 {
+        bail!("status {}", reply.status);
+    }
+    Ok(())
+}
+
+/// One `GET path` from `addr` on a new connection, read to its end.
+fn fetch_reply(addr: SocketAddr, path: &str) -> Result<HttpReply> {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("connect")?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -846,15 +1239,30 @@ fn fetch(addr: SocketAddr, path: &str) -> Result<()> {
     )?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).context("receive")?;
-    let text = String::from_utf8_lossy(&reply);
+    parse_reply(&String::from_utf8_lossy(&reply))
+}
+
+/// An HTTP/1.1 answer's status, headers and body.
+fn parse_reply(text: &str) -> Result<HttpReply> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("reply without a header end")?;
-    print!("{body}");
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("status line {:?}", head.lines().next().unwrap_or_default());
-    }
-    Ok(())
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 fn one_get(addr: SocketAddr, timeout: Duration) -> Result<String> {
@@ -929,6 +1337,217 @@ mod tests {
         assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));
         assert!(head.contains("\r\nContent-Type: application/json"));
         assert_eq!(body, r.body);
+    }
+
+    /// A client of the `[::]` listener over IPv4 shows as the IPv4 address
+    /// it connected from (`ss -tn` prints such a peer as
+    /// `[::ffff:10.10.0.100]:40000`).
+    #[test]
+    fn x_client_gives_a_v4_mapped_peer_in_its_ipv4_form() {
+        let at = |s: &str| client_address(s.parse().expect("socket address"));
+        assert_eq!(at("[::ffff:10.10.0.100]:40000"), "10.10.0.100:40000");
+        assert_eq!(at("10.10.0.100:40000"), "10.10.0.100:40000");
+        assert_eq!(at("[fd10:10::100]:40000"), "[fd10:10::100]:40000");
+        // IPv4-compatible (deprecated, not mapped) stays IPv6.
+        assert_eq!(at("[::10.10.0.100]:1"), "[::a0a:64]:1");
+    }
+
+    /// A listener like `labnet serve`'s HTTP one on loopback.
+    fn http_responder(bind: &str, name: &'static str) -> Option<u16> {
+        let listener = TcpListener::bind(bind).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        thread::spawn(move || accept_loop(listener, name.to_string(), answer_http));
+        Some(port)
+    }
+
+    #[test]
+    fn the_http_answer_names_the_node_and_the_client() {
+        // "[::]" as `labnet serve` binds; without IPv6 on this host, plain IPv4.
+        let port = http_responder("[::]:0", "n1")
+            .or_else(|| http_responder("0.0.0.0:0", "n1"))
+            .expect("a loopback listener");
+        let reply = fetch_reply(SocketAddr::from(([127, 0, 0, 1], port)), "/").expect("fetch");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "n1\n");
+        assert_eq!(reply.header("x-node"), Some("n1"));
+        let client: SocketAddr = reply
+            .header("X-Client")
+            .expect("X-Client")
+            .parse()
+            .expect("ADDRESS:PORT");
+        assert_eq!(client.ip(), IpAddr::from([127, 0, 0, 1]), "{reply:?}");
+        assert_ne!(client.port(), port);
+
+        if let Ok(reply) = fetch_reply(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), "/")
+        {
+            let client: SocketAddr = reply
+                .header("X-Client")
+                .expect("X-Client")
+                .parse()
+                .expect("ADDRESS:PORT");
+            assert_eq!(client.ip(), IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        }
+    }
+
+    #[test]
+    fn fetch_json_keeps_status_headers_and_body() {
+        let reply = parse_reply(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\nX-Node: n2\r\nX-Client: [fd10:10::100]:5\r\n\r\nn2\n",
+        )
+        .expect("an answer");
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.header("X-Client"), Some("[fd10:10::100]:5"));
+        assert_eq!(reply.body, "n2\n");
+        let json = serde_json::to_value(&reply).expect("JSON");
+        assert_eq!(json["headers"]["X-Node"], "n2");
+        assert_eq!(json["status"], 503);
+        assert!(parse_reply("HTTP/1.1 200 OK\r\n").is_err(), "no header end");
+        assert!(parse_reply("hello\r\n\r\n").is_err(), "no status line");
+    }
+
+    /// A loopback stand-in of the plain TCP responder: accepts one
+    /// connection and hands it to `then`.
+    fn tcp_responder(then: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        thread::spawn(move || {
+            if let Ok((conn, _)) = listener.accept() {
+                then(conn);
+            }
+        });
+        addr
+    }
+
+    /// Writes `n1\n`, then echoes for `echo_for`.
+    fn echo_then(conn: &mut TcpStream, echo_for: Duration) {
+        conn.write_all(b"n1\n").expect("name");
+        conn.set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
+        let until = Instant::now() + echo_for;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < until {
+            match conn.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => conn.write_all(&buf[..n]).expect("echo"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the client closes, echoing nothing.
+    fn swallow(conn: &mut TcpStream) {
+        let _ = conn.set_read_timeout(None);
+        let mut buf = [0u8; 4096];
+        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    fn plan(span_ms: u64, timeout_ms: u64) -> StreamPlan {
+        StreamPlan {
+            interval: Duration::from_millis(10),
+            span: Duration::from_millis(span_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[test]
+    fn a_stream_to_the_tcp_responder_survives() {
+        let addr = tcp_responder(|conn| answer_tcp(conn, "n1"));
+        let r = stream(addr, plan(1000, 1000));
+        assert!(r.survived, "{r:?}");
+        assert_eq!(r.node.as_deref(), Some("n1"));
+        assert_eq!((r.error.as_deref(), r.error_at_ms), (None, None));
+        assert!(r.sent >= 30 && r.sent <= 101, "{r:?}");
+        assert_eq!(r.echoed, r.sent);
+        assert!(r.max_gap_ms < 1000, "{r:?}");
+        assert!(r.duration_ms >= 1000, "{r:?}");
+        // The report is what `StreamReport` reads back.
+        let json = serde_json::to_string(&r).expect("JSON");
+        let back: StreamReport = serde_json::from_str(&json).expect("a StreamReport");
+        assert_eq!(back, r);
+    }
+
+    /// A stall shorter than the timeout (as during a failover) is survived
+    /// and shows as a gap.
+    #[test]
+    fn a_stalled_echo_that_resumes_shows_as_a_gap() {
+        let addr = tcp_responder(|mut conn| {
+            echo_then(&mut conn, Duration::from_millis(200));
+            thread::sleep(Duration::from_millis(300));
+            conn.set_read_timeout(None).expect("blocking reads");
+            echo_until_closed(conn);
+        });
+        let r = stream(addr, plan(800, 2000));
+        assert!(r.survived, "{r:?}");
+        assert_eq!(r.echoed, r.sent);
+        assert!(r.max_gap_ms >= 250, "{r:?}");
+        assert!(
+            r.gaps_over_100ms
+                .iter()
+                .any(|(at, gap)| *at >= 100 && *gap >= 250),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_connection_closed_midway_is_an_error_with_its_time() {
+        let addr = tcp_responder(|mut conn| echo_then(&mut conn, Duration::from_millis(300)));
+        let r = stream(addr, plan(3000, 1000));
+        assert!(!r.survived, "{r:?}");
+        assert!(r.error.is_some(), "{r:?}");
+        let at = r.error_at_ms.expect("error_at_ms");
+        assert!((250..1500).contains(&at), "{r:?}");
+        assert!(r.echoed > 0 && r.echoed <= r.sent, "{r:?}");
+        assert!(r.duration_ms < 2500, "{r:?}");
+    }
+
+    #[test]
+    fn an_echo_that_stops_is_a_timeout() {
+        let addr = tcp_responder(|mut conn| {
+            echo_then(&mut conn, Duration::from_millis(200));
+            swallow(&mut conn);
+        });
+        let r = stream(addr, plan(3000, 300));
+        assert!(!r.survived, "{r:?}");
+        let error = r.error.clone().expect("an error");
+        assert!(error.starts_with("no echo for"), "{r:?}");
+        let at = r.error_at_ms.expect("error_at_ms");
+        assert!((400..1500).contains(&at), "{r:?}");
+        assert!(r.echoed < r.sent, "{r:?}");
+        assert!(r.duration_ms < 2500, "{r:?}");
+    }
+
+    #[test]
+    fn a_wrong_echo_or_a_refused_connection_is_an_error() {
+        let addr = tcp_responder(|mut conn| {
+            conn.write_all(b"n1\n").expect("name");
+            let mut buf = [0u8; 64];
+            if conn.read(&mut buf).is_ok() {
+                let _ = conn.write_all(b"2\n");
+            }
+            swallow(&mut conn);
+        });
+        let r = stream(addr, plan(3000, 1000));
+        assert!(!r.survived);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("echo \"2\" where 1 was due"),
+            "{r:?}"
+        );
+        assert_eq!(r.echoed, 0);
+
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let r = stream(closed, plan(3000, 1000));
+        assert!(!r.survived);
+        assert_eq!(r.node, None);
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("connect:")),
+            "{r:?}"
+        );
+        assert!(r.error_at_ms.is_some());
     }
 
     /// Dates as `date -u -d @SECS +%FT%TZ` prints them.
