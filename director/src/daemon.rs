@@ -136,6 +136,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
     let mut rule = None;
     let gate = Arc::new(Gate::default());
     let (mut routes_handle, mut nft_handle) = (None, None);
+    let mut sync_handle = None;
     if data {
         let (h, t) = driver::spawn(sysctl::Sysctl::new(interface.clone()), wake.clone(), resync);
         reconcilers.push(h);
@@ -172,6 +173,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
                 wake.clone(),
                 resync,
             );
+            sync_handle = Some(h.clone());
             reconcilers.push(h);
             tasks.push(t);
         }
@@ -213,6 +215,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         gate,
         routes: routes_handle,
         nft: nft_handle,
+        sync: sync_handle,
     });
     tasks.push(tokio::spawn(
         drainer.clone().keep_in_service(stop_rx.clone()),

@@ -274,8 +274,13 @@ async fn run(cli: Cli) -> i32 {
                     "drained (it owned no VIP)\n".to_string()
                 } else {
                     let c = r.connections.unwrap_or_default();
+                    let synced = if c.handed_over > 0 {
+                        format!(", {} handed over by the connection sync", c.handed_over)
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "drained: {} (open connections: {} cut after waiting {} ms)\n",
+                        "drained: {} (open connections: {} cut after waiting {} ms{synced})\n",
                         moved.join(", "),
                         c.left,
                         c.waited_ms

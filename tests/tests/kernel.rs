@@ -1238,3 +1238,174 @@ fn a_stopped_node_drops_out_and_returns_as_its_health_check_says() {
     until_weight(&lab, &all, KP, n2, 1);
     lab.down().expect("lab down");
 }
+
+/// One forwarding mode of the stream test: its VIP and port, the service's
+/// settings, and what the nodes need.
+struct Mode {
+    name: &'static str,
+    vip: &'static str,
+    port: u16,
+    /// The service's extra lines (forwarding, snat).
+    settings: &'static str,
+}
+
+/// Connections that survive a failover, per forwarding mode: one TCP
+/// connection through the VIP sends a counter every 10 ms for 20 s (the
+/// node echoes it) while the VIP's owner host is killed, and again while
+/// the owner is drained. The connection-sync daemons give the new owner the
+/// connection; `nat` source-NATs to the VIP, so the node's replies follow
+/// the VIP; with `snat: false` the nodes route the client through the VIP;
+/// `dr` nodes answer the client directly. Every mode keeps the connection
+/// (docs/forwarding.md), and a `dr` node sees the client's own address.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
+fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
+    use lab::scenario::Stream;
+    use nix::sys::signal::Signal;
+    use std::time::Duration;
+    let mut env = env();
+    let director = lab::lab::workspace_binary("director").expect("the director binary");
+    env.director = Some(director.clone());
+    let mut lab = LabGuard::up(LabSpec::new(3, 2).with_prefix("k-fwd-"), env).expect("lab up");
+    let all: Vec<Host> = (1..=3).map(Host::director).collect();
+    wait_for("a settled owner", 120, || settled(&lab, &all));
+    let modes = [
+        Mode {
+            name: "nat",
+            vip: "10.10.0.206",
+            port: 7000,
+            settings: "",
+        },
+        Mode {
+            name: "nat, snat: false",
+            vip: "10.10.0.207",
+            port: 7000,
+            settings: "    snat: false\n",
+        },
+        Mode {
+            name: "dr",
+            vip: "10.10.0.208",
+            port: lab::topology::NODEPORT_TCP,
+            settings: "    forwarding: dr\n",
+        },
+    ];
+    let mut extra = String::new();
+    for (i, m) in modes.iter().enumerate() {
+        extra.push_str(&format!(
+            "  - name: stream{i}\n    vip: {}\n{}    ports:\n      - {{port: {}, protocol: tcp}}\n    backends: [\"10.10.0.21:{tcp}\", \"10.10.0.22:{tcp}\"]\n",
+            m.vip,
+            m.settings,
+            m.port,
+            tcp = lab::topology::NODEPORT_TCP
+        ));
+    }
+    // And HTTP by direct routing, to see what address the node sees.
+    extra.push_str("  - name: dr-http\n    vip: 10.10.0.209\n    forwarding: dr\n    ports:\n      - {port: 30080, protocol: tcp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n");
+    for h in &all {
+        let path = lab.director_config_path(h);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text + &extra).unwrap();
+        lab.signal_director(&h.name(), Signal::SIGHUP).unwrap();
+    }
+    // The nodes: the dr VIP on lo, never answering ARP for it; the client
+    // routed through the snat: false VIP (a gateway that moves with it).
+    for n in ["n1", "n2"] {
+        for argv in [
+            vec!["ip", "addr", "add", "10.10.0.208/32", "dev", "lo"],
+            vec!["ip", "addr", "add", "10.10.0.209/32", "dev", "lo"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2"],
+            vec!["ip", "route", "add", "10.10.0.100/32", "via", "10.10.0.207"],
+        ] {
+            lab.exec(n, &argv).unwrap();
+        }
+    }
+    // Sync daemons on every director.
+    for h in &all {
+        let d = lab.exec(&h.name(), &["ipvsadm", "-L", "--daemon"]).unwrap();
+        assert!(d.contains("master sync daemon"), "{h}: {d}");
+        assert!(d.contains("backup sync daemon"), "{h}: {d}");
+    }
+    // dr: the node sees the client's own address.
+    let reply = wait_for("the dr VIP to answer", 60, || {
+        lab::scenario::http_fetch(&lab, "client", "10.10.0.209:30080", "/").ok()
+    });
+    let seen = reply.header("X-Client").unwrap_or_default().to_string();
+    assert!(seen.starts_with("10.10.0.100:"), "{reply:?}");
+    // nat: the node sees the VIP (the source NAT), not the director.
+    let reply = wait_for("the nat VIP to answer", 60, || {
+        lab::scenario::http_fetch(&lab, "client", "10.10.0.200:80", "/").ok()
+    });
+    let seen = reply.header("X-Client").unwrap_or_default().to_string();
+    assert!(seen.starts_with("10.10.0.200:"), "{reply:?}");
+    let mut results = Vec::new();
+    for m in &modes {
+        let vip: std::net::IpAddr = m.vip.parse().unwrap();
+        let target = format!("{}:{}", m.vip, m.port);
+        wait_for(&format!("{} to answer", m.name), 60, || {
+            let s = Stream::start(
+                &lab,
+                "client",
+                &target,
+                Duration::from_millis(300),
+                Duration::from_millis(10),
+            )
+            .ok()?;
+            s.finish().ok().filter(|r| r.survived).map(drop)
+        });
+        for how in ["kill", "drain"] {
+            let (owner, _) = wait_for("an agreed owner", 120, || {
+                let o = lab::scenario::agreed_owner(&lab, &all, vip)?;
+                all.iter()
+                    .all(|h| director_status(&lab, h).is_some_and(|s| s["lease"]["held"] == true))
+                    .then_some(o)
+            });
+            let stream = Stream::start(
+                &lab,
+                "client",
+                &target,
+                Duration::from_secs(20),
+                Duration::from_millis(10),
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_secs(5));
+            let owner_host = Host::parse(&owner).unwrap();
+            match how {
+                "kill" => lab.kill_host(&owner).unwrap(),
+                _ => {
+                    let out = std::process::Command::new(&director)
+                        .args(["drain", "--timeout", "30", "--socket"])
+                        .arg(lab.admin_socket(&owner_host))
+                        .output()
+                        .unwrap();
+                    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+                    assert!(out.status.success(), "drain: {said}");
+                    eprintln!("forwarding {}: {said}", m.name);
+                }
+            }
+            let r = stream.finish().unwrap();
+            eprintln!(
+                "forwarding {} / owner {how} ({owner}): survived {} node {:?} sent {} echoed {} max gap {} ms gaps {:?} error {:?} at {:?} ms",
+                m.name, r.survived, r.node, r.sent, r.echoed, r.max_gap_ms, r.gaps_over_100ms, r.error, r.error_at_ms
+            );
+            results.push((m.name, how, r));
+            match how {
+                "kill" => lab.start_host(&owner).unwrap(),
+                _ => {
+                    let out = std::process::Command::new(&director)
+                        .args(["undrain", "--socket"])
+                        .arg(lab.admin_socket(&owner_host))
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success());
+                }
+            }
+        }
+    }
+    for (mode, how, r) in &results {
+        assert!(r.survived, "{mode} / {how}: {r:?}");
+    }
+    lab.down().expect("lab down");
+}

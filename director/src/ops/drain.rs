@@ -5,6 +5,8 @@
 //!    director_drain`). The client retransmits the SYN (after 1 s), by when
 //!    the VIP answers elsewhere.
 //! 2. Wait until the connections IPVS is carrying for those VIPs are done
+//!    (with the connection sync running, only until the handshakes under
+//!    way are: the open connections move with the VIPs)
 //!    (`/proc/net/ip_vs_conn`: nothing but TIME_WAIT and CLOSE left, and
 //!    no handshake once the gate has been closed for half a second), at
 //!    most `drain.connection_wait_ms`. A connection still open then is cut
@@ -56,6 +58,10 @@ pub struct Connections {
     pub waited_ms: u64,
     /// Connections still open when it stopped waiting (cut by the handover).
     pub left: usize,
+    /// Open connections the connection sync carried to the new owners
+    /// (nothing waited for them).
+    #[serde(default)]
+    pub handed_over: usize,
 }
 
 /// Why a drain or an undrain failed.
@@ -104,6 +110,9 @@ pub struct Drainer {
     pub rule: Option<HoldRule>,
     /// The drain gate (the nft reconciler applies it).
     pub gate: Arc<Gate>,
+    /// The connection-sync reconciler (None without IPVS): while it runs,
+    /// open connections are handed over instead of waited for.
+    pub sync: Option<Handle>,
     /// The VIP routes reconciler.
     pub routes: Option<Handle>,
     /// The nftables reconciler.
@@ -144,11 +153,28 @@ impl Drainer {
                 return Err(DrainError::Gate(why));
             }
             let started = tokio::time::Instant::now();
+            // With the connection sync running, the other directors know
+            // the open connections: they move with the VIPs, and only the
+            // handshakes under way are waited for.
+            let synced = self.config.get().sync.enabled
+                && self.sync.as_ref().is_some_and(|h| {
+                    let p = *h.passes.borrow();
+                    p.count > 0 && p.ok
+                });
+            let mut handed_over = 0;
             let left = loop {
                 let table = read_connections();
                 let handshakes = started.elapsed() < HANDSHAKE_GRACE;
                 let open: Vec<&str> = open_lines(&table, &before, handshakes).collect();
                 if open.is_empty() {
+                    break 0;
+                }
+                if synced && !handshakes {
+                    handed_over = open.len();
+                    tracing::info!(
+                        open = open.len(),
+                        "drain: open connections handed over by the connection sync"
+                    );
                     break 0;
                 }
                 if started.elapsed() >= wait {
@@ -164,6 +190,7 @@ impl Drainer {
             Connections {
                 waited_ms: started.elapsed().as_millis() as u64,
                 left,
+                handed_over,
             }
         };
         // 3. Stop holding: ARP answers stop at once, the routes go with the
