@@ -313,6 +313,10 @@ pub struct HeldLease {
     /// Grants whose log index this holder has not applied yet, with the
     /// instant their renewal was sent.
     pending: Vec<(BootInstant, Grant)>,
+    /// Times the lease ran out before a renewal extended it.
+    lapses: u64,
+    /// Whether the end of the current `valid_until` is counted in `lapses`.
+    lapse_counted: bool,
 }
 
 /// Grants a holder keeps waiting for its log; older ones are dropped.
@@ -352,7 +356,37 @@ impl HeldLease {
 
     fn extend(&mut self, sent: BootInstant, grant: &Grant) {
         let until = sent + Duration::from_millis(grant.lease_ms);
-        self.valid_until = Some(self.valid_until.map_or(until, |u| u.max(until)));
+        match self.valid_until {
+            None => self.valid_until = Some(until),
+            Some(u) if until > u => {
+                // The renewal was sent after the lease had ended: there was
+                // a gap, a lapse (unless `note` counted it already).
+                if sent >= u && !self.lapse_counted {
+                    self.lapses += 1;
+                }
+                self.valid_until = Some(until);
+                self.lapse_counted = false;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Notes the time: a lease that has ended by `now` counts as one lapse,
+    /// once (the renewal loop calls this on every tick, so that a lapse is
+    /// counted while it lasts, not only when the lease comes back).
+    pub fn note(&mut self, now: BootInstant) {
+        if let Some(u) = self.valid_until {
+            if now >= u && !self.lapse_counted {
+                self.lapses += 1;
+                self.lapse_counted = true;
+            }
+        }
+    }
+
+    /// Times the lease ran out (held, then not renewed in time), as far as
+    /// [`HeldLease::note`] and the grants have seen.
+    pub fn lapses(&self) -> u64 {
+        self.lapses
     }
 
     /// Whether the lease holds at `now`.
@@ -482,6 +516,45 @@ mod tests {
             held.granted(t0 + Duration::from_millis(200 + i), &g, 25);
         }
         assert_eq!(held.pending.len(), MAX_PENDING);
+    }
+
+    /// A lapse is the holder's lease running out before a renewal extends
+    /// it: counted once, whether the renewal loop noticed it while it lasted
+    /// or only the next grant shows the gap.
+    #[test]
+    fn a_lapse_counts_once_whether_noticed_or_seen_from_the_next_grant() {
+        let t0 = T0;
+        let ms = Duration::from_millis;
+        let grant = Grant {
+            lease_ms: 300,
+            term: 1,
+            log_index: 0,
+        };
+        let mut held = HeldLease::default();
+        // Never held: nothing lapses.
+        held.note(t0);
+        assert_eq!(held.lapses(), 0);
+        // Renewed in time, twice: no lapse.
+        held.granted(t0, &grant, 0);
+        held.note(t0 + ms(100));
+        held.granted(t0 + ms(100), &grant, 0);
+        held.note(t0 + ms(399));
+        assert_eq!(held.lapses(), 0);
+        // Ends at t0 + 400; noticed at 450 and 500, then renewed: one lapse.
+        held.note(t0 + ms(450));
+        held.note(t0 + ms(500));
+        held.granted(t0 + ms(500), &grant, 0);
+        assert_eq!(held.lapses(), 1);
+        // Ends at t0 + 800 unnoticed; the next grant, sent after, shows it.
+        held.granted(t0 + ms(900), &grant, 0);
+        assert_eq!(held.lapses(), 2);
+        // A late reply to an older renewal changes nothing.
+        held.granted(t0 + ms(850), &grant, 0);
+        held.note(t0 + ms(1100));
+        assert_eq!(held.lapses(), 2);
+        held.note(t0 + ms(1200));
+        held.note(t0 + ms(1300));
+        assert_eq!(held.lapses(), 3);
     }
 
     #[test]

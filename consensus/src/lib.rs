@@ -16,7 +16,7 @@ pub mod tls;
 
 pub use lease::{LeaseTiming, Timing};
 pub use network::Faults;
-pub use node::{ConsensusError, Node, NodeConfig};
+pub use node::{ConsensusError, LeaseCounts, Node, NodeConfig, RAFT_ROLES};
 pub use state::{apply, ClusterState, Command, NodeId, Response};
 pub use tls::{Security, TlsFiles};
 

@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, RaftMetrics};
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,6 +87,37 @@ struct Leases {
     held: std::sync::Mutex<HeldLease>,
     /// Every lease instant comes from here (the boot clock in the daemon).
     clock: Arc<dyn Clock>,
+    /// Grants and renewals, for metrics.
+    counters: LeaseCounters,
+}
+
+/// The lease counters a node keeps (read with [`Node::lease_counts`]).
+#[derive(Debug, Default)]
+struct LeaseCounters {
+    grants: AtomicU64,
+    renewals_granted: AtomicU64,
+    renewals_refused: AtomicU64,
+    renewals_unanswered: AtomicU64,
+}
+
+/// Every Raft role a node can be in ([`Node::role`]).
+pub const RAFT_ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+
+/// What a node's leases did since it started, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseCounts {
+    /// Leases this node granted while it led (to every director, itself
+    /// included).
+    pub grants: u64,
+    /// Renewals this node asked for that the leader granted.
+    pub renewals_granted: u64,
+    /// Renewals the leader refused (not the leader, no fresh quorum, or
+    /// this director's VIPs being moved away).
+    pub renewals_refused: u64,
+    /// Renewals that got no answer in time (the leader unreachable).
+    pub renewals_unanswered: u64,
+    /// Times this node's lease ran out before a renewal extended it.
+    pub lapses: u64,
 }
 
 impl Leases {
@@ -120,6 +152,7 @@ impl Leases {
             Ok(mut t) => t.grant(director, now, quorum_at, leader)?,
             Err(_) => return Err(Refusal::NotLeader { leader }),
         };
+        self.counters.grants.fetch_add(1, Ordering::Relaxed);
         // Read after deciding: every move decided before this grant is in
         // the log by now (LeaseTable::may_take_from holds grants back until
         // then), so the holder learns it before the lease counts.
@@ -248,6 +281,7 @@ impl Node {
             quorum_at: std::sync::Mutex::new(None),
             held: std::sync::Mutex::new(HeldLease::default()),
             clock,
+            counters: LeaseCounters::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let server = Server {
@@ -311,6 +345,30 @@ impl Node {
             return false;
         };
         self.leases.now().is_some_and(|now| held.holds(now))
+    }
+
+    /// This node's Raft role now, one of [`RAFT_ROLES`].
+    pub fn role(&self) -> &'static str {
+        match self.raft.metrics().borrow().state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+    }
+
+    /// What this node's leases did since it started: grants (as leader),
+    /// renewals by outcome, lapses.
+    pub fn lease_counts(&self) -> LeaseCounts {
+        let c = &self.leases.counters;
+        LeaseCounts {
+            grants: c.grants.load(Ordering::Relaxed),
+            renewals_granted: c.renewals_granted.load(Ordering::Relaxed),
+            renewals_refused: c.renewals_refused.load(Ordering::Relaxed),
+            renewals_unanswered: c.renewals_unanswered.load(Ordering::Relaxed),
+            lapses: self.leases.held().map_or(0, |h| h.lapses()),
+        }
     }
 
     /// How long the current lease still runs, if it holds.
@@ -602,6 +660,9 @@ async fn renewals(
             _ = stop.changed() => return,
         }
         let Some(sent) = leases.now() else { continue };
+        if let Some(mut h) = leases.held() {
+            h.note(sent);
+        }
         let (leader, _) = leases.observe(sent);
         let grant = match leader {
             None => continue,
@@ -632,10 +693,21 @@ async fn renewals(
                     .await
                 {
                     Ok(r) => r,
-                    Err(_) => continue,
+                    Err(_) => {
+                        leases
+                            .counters
+                            .renewals_unanswered
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                 }
             }
         };
+        let outcome = match &grant {
+            Ok(_) => &leases.counters.renewals_granted,
+            Err(_) => &leases.counters.renewals_refused,
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
         if let Ok(g) = grant {
             let applied = leases.applied_index();
             if let Ok(mut h) = leases.held.lock() {

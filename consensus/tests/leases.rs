@@ -256,6 +256,13 @@ async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
         .values()
         .all(|d| *d < Duration::from_millis(lease.lease_ms)));
     assert!(c.node(owner).last_contact().is_empty());
+    // The counters so far: the leader granted, the owner's renewals were
+    // granted, nothing lapsed.
+    let before = c.node(owner).lease_counts();
+    assert!(c.node(leader).lease_counts().grants > 0);
+    assert_eq!(c.node(owner).lease_counts().grants, 0);
+    assert!(before.renewals_granted > 0, "{before:?}");
+    assert_eq!(before.lapses, 0, "{before:?}");
 
     c.isolate(owner);
     let lapsed = until("the isolated owner's lease to lapse", || {
@@ -265,6 +272,16 @@ async fn an_isolated_owner_lapses_and_its_vip_moves_without_two_holders() {
     assert!(
         lapsed <= Duration::from_millis(lease.lease_ms + lease.renew_ms + 200),
         "lapsed after {lapsed:?}"
+    );
+    // Counted once, as the renewal loop notices; the lost renewals too.
+    until("the lapse to be counted", || {
+        c.node(owner).lease_counts().lapses == 1
+    })
+    .await;
+    let after = c.node(owner).lease_counts();
+    assert!(
+        after.renewals_unanswered > before.renewals_unanswered,
+        "{after:?}"
     );
     // The majority goes on, and may take the VIP only after the fence.
     move_after_the_fence(&c, leader, owner).await;

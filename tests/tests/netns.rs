@@ -281,6 +281,238 @@ fn the_daemon_serves_metrics_and_drains_on_the_host_kernel() {
     lab.down().expect("lab down");
 }
 
+/// Fetches `URL` twice (no `Accept`: Prometheus' text format; then the
+/// `Accept` Prometheus sends: OpenMetrics), parses each answer with the
+/// Python `prometheus_client` parser for its format, and prints what they
+/// found as JSON: per format the Content-Type and every family with its
+/// type and samples.
+const PARSE_METRICS: &str = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families as prometheus
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+
+def fetch(accept):
+    headers = {"Accept": accept} if accept else {}
+    with urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=headers), timeout=5) as r:
+        return r.headers.get("Content-Type"), r.read().decode()
+
+out = {}
+for name, accept, parse in [
+    ("prometheus", None, prometheus),
+    ("openmetrics", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5", openmetrics),
+]:
+    content_type, text = fetch(accept)
+    families = {}
+    for f in parse(text):
+        families[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+    out[name] = {"content_type": content_type, "families": families}
+print(json.dumps(out))
+"#;
+
+/// Debian's python3 (with python3-prometheus-client), else the first on PATH.
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// The families docs/metrics.md lists, each with its type and where it
+/// appears (`every director`, `data directors`, `with kubernetes:`).
+fn documented_metrics() -> Vec<(String, String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    doc.lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells
+                .get(1)?
+                .strip_prefix("`director_")?
+                .strip_suffix('`')?;
+            Some((
+                format!("director_{name}"),
+                cells.get(2)?.to_string(),
+                cells.get(4)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The metrics endpoint of running directors (two data directors and a
+/// witness, on the host kernel: no IPVS), scraped in both formats and
+/// parsed with the Python prometheus_client's parsers: each answer parses,
+/// both carry the same families, and those are exactly the ones
+/// docs/metrics.md lists for that kind of director, with the documented
+/// types.
+#[test]
+#[ignore = "needs root, network namespaces and python3-prometheus-client: run by `cargo xtask test`"]
+fn the_metrics_endpoint_parses_and_carries_every_documented_family() {
+    use lab::scenario::{agreed_owner, wait_until};
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    let docs = documented_metrics();
+    assert!(docs.len() > 30, "docs/metrics.md lists {docs:?}");
+    let mut env = env();
+    env.director = Some(lab::lab::workspace_binary("director").expect("the director binary"));
+    let lab = LabGuard::up(
+        LabSpec::new(2, 1).with_prefix("t-prom-").with_witness(true),
+        env,
+    )
+    .expect("lab up");
+    let data: Vec<Host> = (1..=2).map(Host::director).collect();
+    let vip: std::net::IpAddr = "10.10.0.200".parse().unwrap();
+    let (owner, _) = wait_until("an agreed owner", Duration::from_secs(60), || {
+        agreed_owner(&lab, &data, vip)
+    })
+    .unwrap();
+    let scrape = |h: &Host| -> Value {
+        let url = format!("http://{}:9469/metrics", h.ipv4());
+        let out = lab
+            .exec("client", &[python(), "-c", PARSE_METRICS, &url])
+            .unwrap_or_else(|e| panic!("scraping and parsing {url}: {e}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    // A sample's value by family, sample name and labels.
+    let value = |m: &Value, family: &str, sample: &str, labels: &[(&str, &str)]| {
+        m["prometheus"]["families"][family]["samples"]
+            .as_array()?
+            .iter()
+            .find(|s| s[0] == sample && labels.iter().all(|(k, v)| s[1][*k] == *v))?[2]
+            .as_f64()
+    };
+    let mut sampled = BTreeMap::new();
+    for host in [Host::director(1), Host::director(2), Host::witness()] {
+        let witness = host == Host::witness();
+        let m = scrape(&host);
+        let name = host.name();
+        assert_eq!(
+            m["prometheus"]["content_type"], "text/plain; version=0.0.4; charset=utf-8",
+            "{name}"
+        );
+        assert_eq!(
+            m["openmetrics"]["content_type"],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "{name}"
+        );
+        // The names queries use: a counter's samples end in `_total`,
+        // which both parsers take off the family's name.
+        let exposed = |format: &str| -> BTreeMap<String, String> {
+            m[format]["families"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{name} {format}: {m}"))
+                .iter()
+                .map(|(family, f)| {
+                    let kind = f["type"].as_str().unwrap_or_default().to_string();
+                    let exposed = match kind.as_str() {
+                        "counter" => format!("{family}_total"),
+                        _ => family.clone(),
+                    };
+                    (exposed, kind)
+                })
+                .collect()
+        };
+        let prometheus = exposed("prometheus");
+        assert_eq!(
+            prometheus,
+            exposed("openmetrics"),
+            "{name}: the formats differ"
+        );
+        let wanted: BTreeMap<String, String> = docs
+            .iter()
+            .filter(|(_, _, on)| match on.as_str() {
+                "every director" => true,
+                "data directors" => !witness,
+                _ => false,
+            })
+            .map(|(n, kind, _)| (n.clone(), kind.clone()))
+            .collect();
+        assert_eq!(
+            prometheus, wanted,
+            "{name}: the families exposed and those docs/metrics.md lists for it differ"
+        );
+        // A few values that must be there on any such group.
+        let roles: f64 = ["leader", "follower", "candidate", "learner", "shutdown"]
+            .iter()
+            .filter_map(|r| {
+                value(
+                    &m,
+                    "director_raft_role",
+                    "director_raft_role",
+                    &[("role", r)],
+                )
+            })
+            .sum();
+        assert_eq!(roles, 1.0, "{name}: one role at a time");
+        assert!(
+            value(
+                &m,
+                "director_raft_leader_id",
+                "director_raft_leader_id",
+                &[]
+            )
+            .is_some_and(|id| [1.0, 2.0, 9.0].contains(&id)),
+            "{name}: {m}"
+        );
+        assert!(
+            value(
+                &m,
+                "director_lease_renewals",
+                "director_lease_renewals_total",
+                &[("result", "granted")]
+            )
+            .is_some_and(|n| n > 0.0),
+            "{name}: no renewal granted: {m}"
+        );
+        let held = value(
+            &m,
+            "director_vip_held",
+            "director_vip_held",
+            &[("vip", "10.10.0.200")],
+        );
+        assert!(held.is_some(), "{name}: no sample for the VIP: {m}");
+        if !witness {
+            for r in ["sysctl", "nft", "routes"] {
+                assert!(
+                    value(
+                        &m,
+                        "director_reconcile_pass_duration_seconds",
+                        "director_reconcile_pass_duration_seconds_count",
+                        &[("reconciler", r)]
+                    )
+                    .is_some_and(|n| n > 0.0),
+                    "{name}: no pass of {r}: {m}"
+                );
+            }
+        }
+        sampled.insert(name, held);
+    }
+    // The owner holds the VIP (its lease came with the renewals above), and
+    // nobody else does.
+    wait_until(
+        "the owner's metrics to say it holds",
+        Duration::from_secs(30),
+        || {
+            let m = scrape(&Host::parse(&owner).unwrap());
+            (value(
+                &m,
+                "director_vip_held",
+                "director_vip_held",
+                &[("vip", "10.10.0.200")],
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .unwrap();
+    for (name, held) in &sampled {
+        if *name != owner {
+            assert_eq!(*held, Some(0.0), "{name} is not the owner: {sampled:?}");
+        }
+    }
+    lab.down().expect("lab down");
+}
+
 /// When the owner's link comes back, it announces its VIPs again: the client's
 /// neighbour entry, pointed elsewhere while the link was down, is corrected
 /// by the owner's gratuitous ARP (the link is down for less than a lease, so

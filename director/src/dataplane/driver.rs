@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::ClusterState;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{watch, Notify};
 
 /// A failed kernel operation or observation: which one, on what, and why.
@@ -112,8 +113,15 @@ pub struct Wakeups {
     pub stop: watch::Receiver<bool>,
 }
 
+/// Upper bounds of the pass-duration histogram, seconds: a pass with
+/// nothing to do takes well under a millisecond; a full IPVS resync of
+/// thousands of services takes seconds.
+pub const PASS_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
 /// Counters and the last result of one reconciler, for status and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Passes done.
     pub passes: AtomicU64,
@@ -127,8 +135,25 @@ pub struct Stats {
     pub drift_repairs: AtomicU64,
     /// Duration of the last pass, in microseconds.
     pub last_pass_us: AtomicU64,
+    /// Durations of every pass, seconds ([`PASS_BUCKETS`]).
+    pub pass_seconds: Histogram,
     /// The error of the last pass, if it failed.
     pub last_error: Mutex<Option<String>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            passes: AtomicU64::default(),
+            operations: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            resyncs: AtomicU64::default(),
+            drift_repairs: AtomicU64::default(),
+            last_pass_us: AtomicU64::default(),
+            pass_seconds: Histogram::new(PASS_BUCKETS),
+            last_error: Mutex::default(),
+        }
+    }
 }
 
 impl Stats {
@@ -246,10 +271,12 @@ async fn drive<R: Reconciler>(
             last_observed = tokio::time::Instant::now();
         }
         stats.passes.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
         stats.last_pass_us.store(
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        stats.pass_seconds.observe(took.as_secs_f64());
         match &outcome {
             Ok(()) => {
                 if let Some(e) = reported.take() {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use consensus::state::ClusterState;
@@ -140,6 +140,10 @@ pub struct Cluster {
     pub leader_name: Option<String>,
     /// Raft term.
     pub term: u64,
+    /// This director's Raft role: `leader`, `follower`, `candidate`,
+    /// `learner` or `shutdown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// Last log index.
     pub last_log_index: Option<u64>,
     /// Last applied index.
@@ -225,8 +229,40 @@ pub struct ServiceStatus {
     pub forwarding: Option<String>,
     /// Whether the kernel has it.
     pub programmed: bool,
+    /// The kernel's traffic counters for it (when programmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
     /// Its backends.
     pub backends: Vec<BackendStatus>,
+}
+
+/// The kernel's traffic counters of a virtual service or a backend, since
+/// the kernel created it (`ipvsadm -L --stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Traffic {
+    /// Connections scheduled.
+    pub connections: u64,
+    /// Packets from clients.
+    pub packets_in: u64,
+    /// Packets to clients (none pass the director in direct routing).
+    pub packets_out: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+}
+
+impl From<ipvs_sys::Stats> for Traffic {
+    fn from(s: ipvs_sys::Stats) -> Self {
+        Traffic {
+            connections: s.conns,
+            packets_in: s.inpkts,
+            packets_out: s.outpkts,
+            bytes_in: s.inbytes,
+            bytes_out: s.outbytes,
+        }
+    }
 }
 
 /// A backend of a service port.
@@ -243,6 +279,9 @@ pub struct BackendStatus {
     pub active: u32,
     /// Inactive connections.
     pub inactive: u32,
+    /// The kernel's traffic counters for it (when programmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
     /// Its health check here, as `KIND ADDRESS:PORT[PATH]` (None: not
     /// checked).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -300,25 +339,44 @@ pub struct ReconcilerStatus {
     pub last_error: Option<String>,
 }
 
-/// Since when (as this director saw it) each VIP has had its current owner.
+/// Since when (as this director saw it) each VIP has had its current owner,
+/// and how many owner changes it has seen.
 #[derive(Debug, Default)]
-pub struct OwnerClock(std::sync::Mutex<BTreeMap<IpAddr, (u64, SystemTime)>>);
+pub struct OwnerClock {
+    seen: std::sync::Mutex<Option<BTreeMap<IpAddr, (u64, SystemTime)>>>,
+    changes: AtomicU64,
+}
 
 impl OwnerClock {
-    /// Notes the epochs of `state`; a new epoch starts now.
+    /// Notes the epochs of `state`; a new epoch starts now. Every new epoch
+    /// counts as an owner change, except those of the first call (the
+    /// owners found at start).
     pub fn observe(&self, state: &ClusterState) {
-        let Ok(mut seen) = self.0.lock() else { return };
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let first = seen.is_none();
+        let seen = seen.get_or_insert_with(BTreeMap::new);
         seen.retain(|vip, _| state.owners.contains_key(vip));
         for (vip, o) in &state.owners {
             if seen.get(vip).map(|(e, _)| *e) != Some(o.epoch) {
                 seen.insert(*vip, (o.epoch, SystemTime::now()));
+                if !first {
+                    self.changes.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(%vip, owner = o.director, epoch = o.epoch, "VIP owner changed");
             }
         }
     }
 
+    /// Owner changes (new epochs) seen since start, the owners found at
+    /// start not counted.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
     fn since(&self, vip: &IpAddr) -> Option<SystemTime> {
-        self.0.lock().ok()?.get(vip).map(|(_, t)| *t)
+        self.seen.lock().ok()?.as_ref()?.get(vip).map(|(_, t)| *t)
     }
 }
 
@@ -403,11 +461,16 @@ pub async fn build(d: &Daemon) -> Status {
             }
         })
         .collect();
-    let kernel: BTreeMap<ipvs_sys::ServiceKey, Vec<ipvs_sys::Destination>> = match &d.ipvs {
+    type Programmed = (Option<ipvs_sys::Stats>, Vec<ipvs_sys::Destination>);
+    let kernel: BTreeMap<ipvs_sys::ServiceKey, Programmed> = match &d.ipvs {
         Some(h) => h
             .table()
             .await
-            .map(|t| t.into_iter().map(|(s, dests)| (s.key, dests)).collect())
+            .map(|t| {
+                t.into_iter()
+                    .map(|(s, dests)| (s.key, (s.stats, dests)))
+                    .collect()
+            })
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
@@ -443,10 +506,11 @@ pub async fn build(d: &Daemon) -> Status {
                 persistence_s: vs.and_then(|v| v.persistence).map(|p| p.timeout_s),
                 forwarding: dests.first().map(|x| x.forward.ipvsadm_name().to_string()),
                 programmed: programmed.is_some(),
+                traffic: programmed.and_then(|(stats, _)| stats.map(Traffic::from)),
                 backends: dests
                     .iter()
                     .map(|want| {
-                        let k = programmed.and_then(|p| {
+                        let k = programmed.and_then(|(_, p)| {
                             p.iter()
                                 .find(|x| x.addr == want.addr && x.port == want.port)
                         });
@@ -457,6 +521,7 @@ pub async fn build(d: &Daemon) -> Status {
                             weight: i64::from(k.map(|x| x.weight).unwrap_or(want.weight)),
                             active: c.active,
                             inactive: c.inactive,
+                            traffic: k.and_then(|x| x.stats.map(Traffic::from)),
                             ..Default::default()
                         };
                         if let (
@@ -502,6 +567,7 @@ pub async fn build(d: &Daemon) -> Status {
             leader: m.current_leader,
             leader_name: m.current_leader.and_then(|l| names.get(&l).cloned()),
             term: m.current_term,
+            role: Some(node.role().to_string()),
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
             members,
@@ -848,4 +914,36 @@ fn table(v: &Status) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::state::Owner;
+
+    /// `director_vip_owner_changes_total`: every new epoch seen counts, a
+    /// VIP's first owner included, but not the owners found at start.
+    #[test]
+    fn the_owner_clock_counts_new_epochs_after_the_first_look() {
+        let vip = |n: u8| IpAddr::from([10, 10, 0, n]);
+        let owner = |director, epoch| Owner { director, epoch };
+        let mut state = ClusterState::default();
+        state.owners.insert(vip(200), owner(1, 4));
+        let clock = OwnerClock::default();
+        clock.observe(&state);
+        assert_eq!(clock.changes(), 0);
+        assert!(clock.since(&vip(200)).is_some());
+        clock.observe(&state);
+        assert_eq!(clock.changes(), 0);
+        state.owners.insert(vip(200), owner(2, 5));
+        state.owners.insert(vip(201), owner(1, 1));
+        clock.observe(&state);
+        assert_eq!(clock.changes(), 2);
+        // A VIP gone, then back with the same epoch: a new owner here.
+        state.owners.remove(&vip(201));
+        clock.observe(&state);
+        state.owners.insert(vip(201), owner(1, 1));
+        clock.observe(&state);
+        assert_eq!(clock.changes(), 3);
+    }
 }
