@@ -295,6 +295,19 @@ impl Stream {
         span: Duration,
         interval: Duration,
     ) -> Result<Self, LabError> {
+        Self::start_with_timeout(lab, host, target, span, interval, Duration::from_secs(3))
+    }
+
+    /// [`Stream::start`], an echo lagging up to `timeout` (a failover at
+    /// the lab's relaxed timing takes over 3 s).
+    pub fn start_with_timeout(
+        lab: &Lab,
+        host: &str,
+        target: &str,
+        span: Duration,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Self, LabError> {
         let labnet = lab.env().labnet.clone();
         let mut cmd = lab.command(host, &labnet.to_string_lossy())?;
         cmd.args([
@@ -304,6 +317,8 @@ impl Stream {
             &span.as_millis().to_string(),
             "--interval-ms",
             &interval.as_millis().to_string(),
+            "--timeout-ms",
+            &timeout.as_millis().to_string(),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());

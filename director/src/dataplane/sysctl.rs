@@ -5,7 +5,12 @@
 //!   `arp_announce=2` so that its own requests never carry a VIP);
 //! - IPv4 and IPv6 forwarding;
 //! - conntrack for IPVS (`net.ipv4.vs.conntrack=1`), which the SNAT table
-//!   needs.
+//!   needs;
+//! - conntrack that takes up a TCP connection in the middle without
+//!   judging its sequence numbers (`nf_conntrack_tcp_be_liberal=1`): after a
+//!   failover the new owner sees a connection's packets for the first time
+//!   and must source-NAT them as the old owner did, not drop them as out of
+//!   window.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +28,7 @@ pub fn desired(interface: &str) -> Sysctls {
         (format!("net/ipv4/conf/{interface}/arp_announce"), "2"),
         ("net/ipv4/ip_forward".to_string(), "1"),
         ("net/ipv4/vs/conntrack".to_string(), "1"),
+        ("net/netfilter/nf_conntrack_tcp_be_liberal".to_string(), "1"),
         ("net/ipv6/conf/all/forwarding".to_string(), "1"),
     ]
     .into_iter()

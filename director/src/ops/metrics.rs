@@ -50,10 +50,6 @@ pub struct Snapshot {
     pub passes: Vec<(String, Histogram)>,
     /// The health checker's counters (None on a witness).
     pub health: Option<HealthCounts>,
-    // Connection sync: the `sync` reconciler shows in the reconcile
-    // families; the sync daemons' own state, when it is read, goes here and
-    // its families in `Snapshot::encode`, under "Connection sync" in
-    // docs/metrics.md.
 }
 
 /// The health checker's counters, read at one instant.
@@ -643,6 +639,30 @@ impl Snapshot {
         )
     }
 
+    /// The connection-sync daemons (the `sync` reconciler's passes and
+    /// errors are in the reconcile families).
+    fn sync(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        // Described on every data director (the health checker runs on
+        // those only); samples while the kernel's daemons could be read.
+        if self.health.is_none() && self.status.sync.is_none() {
+            return Ok(());
+        }
+        let known = self.status.sync.as_ref().filter(|sy| sy.error.is_none());
+        gauges(
+            e,
+            "director_sync_daemon_running",
+            "1 if the kernel runs this director's IPVS connection-sync daemon of the role.",
+            known.into_iter().flat_map(|sy| {
+                ["master", "backup"].into_iter().map(move |role| {
+                    (
+                        RoleLabels { role },
+                        one(sy.daemons.iter().any(|d| d.role == role)),
+                    )
+                })
+            }),
+        )
+    }
+
     fn kubernetes(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let Some(k) = &self.status.kubernetes else {
             return Ok(());
@@ -678,9 +698,8 @@ impl Collector for Snapshot {
         self.backends(&mut e)?;
         self.health(&mut e)?;
         self.reconcilers(&mut e)?;
-        self.kubernetes(&mut e)
-        // Connection sync: its families go here once it runs (see
-        // `Snapshot`).
+        self.kubernetes(&mut e)?;
+        self.sync(&mut e)
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Status {
     /// The backend health checks (None on a witness).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSummary>,
+    /// The IPVS connection-sync daemons (None on a witness or without
+    /// IPVS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
 }
 
 /// The Kubernetes view.
@@ -303,6 +307,38 @@ pub struct BackendStatus {
     pub fallback: bool,
 }
 
+/// The connection-sync daemons of this director's kernel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncStatus {
+    /// Whether the configuration asks for them (`sync.enabled`).
+    pub enabled: bool,
+    /// The daemons the kernel runs.
+    pub daemons: Vec<SyncDaemonStatus>,
+    /// Why they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One connection-sync daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncDaemonStatus {
+    /// `master` (sends this director's connections) or `backup` (learns
+    /// the others').
+    pub role: String,
+    /// Its interface.
+    pub interface: String,
+    /// Its sync ID.
+    pub sync_id: u32,
+    /// Its multicast group, when the kernel reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Its UDP port, when the kernel reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
 /// The backend health checks of this director.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -462,6 +498,34 @@ pub async fn build(d: &Daemon) -> Status {
         })
         .collect();
     type Programmed = (Option<ipvs_sys::Stats>, Vec<ipvs_sys::Destination>);
+    let sync = match &d.ipvs {
+        Some(h) => Some(match h.sync_daemons().await {
+            Ok(list) => SyncStatus {
+                enabled: config.sync.enabled,
+                daemons: list
+                    .iter()
+                    .map(|x| SyncDaemonStatus {
+                        role: match x.state {
+                            ipvs_sys::SyncState::Master => "master",
+                            ipvs_sys::SyncState::Backup => "backup",
+                        }
+                        .into(),
+                        interface: x.interface.clone(),
+                        sync_id: x.sync_id,
+                        group: x.group.map(|g| g.to_string()),
+                        port: x.port,
+                    })
+                    .collect(),
+                error: None,
+            },
+            Err(e) => SyncStatus {
+                enabled: config.sync.enabled,
+                daemons: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        }),
+        None => None,
+    };
     let kernel: BTreeMap<ipvs_sys::ServiceKey, Programmed> = match &d.ipvs {
         Some(h) => h
             .table()
@@ -581,6 +645,7 @@ pub async fn build(d: &Daemon) -> Status {
         reconcilers,
         announcements_sent: d.announcer.as_ref().map_or(0, |a| a.sent()),
         kubernetes: d.kube.as_ref().map(|k| kube_status(k, &state, &names)),
+        sync,
         health: d.health.as_ref().map(|h| {
             let report = h.report();
             let count = |up| report.iter().filter(|(_, _, s)| s.up == up).count();
@@ -901,6 +966,23 @@ fn table(v: &Status) -> String {
                 let _ = writeln!(o, "    {} -> {}", p.service, backends.join(" "));
             }
         }
+    }
+    if let Some(sy) = &v.sync {
+        let daemons: Vec<String> = sy
+            .daemons
+            .iter()
+            .map(|d| format!("{} on {} (sync ID {})", d.role, d.interface, d.sync_id))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nCONNECTION SYNC   {}",
+            match (&sy.error, sy.enabled, daemons.is_empty()) {
+                (Some(e), _, _) => format!("unknown: {e}"),
+                (None, false, true) => "off".to_string(),
+                (None, true, true) => "NOT RUNNING".to_string(),
+                (None, _, false) => daemons.join(", "),
+            }
+        );
     }
     let failing: Vec<&ReconcilerStatus> = v
         .reconcilers

@@ -35,7 +35,7 @@ const KEPT: [&str; 25] = [
 ];
 
 /// The families added with them.
-const ADDED: [&str; 13] = [
+const ADDED: [&str; 14] = [
     "director_raft_role",
     "director_raft_leader_id",
     "director_lease_grants_total",
@@ -49,6 +49,7 @@ const ADDED: [&str; 13] = [
     "director_backend_packets_total",
     "director_backend_bytes_total",
     "director_reconcile_pass_duration_seconds",
+    "director_sync_daemon_running",
 ];
 
 /// A status document with something in every part.
