@@ -137,6 +137,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
     let gate = Arc::new(Gate::default());
     let (mut routes_handle, mut nft_handle) = (None, None);
     let mut sync_handle = None;
+    let mut conntrackd = None;
     if data {
         let (h, t) = driver::spawn(sysctl::Sysctl::new(interface.clone()), wake.clone(), resync);
         reconcilers.push(h);
@@ -182,13 +183,28 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         nft_handle = Some(h.clone());
         reconcilers.push(h);
         tasks.push(t);
+        let ct = Arc::new(crate::dataplane::conntrack::Conntrackd::new(
+            config.clone(),
+            config.get().data_dir.clone(),
+            me.address.ip(),
+        ));
+        tasks.push(tokio::spawn(
+            ct.clone().run(config.subscribe(), stop_rx.clone()),
+        ));
+        conntrackd = Some(ct);
         let hold = HoldRule::new(node.clone(), guard);
         match Announcer::start(&interface, hold.clone()) {
             Ok(a) => {
                 let a = Arc::new(a);
                 match Routes::open() {
                     Ok(routes) => {
-                        let r = VipRoutes::new(routes, a.clone(), node.clone(), config.clone());
+                        let r = VipRoutes::new(
+                            routes,
+                            a.clone(),
+                            node.clone(),
+                            config.clone(),
+                            conntrackd.clone(),
+                        );
                         let (h, t) = driver::spawn(r, wake.clone(), resync);
                         routes_handle = Some(h.clone());
                         reconcilers.push(h);
@@ -257,6 +273,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         reconcilers,
         kube: kube.clone(),
         health,
+        conntrackd,
     };
     {
         let (d, p, s) = (daemon.clone(), admin_path.clone(), stop_rx.clone());

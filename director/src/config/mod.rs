@@ -265,6 +265,11 @@ pub struct SyncDaemons {
     pub port: u16,
     /// Multicast TTL.
     pub ttl: u8,
+    /// Whether conntrackd syncs the netfilter connection table too (the
+    /// NAT state of `nat` with its source NAT).
+    pub conntrack: bool,
+    /// The conntrackd program.
+    pub conntrackd: PathBuf,
 }
 
 impl Default for SyncDaemons {
@@ -276,6 +281,8 @@ impl Default for SyncDaemons {
             group: IpAddr::V4(std::net::Ipv4Addr::new(224, 0, 0, 81)),
             port: 8848,
             ttl: 1,
+            conntrack: true,
+            conntrackd: PathBuf::from("conntrackd"),
         }
     }
 }

@@ -49,6 +49,8 @@ struct SyncIn {
     group: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
     ttl: Option<Spanned<i64>>,
+    conntrack: Option<Spanned<bool>>,
+    conntrackd: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +350,16 @@ fn sync(doc: &FileIn, errs: &mut Errors) -> SyncDaemons {
             Some(0) => errs.at(p, "sync.port", "0 is out of range 1..=65535"),
             Some(n) => out.port = n,
             None => {}
+        }
+    }
+    if let Some(c) = &v.conntrack {
+        out.conntrack = c.value;
+    }
+    if let Some(p) = &v.conntrackd {
+        if p.value.is_empty() {
+            errs.at(p, "sync.conntrackd", "empty (the conntrackd program)");
+        } else {
+            out.conntrackd = PathBuf::from(&p.value);
         }
     }
     if let Some(t) = &v.ttl {

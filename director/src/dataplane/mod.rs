@@ -7,12 +7,14 @@
 //! - [`routes`]: the local routes of the VIPs held here (and their
 //!   announcements);
 //! - [`nft`]: the SNAT table and the drain gate;
-//! - [`sync`]: the kernel's IPVS connection-sync daemons;
+//! - [`sync`]: the kernel's IPVS connection-sync daemons, and
+//!   [`conntrack`] the conntrackd that syncs `nat`'s netfilter state;
 //! - [`sysctl`]: what forwarding needs.
 //!
 //! A new kind of kernel object is a new module implementing
 //! [`driver::Reconciler`], started in `daemon.rs`.
 
+pub mod conntrack;
 pub mod driver;
 pub mod ipvs;
 pub mod nft;

@@ -52,6 +52,8 @@ pub struct VipRoutes {
     /// same inputs give the same set, so a wake-up at rest does not walk
     /// every VIP again.
     held_from: Option<(Arc<consensus::ClusterState>, bool)>,
+    /// conntrackd, whose external cache is committed before a VIP is taken.
+    conntrackd: Option<Arc<super::conntrack::Conntrackd>>,
 }
 
 impl VipRoutes {
@@ -62,6 +64,7 @@ impl VipRoutes {
         announcer: Arc<Announcer>,
         node: Arc<Node>,
         config: Arc<ConfigCell>,
+        conntrackd: Option<Arc<super::conntrack::Conntrackd>>,
     ) -> Self {
         VipRoutes {
             routes,
@@ -71,6 +74,7 @@ impl VipRoutes {
             held: BTreeSet::new(),
             lease: None,
             held_from: None,
+            conntrackd,
         }
     }
 
@@ -146,6 +150,13 @@ impl Reconciler for VipRoutes {
         // Listen for neighbour solicitations before the routes appear.
         self.listen()?;
         let announce = self.config.get().announce;
+        // The connections of a VIP about to be taken find their NAT state
+        // in the kernel when their packets arrive.
+        if let Some(c) = &self.conntrackd {
+            if ops.iter().any(|op| matches!(op, RouteOp::Take(_))) {
+                c.commit().await;
+            }
+        }
         for op in ops {
             match op {
                 RouteOp::Release(vip) => {

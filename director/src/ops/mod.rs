@@ -42,4 +42,6 @@ pub struct Daemon {
     pub kube: Option<Arc<crate::sources::kubernetes::Source>>,
     /// The backend health checks (None on a witness).
     pub health: Option<Arc<crate::health::Health>>,
+    /// conntrackd (None on a witness).
+    pub conntrackd: Option<Arc<crate::dataplane::conntrack::Conntrackd>>,
 }

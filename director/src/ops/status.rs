@@ -318,6 +318,12 @@ pub struct SyncStatus {
     /// Why they could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether conntrackd syncs the netfilter connection table
+    /// (`sync.conntrack`).
+    pub conntrack: bool,
+    /// Why conntrackd is not running, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_error: Option<String>,
 }
 
 /// One connection-sync daemon.
@@ -517,11 +523,15 @@ pub async fn build(d: &Daemon) -> Status {
                     })
                     .collect(),
                 error: None,
+                conntrack: config.sync.enabled && config.sync.conntrack,
+                conntrack_error: d.conntrackd.as_ref().and_then(|c| c.problem()),
             },
             Err(e) => SyncStatus {
                 enabled: config.sync.enabled,
                 daemons: Vec::new(),
                 error: Some(e.to_string()),
+                conntrack: config.sync.enabled && config.sync.conntrack,
+                conntrack_error: d.conntrackd.as_ref().and_then(|c| c.problem()),
             },
         }),
         None => None,
@@ -975,12 +985,17 @@ fn table(v: &Status) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "\nCONNECTION SYNC   {}",
+            "\nCONNECTION SYNC   {}   conntrackd {}",
             match (&sy.error, sy.enabled, daemons.is_empty()) {
                 (Some(e), _, _) => format!("unknown: {e}"),
                 (None, false, true) => "off".to_string(),
                 (None, true, true) => "NOT RUNNING".to_string(),
                 (None, _, false) => daemons.join(", "),
+            },
+            match (&sy.conntrack_error, sy.conntrack) {
+                (Some(e), _) => format!("NOT RUNNING: {e}"),
+                (None, true) => "running".to_string(),
+                (None, false) => "off".to_string(),
             }
         );
     }
