@@ -1253,11 +1253,11 @@ struct Mode {
 /// connection through the VIP sends a counter every 10 ms for 20 s (the
 /// node echoes it) while the VIP's owner host is killed, and again while
 /// the owner is drained. The connection-sync daemons give the new owner the
-/// connection; with `snat: false` the nodes route the client through the VIP;
-/// `dr` nodes answer the client directly. `nat` with `snat: false` and
-/// `dr` keep the connection (docs/forwarding.md); `nat` with its source NAT
-/// is measured and reported. A `dr` node sees the client's own address, a
-/// `nat` node the VIP.
+/// IPVS connection; `nat` source-NATs to the VIP and conntrackd gives the
+/// new owner the NAT state; with `snat: false` the nodes route the client
+/// through the VIP; `dr` nodes answer the client directly. Every mode keeps
+/// the connection (docs/forwarding.md). A `dr` node sees the client's own
+/// address, a `nat` node the VIP.
 #[test]
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
 fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
@@ -1424,14 +1424,8 @@ fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
             route(&lab, false);
         }
     }
-    // What docs/forwarding.md promises: the modes whose return path does
-    // not depend on the old owner's NAT state keep the connection; `nat`
-    // with its source NAT resets it (the new owner has no conntrack entry
-    // of it: see the docs), which is reported, not asserted.
+    // What docs/forwarding.md promises: every mode keeps the connection.
     for (mode, how, r) in &results {
-        if *mode == "nat" {
-            continue;
-        }
         assert!(r.survived, "{mode} / {how}: {r:?}");
     }
     lab.down().expect("lab down");
