@@ -1257,7 +1257,8 @@ struct Mode {
 /// new owner the NAT state; with `snat: false` the nodes route the client
 /// through the VIP; `dr` nodes answer the client directly. Every mode keeps
 /// the connection (docs/forwarding.md). A `dr` node sees the client's own
-/// address, a `nat` node the VIP.
+/// address, a `nat` node the VIP. UDP through a VIP is answered by both
+/// nodes.
 #[test]
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask test` (in the VM)"]
 fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
@@ -1300,6 +1301,8 @@ fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
             tcp = lab::topology::NODEPORT_TCP
         ));
     }
+    // And UDP (the nodes' echo responder), balanced round robin.
+    extra.push_str("  - name: udp\n    vip: 10.10.0.210\n    ports:\n      - {port: 5353, protocol: udp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n");
     // And HTTP by direct routing, to see what address the node sees.
     extra.push_str("  - name: dr-http\n    vip: 10.10.0.209\n    forwarding: dr\n    ports:\n      - {port: 30080, protocol: tcp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n");
     for h in &all {
@@ -1327,6 +1330,29 @@ fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
         assert!(d.contains("master sync daemon"), "{h}: {d}");
         assert!(d.contains("backup sync daemon"), "{h}: {d}");
     }
+    // UDP through a VIP: 20 datagrams, each from a new socket (a new IPVS
+    // connection), all answered, by both nodes.
+    let udp = r#"
+import socket, sys
+seen = {}
+for i in range(20):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(b"ping %d" % i, ("10.10.0.210", 5353))
+    try:
+        node = s.recv(512).split()[0].decode()
+    except OSError:
+        node = "lost"
+    seen[node] = seen.get(node, 0) + 1
+    s.close()
+print(" ".join("%s=%d" % kv for kv in sorted(seen.items())))
+"#;
+    let tally = wait_for("UDP through the VIP", 60, || {
+        let out = lab.exec("client", &["/usr/bin/python3", "-c", udp]).ok()?;
+        (!out.contains("lost")).then_some(out)
+    });
+    eprintln!("forwarding: UDP through 10.10.0.210:5353: {}", tally.trim());
+    assert!(tally.contains("n1=") && tally.contains("n2="), "{tally}");
     // dr: the node sees the client's own address.
     let reply = wait_for("the dr VIP to answer", 60, || {
         lab::scenario::http_fetch(&lab, "client", "10.10.0.209:30080", "/").ok()
