@@ -232,6 +232,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         routes: routes_handle,
         nft: nft_handle,
         sync: sync_handle,
+        conntrackd: conntrackd.clone(),
     });
     tasks.push(tokio::spawn(
         drainer.clone().keep_in_service(stop_rx.clone()),

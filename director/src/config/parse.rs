@@ -331,8 +331,11 @@ fn sync(doc: &FileIn, errs: &mut Errors) -> SyncDaemons {
         }
     }
     if let Some(n) = &v.sync_id {
-        if let Some(id) = int::<u8>(n, "sync.sync_id", "0..=255", errs) {
-            out.sync_id = id;
+        // 0 would make the backup daemon take every cluster's messages.
+        match int::<u8>(n, "sync.sync_id", "1..=255", errs) {
+            Some(0) => errs.at(n, "sync.sync_id", "0 is out of range 1..=255"),
+            Some(id) => out.sync_id = id,
+            None => {}
         }
     }
     if let Some(g) = &v.group {

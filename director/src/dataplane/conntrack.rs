@@ -141,7 +141,8 @@ impl Conntrackd {
         self.dir.join("conntrackd.conf")
     }
 
-    /// Why conntrackd is not running now (None: running, or not wanted).
+    /// Why conntrackd is not running now (None: running for a few seconds
+    /// at least, starting, or not wanted).
     pub fn problem(&self) -> Option<String> {
         self.problem.lock().map(|p| p.clone()).unwrap_or_default()
     }
@@ -253,13 +254,25 @@ impl Conntrackd {
                     continue;
                 }
             };
-            self.set_problem(None);
             tracing::info!(pid = child.id(), "conntrackd started");
+            // Running: the problem of an earlier start clears once this one
+            // has lasted a few seconds.
+            let settled = tokio::time::sleep(Duration::from_secs(3));
+            tokio::pin!(settled);
+            let mut cleared = false;
             let exited = loop {
                 tokio::select! {
+                    () = &mut settled, if !cleared => {
+                        cleared = true;
+                        self.set_problem(None);
+                    }
                     r = child.wait() => break Some(r),
                     r = changes.changed() => {
-                        if r.is_err() || self.text() != text || !self.wanted() {
+                        if r.is_err()
+                            || self.text() != text
+                            || !self.wanted()
+                            || self.config.get().sync.conntrackd != binary
+                        {
                             break None;
                         }
                     }
@@ -287,7 +300,11 @@ impl Conntrackd {
                         Ok(s) => format!("conntrackd exited ({s}): {err}"),
                         Err(e) => format!("conntrackd: {e}"),
                     };
-                    tracing::error!(error = %why, "conntrackd stopped; starting it again");
+                    // Once per distinct reason: a conntrackd that cannot
+                    // start exits the same way every second.
+                    if self.problem().as_deref() != Some(&why) {
+                        tracing::error!(error = %why, "conntrackd stopped; starting it again");
+                    }
                     self.set_problem(Some(why));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -113,6 +113,8 @@ pub struct Drainer {
     /// The connection-sync reconciler (None without IPVS): while it runs,
     /// open connections are handed over instead of waited for.
     pub sync: Option<Handle>,
+    /// conntrackd: `nat` connections are handed over only while it runs.
+    pub conntrackd: Option<Arc<crate::dataplane::conntrack::Conntrackd>>,
     /// The VIP routes reconciler.
     pub routes: Option<Handle>,
     /// The nftables reconciler.
@@ -156,7 +158,21 @@ impl Drainer {
             // With the connection sync running, the other directors know
             // the open connections: they move with the VIPs, and only the
             // handshakes under way are waited for.
+            // `nat` with its source NAT needs conntrackd too.
+            let nat = {
+                let state = self.node.state();
+                state.services.values().any(|vs| {
+                    before.contains(&vs.vip)
+                        && vs.forwarding == consensus::state::Forwarding::Nat
+                        && vs.snat
+                })
+            };
+            let conntrack_ok = self
+                .conntrackd
+                .as_ref()
+                .is_some_and(|c| c.problem().is_none());
             let synced = self.config.get().sync.enabled
+                && (!nat || (self.config.get().sync.conntrack && conntrack_ok))
                 && self.sync.as_ref().is_some_and(|h| {
                     let p = *h.passes.borrow();
                     p.count > 0 && p.ok

@@ -302,6 +302,9 @@ pub struct BackendStatus {
     /// The last failure, while it is not passing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_error: Option<String>,
+    /// How long ago it was last probed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_checked_ms_ago: Option<u64>,
     /// The health check's fallback, serving while every backend is down.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
@@ -726,6 +729,7 @@ fn backend_health(
     );
     if let Some(st) = st.filter(|x| x.up.is_some()) {
         (b.health_since_unix_ms, b.health_since_ms_ago) = when(Some(st.since));
+        b.health_checked_ms_ago = when(st.last_checked).1;
         b.health_error = st.last_error;
     }
 }
