@@ -73,13 +73,27 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn checks_done(lab: &LabGuard, host: &Host) -> Option<f64> {
+fn scrape(lab: &LabGuard, host: &Host) -> String {
     let labnet = lab.env().labnet.to_string_lossy().into_owned();
     let addr = format!("{}:9469", host.ipv4());
-    let text = lab
-        .exec(&host.name(), &[&labnet, "fetch", &addr, "/metrics"])
-        .ok()?;
-    Some(metric(&text, "director_health_checks_total"))
+    lab.exec(&host.name(), &[&labnet, "fetch", &addr, "/metrics"])
+        .unwrap_or_default()
+}
+
+fn checks_done(lab: &LabGuard, host: &Host) -> Option<f64> {
+    Some(metric(&scrape(lab, host), "director_health_checks_total"))
+}
+
+/// The probe-duration histogram's cumulative buckets, as `le=count`.
+fn durations(text: &str) -> String {
+    text.lines()
+        .filter(|l| l.starts_with("director_health_check_duration_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            Some(format!("{le}={}", l.rsplit(' ').next()?))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -110,12 +124,14 @@ fn health_checking_ten_thousand_backends() {
                 .join(format!("{}{}", lab.spec().prefix, h.name()));
             let c = director_config_with_services(lab.spec(), h, &data, "", &services(backends))
                 .replace("defaults:\n  scheduler: rr\n  forwarding: nat\n", &health);
-            let c = format!("metrics: \"{}:9469\"\n{c}", h.ipv4());
             (h.clone(), c)
         })
         .collect();
-    lab.start_directors_with_configs(&director, &configs, Duration::from_secs(120))
-        .expect("directors up");
+    if let Err(e) = lab.start_directors_with_configs(&director, &configs, Duration::from_secs(120))
+    {
+        let log = std::fs::read_to_string(lab.director_log(&directors[0])).unwrap_or_default();
+        panic!("directors up: {e}\nd1's log:\n{log}");
+    }
     println!(
         "health bench: {backends} backends, tcp every {interval} ms, 3 directors, {NODES} nodes"
     );
@@ -181,11 +197,17 @@ fn health_checking_ten_thousand_backends() {
             after[i].peak_rss_kib as f64 / 1024.0,
             seen / 10
         );
+        let hist = durations(&scrape(&lab, h));
+        println!(
+            "{}: probe durations (cumulative, seconds): {hist}",
+            h.name()
+        );
         per.push(json!({
             "director": h.name(), "cpu_percent": cpu,
             "rss_mib": after[i].rss_kib as f64 / 1024.0,
             "peak_rss_mib": after[i].peak_rss_kib as f64 / 1024.0,
             "probes_per_s": rate, "spread_buckets": buckets,
+            "probe_durations": hist,
         }));
     }
     let out = json!({

@@ -371,7 +371,9 @@ async fn probe_loop(health: Arc<Health>, key: (HealthCheck, SocketAddr), limit: 
             return;
         };
         let started = tokio::time::Instant::now();
-        let result = probe::run(&key.0.probe, key.1, timeout).await;
+        // Boxed: the probe's future (TLS and HTTP included) exists only
+        // while probing, so ten thousand waiting targets stay small.
+        let result = Box::pin(probe::run(&key.0.probe, key.1, timeout)).await;
         drop(permit);
         health.record(&key, result, started.elapsed());
     }
