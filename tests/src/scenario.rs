@@ -154,42 +154,38 @@ pub fn http_tally(lab: &Lab, host: &str, target: &str, count: u32) -> Result<Htt
     })
 }
 
-/// A client loop in the background: HTTP GETs, each on a new connection,
-/// one after another for a fixed time (`labnet http-get --for-ms`).
+/// A `labnet` command running in the background in a lab host, whose JSON
+/// report is read when it ends.
 #[derive(Debug)]
-pub struct ClientLoop {
+struct Background {
     child: std::process::Child,
     what: String,
 }
 
-impl ClientLoop {
-    /// Starts it in `host` against `target` for `span`.
-    pub fn start(lab: &Lab, host: &str, target: &str, span: Duration) -> Result<Self, LabError> {
+impl Background {
+    /// Starts `labnet ARGS` in `host`.
+    fn start(lab: &Lab, host: &str, args: &[String]) -> Result<Self, LabError> {
         let labnet = lab.env().labnet.clone();
         let mut cmd = lab.command(host, &labnet.to_string_lossy())?;
-        cmd.args([
-            "http-get",
-            target,
-            "--for-ms",
-            &span.as_millis().to_string(),
-            "--timeout-ms",
-            "5000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+        cmd.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
         let child = cmd.spawn().map_err(|source| LabError::Io {
             op: "starting",
             path: labnet,
             source,
         })?;
-        Ok(ClientLoop {
+        Ok(Background {
             child,
-            what: format!("[{host}] labnet http-get {target}"),
+            what: format!(
+                "[{host}] labnet {}",
+                args.iter().take(2).cloned().collect::<Vec<_>>().join(" ")
+            ),
         })
     }
 
-    /// Waits until it ends; its tally.
-    pub fn finish(self) -> Result<HttpTally, LabError> {
+    /// Waits until it ends; its report.
+    fn finish<T: serde::de::DeserializeOwned>(self) -> Result<T, LabError> {
         let out = self
             .child
             .wait_with_output()
@@ -202,6 +198,31 @@ impl ClientLoop {
             command: self.what,
             source,
         })
+    }
+}
+
+/// A client loop in the background: HTTP GETs, each on a new connection,
+/// one after another for a fixed time (`labnet http-get --for-ms`).
+#[derive(Debug)]
+pub struct ClientLoop(Background);
+
+impl ClientLoop {
+    /// Starts it in `host` against `target` for `span`.
+    pub fn start(lab: &Lab, host: &str, target: &str, span: Duration) -> Result<Self, LabError> {
+        let args = [
+            "http-get".to_string(),
+            target.to_string(),
+            "--for-ms".into(),
+            span.as_millis().to_string(),
+            "--timeout-ms".into(),
+            "5000".into(),
+        ];
+        Background::start(lab, host, &args).map(ClientLoop)
+    }
+
+    /// Waits until it ends; its tally.
+    pub fn finish(self) -> Result<HttpTally, LabError> {
+        self.0.finish()
     }
 }
 
@@ -278,10 +299,7 @@ pub struct StreamReport {
 /// fixed time, to see whether it survives a failover and how long it
 /// stalled.
 #[derive(Debug)]
-pub struct Stream {
-    child: std::process::Child,
-    what: String,
-}
+pub struct Stream(Background);
 
 impl Stream {
     /// Starts it in `host` against `target` (ADDR:PORT of the plain TCP
@@ -308,45 +326,22 @@ impl Stream {
         interval: Duration,
         timeout: Duration,
     ) -> Result<Self, LabError> {
-        let labnet = lab.env().labnet.clone();
-        let mut cmd = lab.command(host, &labnet.to_string_lossy())?;
-        cmd.args([
-            "stream",
-            target,
-            "--for-ms",
-            &span.as_millis().to_string(),
-            "--interval-ms",
-            &interval.as_millis().to_string(),
-            "--timeout-ms",
-            &timeout.as_millis().to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-        let child = cmd.spawn().map_err(|source| LabError::Io {
-            op: "starting",
-            path: labnet,
-            source,
-        })?;
-        Ok(Stream {
-            child,
-            what: format!("[{host}] labnet stream {target}"),
-        })
+        let args = [
+            "stream".to_string(),
+            target.to_string(),
+            "--for-ms".into(),
+            span.as_millis().to_string(),
+            "--interval-ms".into(),
+            interval.as_millis().to_string(),
+            "--timeout-ms".into(),
+            timeout.as_millis().to_string(),
+        ];
+        Background::start(lab, host, &args).map(Stream)
     }
 
     /// Waits until it ends; its report.
     pub fn finish(self) -> Result<StreamReport, LabError> {
-        let out = self
-            .child
-            .wait_with_output()
-            .map_err(|source| LabError::Io {
-                op: "waiting for",
-                path: self.what.clone().into(),
-                source,
-            })?;
-        serde_json::from_slice(&out.stdout).map_err(|source| LabError::BadOutput {
-            command: self.what,
-            source,
-        })
+        self.0.finish()
     }
 }
 

@@ -51,9 +51,7 @@ pub fn targets(state: &ClusterState) -> HashSet<(HealthCheck, SocketAddr)> {
         for p in &vs.ports {
             for b in &p.backends {
                 if let Some(t) = target(check, p.protocol, b) {
-                    if !out.contains(&(check.clone(), t)) {
-                        out.insert((check.clone(), t));
-                    }
+                    out.insert((check.clone(), t));
                 }
             }
         }
