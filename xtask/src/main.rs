@@ -42,8 +42,8 @@ enum Cmd {
         #[command(subcommand)]
         command: LabCmd,
     },
-    /// fmt, clippy, unit tests, host-namespace tests, then one VM boot that runs
-    /// every kernel test.
+    /// fmt, clippy, the Vagrant lab's `vagrant validate`, unit tests,
+    /// host-namespace tests, then one VM boot that runs every kernel test.
     Test {
         #[command(flatten)]
         vm: VmArgs,

@@ -2,12 +2,15 @@
 //!
 //! 1. `cargo fmt --check`
 //! 2. `cargo clippy --workspace --all-targets -D warnings`
-//! 3. unit tests (`cargo test --workspace`; tests that need root or IPVS are
+//! 3. `vagrant validate --ignore-provider` in `vagrant/` (the Vagrant lab's
+//!    Vagrantfile, checked without a box or a provider)
+//! 4. unit tests (`cargo test --workspace`; tests that need root or IPVS are
 //!    `#[ignore]`d there and run by the stages below)
-//! 4. host-namespace tests (root, the host kernel)
-//! 5. kernel tests: built on the host, then run in ONE VM boot (or directly
+//! 5. host-namespace tests (root, the host kernel)
+//! 6. kernel tests: built on the host, then run in ONE VM boot (or directly
 //!    when the host kernel has IPVS)
 
+use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,6 +62,27 @@ impl Stages {
     }
 }
 
+/// Checks the Vagrant lab's Vagrantfile (`vagrant/`) as `vagrant validate
+/// --ignore-provider` does: it loads, names the files its provisioning runs,
+/// and its settings are valid. Needs no box, no provider and no network.
+fn vagrant_validate(root: &Path) -> Result<()> {
+    let status = Command::new("vagrant")
+        .args(["validate", "--ignore-provider"])
+        .current_dir(root.join("vagrant"))
+        // No version check against HashiCorp's servers.
+        .env("VAGRANT_CHECKPOINT_DISABLE", "1")
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => bail!("`vagrant validate --ignore-provider` in vagrant/ failed ({s})"),
+        Err(e) if e.kind() == ErrorKind::NotFound => bail!(
+            "`vagrant` is not installed; it checks the Vagrant lab \
+             (Debian: apt-get install --no-install-recommends vagrant)"
+        ),
+        Err(e) => Err(e).context("running vagrant validate --ignore-provider in vagrant/"),
+    }
+}
+
 /// Runs every stage; the exit code.
 pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
     let mut stages = Stages { done: Vec::new() };
@@ -77,6 +101,7 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
             ],
         )
     })?;
+    stages.run("vagrant validate", || vagrant_validate(root))?;
     stages.run("unit tests", || {
         cargo(root, &["test", "--workspace", "--quiet"])
     })?;
