@@ -24,6 +24,7 @@ use crate::announce::{self, Announcer};
 use crate::config::{self, Config, ConfigCell, PeerRole};
 use crate::dataplane::driver::{self, Handle, Wakeups};
 use crate::dataplane::nft::{Gate, Nft};
+use crate::dataplane::onlink::OnLink;
 use crate::dataplane::routes::{Routes, VipRoutes};
 use crate::dataplane::{ipvs, sysctl};
 use crate::health::Health;
@@ -132,6 +133,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
     // The data path (never on a witness).
     let mut ipvs_handle = None;
     let mut health = None;
+    let mut onlinks = None;
     let mut announcer = None;
     let mut rule = None;
     let gate = Arc::new(Gate::default());
@@ -154,14 +156,30 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
             node.watch(),
             stop_rx.clone(),
         )));
+        let onlink = Arc::new(OnLink::default());
+        tasks.push(tokio::spawn(
+            onlink.clone().run(node.watch(), stop_rx.clone()),
+        ));
         if let Some(h) = &ipvs_handle {
             let mut down = checks.down();
-            let r = ipvs::Ipvs::new(node.clone(), config.clone(), h.clone(), down.clone());
+            let mut refused = onlink.refused();
+            let r = ipvs::Ipvs::new(
+                node.clone(),
+                config.clone(),
+                h.clone(),
+                down.clone(),
+                refused.clone(),
+            );
             let (h, t) = driver::spawn(r, wake.clone(), resync);
-            // A backend going down or coming back is a pass now.
+            // A backend going down or coming back, or a dr backend refused
+            // or accepted, is a pass now.
             let kick = h.clone();
             tasks.push(tokio::spawn(async move {
-                while down.changed().await.is_ok() {
+                loop {
+                    tokio::select! {
+                        r = down.changed() => if r.is_err() { break },
+                        r = refused.changed() => if r.is_err() { break },
+                    }
                     kick.kick();
                 }
             }));
@@ -179,6 +197,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
             tasks.push(t);
         }
         health = Some(checks);
+        onlinks = Some(onlink);
         let (h, t) = driver::spawn(Nft::new(node.clone(), gate.clone()), wake.clone(), resync);
         nft_handle = Some(h.clone());
         reconcilers.push(h);
@@ -275,6 +294,7 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         kube: kube.clone(),
         health,
         conntrackd,
+        onlink: onlinks,
     };
     {
         let (d, p, s) = (daemon.clone(), admin_path.clone(), stop_rx.clone());

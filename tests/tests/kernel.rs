@@ -1305,6 +1305,40 @@ fn a_tcp_stream_survives_an_owner_kill_and_a_drain_in_every_forwarding_mode() {
     extra.push_str("  - name: udp\n    vip: 10.10.0.210\n    ports:\n      - {port: 5353, protocol: udp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n");
     // And HTTP by direct routing, to see what address the node sees.
     extra.push_str("  - name: dr-http\n    vip: 10.10.0.209\n    forwarding: dr\n    ports:\n      - {port: 30080, protocol: tcp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n");
+    // And direct routing to a backend behind a gateway, which the
+    // directors must refuse (192.0.2.0/24 is routed via n1).
+    extra.push_str("  - name: dr-offlink\n    vip: 10.10.0.211\n    forwarding: dr\n    ports:\n      - {port: 30080, protocol: tcp}\n    backends: [\"10.10.0.21:30080\", \"192.0.2.10:30080\"]\n");
+    // And SCTP, balanced round robin over the nodes' SCTP echo servers.
+    extra.push_str("  - name: sctp\n    vip: 10.10.0.212\n    ports:\n      - {port: 9000, protocol: sctp}\n    backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\"]\n");
+    for h in &all {
+        lab.exec(
+            &h.name(),
+            &["ip", "route", "add", "192.0.2.0/24", "via", "10.10.0.21"],
+        )
+        .unwrap();
+    }
+    // The nodes' SCTP servers: each answers with its name and what it got.
+    let sctp_server = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 30080))
+s.listen(16)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    data = c.recv(512)
+    c.send(sys.argv[1].encode() + b" " + data)
+    c.close()
+"#;
+    let mut sctp_servers = Vec::new();
+    for n in ["n1", "n2"] {
+        let mut cmd = lab.command(n, "/usr/bin/python3").unwrap();
+        cmd.args(["-c", sctp_server, n])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        sctp_servers.push(cmd.spawn().expect("an SCTP server"));
+    }
     for h in &all {
         let path = lab.director_config_path(h);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1353,6 +1387,67 @@ print(" ".join("%s=%d" % kv for kv in sorted(seen.items())))
     });
     eprintln!("forwarding: UDP through 10.10.0.210:5353: {}", tally.trim());
     assert!(tally.contains("n1=") && tally.contains("n2="), "{tally}");
+    // SCTP through a VIP: 10 associations, each answered, by both nodes.
+    let sctp = r#"
+import socket
+seen = {}
+for i in range(10):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    s.settimeout(3)
+    try:
+        s.connect(("10.10.0.212", 9000))
+        s.send(b"ping %d" % i)
+        node = s.recv(512).split()[0].decode()
+    except OSError:
+        node = "lost"
+    seen[node] = seen.get(node, 0) + 1
+    s.close()
+print(" ".join("%s=%d" % kv for kv in sorted(seen.items())))
+"#;
+    let tally = wait_for("SCTP through the VIP", 90, || {
+        let out = lab.exec("client", &["/usr/bin/python3", "-c", sctp]).ok()?;
+        (!out.contains("lost")).then_some(out)
+    });
+    eprintln!(
+        "forwarding: SCTP through 10.10.0.212:9000: {}",
+        tally.trim()
+    );
+    assert!(tally.contains("n1=") && tally.contains("n2="), "{tally}");
+    for mut c in sctp_servers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // dr to a backend behind a gateway: refused on every director, with
+    // the reason in the status, and the other backend programmed.
+    for h in &all {
+        let why = wait_for("the off-link dr backend refused", 60, || {
+            let st = director_status(&lab, h)?;
+            let svc = st["services"]
+                .as_array()?
+                .iter()
+                .find(|s| s["service"].as_str() == Some("TCP 10.10.0.211:30080"))?
+                .clone();
+            let b = svc["backends"]
+                .as_array()?
+                .iter()
+                .find(|b| b["address"] == "192.0.2.10")?
+                .clone();
+            b["refused"].as_str().map(str::to_string)
+        });
+        assert!(why.contains("through the gateway 10.10.0.21"), "{h}: {why}");
+        let table = lab
+            .exec(&h.name(), &["ipvsadm", "-Ln", "-t", "10.10.0.211:30080"])
+            .unwrap();
+        assert!(table.contains("10.10.0.21:30080"), "{h}: {table}");
+        assert!(!table.contains("192.0.2.10"), "{h}: {table}");
+        let human = std::process::Command::new(lab.env().director.clone().unwrap())
+            .args(["status", "--socket"])
+            .arg(lab.admin_socket(h))
+            .output()
+            .unwrap();
+        let human = String::from_utf8_lossy(&human.stdout);
+        assert!(human.contains("refused: dr: 192.0.2.10"), "{h}: {human}");
+    }
     // dr: the node sees the client's own address.
     let reply = wait_for("the dr VIP to answer", 60, || {
         lab::scenario::http_fetch(&lab, "client", "10.10.0.209:30080", "/").ok()

@@ -442,6 +442,27 @@ mod tests {
     }
 
     #[test]
+    fn snat_under_dr_is_refused_where_it_is_written() {
+        let bad = LAB_D1.replacen(
+            "    scheduler: rr\n",
+            "    scheduler: rr\n    forwarding: dr\n    snat: false\n",
+            1,
+        ) + "kubernetes:\n  kubeconfig: /etc/director/kubeconfig\n  services:\n    \
+               - service: shop/checkout\n      forwarding: dr\n      snat: true\n";
+        let e = errors(&bad);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("services[0].snat: applies to forwarding nat only")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("kubernetes.services[0].snat: applies to forwarding nat only")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_backend_may_carry_a_weight() {
         let weighted = LAB_D1.replacen(
             "\"10.10.0.22:30080\"",

@@ -1122,6 +1122,13 @@ fn kubernetes(doc: &FileIn, errs: &mut Errors, defaults: &Defaults) -> Option<Ku
         }
         if let Some(v) = &o.snat {
             set.snat = v.value;
+            if set.forwarding == Forwarding::Dr {
+                errs.at(
+                    v,
+                    format!("{path}.snat"),
+                    "applies to forwarding nat only (dr keeps the client's address by itself)",
+                );
+            }
         }
         if services.insert(key.clone(), set).is_some() {
             errs.at(

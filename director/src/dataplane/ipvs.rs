@@ -17,6 +17,7 @@ use ipvs_sys::{
 };
 
 use super::driver::{Desired, OpError, Reconciler};
+use super::onlink::Refused;
 use crate::config::{Config, ConfigCell};
 use crate::health::Down;
 use crate::ipvs::plan::{self, Entry};
@@ -65,17 +66,20 @@ pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
 /// The IPVS table every data director programs: one IPVS service per port
 /// of every virtual service, masquerade for `nat`, direct routing for `dr`,
 /// each backend as this director's health checks see it
-/// ([`backends`]). Sorted by service key.
-pub fn desired(state: &ClusterState, down: &Down) -> Vec<Entry> {
+/// ([`backends`]), less the `dr` backends this host cannot route to
+/// directly (`refused`, [`super::onlink`]). Sorted by service key.
+pub fn desired(state: &ClusterState, down: &Down, refused: &Refused) -> Vec<Entry> {
     let mut out = Vec::new();
     for vs in state.services.values() {
         let forward = match vs.forwarding {
             Forwarding::Nat => Forward::Masquerade,
             Forwarding::Dr => Forward::DirectRoute,
         };
+        let direct = vs.forwarding == Forwarding::Dr;
         for p in &vs.ports {
             let dests = backends(vs.health.as_deref(), p.protocol, &p.backends, down)
                 .into_iter()
+                .filter(|(address, _, _)| !(direct && refused.contains_key(address)))
                 .map(|(address, port, weight)| Destination {
                     weight: i32::try_from(weight).unwrap_or(i32::MAX),
                     ..Destination::new(address, port, forward)
@@ -161,22 +165,26 @@ pub struct Ipvs {
     config: Arc<ConfigCell>,
     handle: IpvsHandle,
     down: watch::Receiver<Arc<Down>>,
+    refused: watch::Receiver<Arc<Refused>>,
 }
 
 impl Ipvs {
     /// A reconciler programming through `handle`, leaving out (or
-    /// weighting 0) what the health checks report in `down`.
+    /// weighting 0) what the health checks report in `down`, and the `dr`
+    /// backends in `refused`.
     pub fn new(
         node: Arc<Node>,
         config: Arc<ConfigCell>,
         handle: IpvsHandle,
         down: watch::Receiver<Arc<Down>>,
+        refused: watch::Receiver<Arc<Refused>>,
     ) -> Self {
         Ipvs {
             node,
             config,
             handle,
             down,
+            refused,
         }
     }
 }
@@ -204,7 +212,8 @@ impl Reconciler for Ipvs {
 
     fn desired(&mut self) -> Desired<Vec<Entry>> {
         let down = self.down.borrow().clone();
-        Desired::steady(desired(&self.node.state(), &down))
+        let refused = self.refused.borrow().clone();
+        Desired::steady(desired(&self.node.state(), &down, &refused))
     }
 
     fn plan(&self, desired: &Vec<Entry>, observed: &Vec<Entry>) -> Vec<Change> {
@@ -282,6 +291,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_dr_backend_is_left_out_and_nat_is_not_affected() {
+        let mut s = state();
+        s.services.get_mut("static/web").unwrap().forwarding = Forwarding::Dr;
+        let off: IpAddr = "10.10.0.22".parse().unwrap();
+        let refused: Refused = [(off, "through a gateway".to_string())].into();
+        let t = desired(&s, &Down::default(), &refused);
+        let backends = |vip: &str| -> Vec<IpAddr> {
+            t.iter()
+                .find(|e| e.0.key.to_string().contains(vip))
+                .unwrap()
+                .1
+                .iter()
+                .map(|d| d.addr)
+                .collect()
+        };
+        assert_eq!(
+            backends("10.10.0.200"),
+            ["10.10.0.21".parse::<IpAddr>().unwrap()]
+        );
+        // The same address under nat is a backend as before.
+        s.services.get_mut("static/web").unwrap().forwarding = Forwarding::Nat;
+        let t = desired(&s, &Down::default(), &refused);
+        assert_eq!(t, desired(&s, &Down::default(), &Refused::new()));
+    }
+
+    #[test]
     fn persistence_and_scheduler_flags_reach_the_service() {
         let mut s = state();
         let web = s.services.get_mut("static/web").unwrap();
@@ -291,7 +326,7 @@ mod tests {
             timeout_s: 300,
             netmask: Some(24),
         });
-        let t = desired(&s, &Down::default());
+        let t = desired(&s, &Down::default(), &Refused::new());
         let svc = &t
             .iter()
             .find(|e| e.0.key.to_string().contains("10.10.0.200"))
@@ -368,7 +403,7 @@ mod tests {
     #[test]
     fn applying_the_plan_leaves_nothing_to_do() {
         let s = state();
-        let want = desired(&s, &Down::default());
+        let want = desired(&s, &Down::default(), &Refused::new());
         let mut drifted = want.clone();
         drifted[0].1[0].weight = 5;
         drifted[1].1.pop();

@@ -9,7 +9,9 @@
 //! - [`nft`]: the SNAT table and the drain gate;
 //! - [`sync`]: the kernel's IPVS connection-sync daemons, and
 //!   [`conntrack`] the conntrackd that syncs `nat`'s netfilter state;
-//! - [`sysctl`]: what forwarding needs.
+//! - [`sysctl`]: what forwarding needs;
+//! - [`onlink`]: which `dr` backends this host can reach directly (a local
+//!   input of [`ipvs`], like health).
 //!
 //! A new kind of kernel object is a new module implementing
 //! [`driver::Reconciler`], started in `daemon.rs`.
@@ -18,6 +20,7 @@ pub mod conntrack;
 pub mod driver;
 pub mod ipvs;
 pub mod nft;
+pub mod onlink;
 pub mod routes;
 pub mod sync;
 pub mod sysctl;

@@ -534,7 +534,7 @@ mod tests {
             !owners.values().any(|d| *d == 1),
             "the leader is spared: {cmds:?}"
         );
-        let t = desired_ipvs(&s, &Default::default());
+        let t = desired_ipvs(&s, &Default::default(), &Default::default());
         assert!(
             t.iter()
                 .any(|(svc, d)| svc.key == ServiceKey::tcp(v6, 80) && d.len() == 2),
@@ -713,7 +713,7 @@ mod tests {
     #[test]
     fn the_hot_standby_table_has_every_service() {
         let s = seeded();
-        let t = desired_ipvs(&s, &Default::default());
+        let t = desired_ipvs(&s, &Default::default(), &Default::default());
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].0.scheduler, "rr");
         assert_eq!(t[0].1.len(), 2);

@@ -44,4 +44,6 @@ pub struct Daemon {
     pub health: Option<Arc<crate::health::Health>>,
     /// conntrackd (None on a witness).
     pub conntrackd: Option<Arc<crate::dataplane::conntrack::Conntrackd>>,
+    /// The `dr` backends this host cannot route to (None on a witness).
+    pub onlink: Option<Arc<crate::dataplane::onlink::OnLink>>,
 }

@@ -308,6 +308,10 @@ pub struct BackendStatus {
     /// The health check's fallback, serving while every backend is down.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+    /// Why this director does not program it (a `dr` backend it cannot
+    /// reach without a gateway); None: programmed as wanted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The connection-sync daemons of this director's kernel.
@@ -566,7 +570,13 @@ pub async fn build(d: &Daemon) -> Status {
             ports.insert((vs.vip, p.protocol, p.port), (vs, p));
         }
     }
-    let services = crate::dataplane::ipvs::desired(&state, &down)
+    let refused = d
+        .onlink
+        .as_ref()
+        .map(|o| o.refused().borrow().clone())
+        .unwrap_or_default();
+    // Every backend, the refused ones too (they show why).
+    let services = crate::dataplane::ipvs::desired(&state, &down, &Default::default())
         .iter()
         .map(|(s, dests)| {
             let programmed = kernel.get(&s.key);
@@ -601,6 +611,14 @@ pub async fn build(d: &Daemon) -> Status {
                             traffic: k.and_then(|x| x.stats.map(Traffic::from)),
                             ..Default::default()
                         };
+                        if want.forward == ipvs_sys::Forward::DirectRoute {
+                            if let Some(why) = refused.get(&want.addr) {
+                                b.refused = Some(why.clone());
+                                if k.is_none() {
+                                    b.weight = 0;
+                                }
+                            }
+                        }
                         if let (
                             ipvs_sys::ServiceKey::Addr {
                                 addr,
@@ -928,6 +946,10 @@ fn table(v: &Status) -> String {
                         .unwrap_or_default()
                 ),
                 (None, false) => String::new(),
+            };
+            let health = match &b.refused {
+                Some(why) => format!("{health}   refused: {why}"),
+                None => health,
             };
             let _ = writeln!(
                 o,

@@ -533,6 +533,17 @@ fn settings(
             Err(why) => bad(ANN_HEALTH, v, why),
         }
     }
+    if let Some(v) = annotations.get(ANN_SNAT) {
+        if out.forwarding == consensus::domain::Forwarding::Dr {
+            problems.push(Problem::new(
+                "InvalidAnnotation",
+                format!(
+                    "annotation {ANN_SNAT}: {v:?}: source NAT applies to nat forwarding only; \
+                     ignored under dr (the nodes answer the clients directly)"
+                ),
+            ));
+        }
+    }
     out
 }
 

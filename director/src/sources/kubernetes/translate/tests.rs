@@ -439,6 +439,17 @@ fn health_is_kube_proxy_by_default_and_the_annotation_or_snat_change_it() {
     assert_eq!(probe(&t), Some(Probe::Tcp { port: Some(8080) }));
     assert_eq!(t.wanted[0].health.as_ref().unwrap().fall, 5);
     assert!(!t.wanted[0].snat);
+    assert!(t.ours["u-web"].problems.is_empty());
+    // snat under dr: ignored, with a Warning that says so.
+    let t = run(&view(vec![web(json!({"metadata": {"annotations": {
+        ANN_FORWARDING: "dr", ANN_SNAT: "false"
+    }}}))]));
+    assert_eq!(t.wanted[0].forwarding, Forwarding::Dr);
+    let p = &t.ours["u-web"].problems[0];
+    assert!(
+        p.note.contains(ANN_SNAT) && p.note.contains("ignored under dr"),
+        "{p:?}"
+    );
     // A bad one: a Warning naming it, and the default check.
     let t = run(&view(vec![web(json!({"metadata": {"annotations": {
         ANN_HEALTH: "{type: ping}"
