@@ -2,7 +2,7 @@
 //! request, the pools and the committed allocations in, an address out.
 //! An allocation is kept as long as its pool still contains it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use consensus::state::ClusterState;
@@ -83,7 +83,7 @@ pub fn choose(
     request: &VipRequest,
     pools: &[Pool],
     state: &ClusterState,
-    taken: &BTreeSet<IpAddr>,
+    taken: &mut Taken,
 ) -> Result<IpAddr, Pending> {
     let current = state.services.get(name).map(|v| v.vip);
     match request {
@@ -101,9 +101,9 @@ pub fn choose(
                 .ok_or_else(|| Pending::UnknownPool(pool.clone()))?;
             match current {
                 Some(ip) if p.contains(&ip) && v6.is_none_or(|v6| ip.is_ipv6() == v6) => Ok(ip),
-                _ => {
-                    first_free(p, taken, *v6).ok_or_else(|| Pending::Exhausted(vec![pool.clone()]))
-                }
+                _ => taken
+                    .first_free(p, *v6)
+                    .ok_or_else(|| Pending::Exhausted(vec![pool.clone()])),
             }
         }
         VipRequest::Pools { keep, assign, v6 } => {
@@ -118,7 +118,7 @@ pub fn choose(
             assign
                 .iter()
                 .filter_map(|n| pools.iter().find(|p| &p.name == n))
-                .find_map(|p| first_free(p, taken, Some(*v6)))
+                .find_map(|p| taken.first_free(p, Some(*v6)))
                 .ok_or_else(|| Pending::Exhausted(assign.clone()))
         }
     }
@@ -129,6 +129,74 @@ pub fn choose(
 /// size (an IPv6 /64) answers at once. `v6`: only addresses of that
 /// family (None: either).
 pub fn first_free(pool: &Pool, taken: &BTreeSet<IpAddr>, v6: Option<bool>) -> Option<IpAddr> {
+    free_in(pool, taken, v6, |_| None, |_, _| {})
+}
+
+/// The addresses taken in one round of the leader, and where the lowest
+/// free address of each range was last found. Within a round addresses are
+/// only added (removals come first, and reset the marks), so the lowest
+/// free address of a range never goes down: each search starts where the
+/// last one ended, and n allocations in a round cost n log n, not n².
+#[derive(Debug, Default)]
+pub struct Taken {
+    set: BTreeSet<IpAddr>,
+    /// Per range (first, last): the lowest address that may be free, or
+    /// None when the range is used up.
+    low: HashMap<(IpAddr, IpAddr), Option<u128>>,
+}
+
+impl Taken {
+    /// Starts from the committed allocations.
+    pub fn new(set: BTreeSet<IpAddr>) -> Self {
+        Taken {
+            set,
+            low: HashMap::new(),
+        }
+    }
+
+    /// Whether `ip` is taken.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.set.contains(ip)
+    }
+
+    /// Takes `ip`.
+    pub fn insert(&mut self, ip: IpAddr) {
+        self.set.insert(ip);
+    }
+
+    /// Gives `ip` back.
+    pub fn remove(&mut self, ip: &IpAddr) {
+        if self.set.remove(ip) {
+            self.low.clear();
+        }
+    }
+
+    /// As [`first_free`], from where the last search of each range ended.
+    pub fn first_free(&mut self, pool: &Pool, v6: Option<bool>) -> Option<IpAddr> {
+        let Taken { set, low } = self;
+        let mut seen = Vec::new();
+        let found = free_in(
+            pool,
+            set,
+            v6,
+            |range| low.get(&range).copied(),
+            |range, mark| seen.push((range, mark)),
+        );
+        low.extend(seen);
+        found
+    }
+}
+
+/// The search behind [`first_free`]: `start` says where a range's search
+/// may begin (None: at its first address; Some(None): the range is full),
+/// `found` hears where each range's lowest candidate is.
+fn free_in(
+    pool: &Pool,
+    taken: &BTreeSet<IpAddr>,
+    v6: Option<bool>,
+    start: impl Fn((IpAddr, IpAddr)) -> Option<Option<u128>>,
+    mut found: impl FnMut((IpAddr, IpAddr), Option<u128>),
+) -> Option<IpAddr> {
     for (a, b) in &pool.ranges {
         if v6.is_some_and(|v6| a.is_ipv6() != v6) {
             continue;
@@ -149,17 +217,23 @@ pub fn first_free(pool: &Pool, taken: &BTreeSet<IpAddr>, v6: Option<bool>) -> Op
             }
         };
         // The lowest candidate so far; None once the range is used up.
-        let mut next = Some(lo);
-        for ip in taken.range(as_ip(lo)..=as_ip(hi)) {
-            let n = match ip {
-                IpAddr::V4(x) => u128::from(u32::from(*x)),
-                IpAddr::V6(x) => u128::from(*x),
-            };
-            match next {
-                Some(c) if n == c => next = (n < hi).then_some(n + 1),
-                _ => break,
+        let mut next = match start((*a, *b)) {
+            Some(mark) => mark.map(|m| m.max(lo)),
+            None => Some(lo),
+        };
+        if let Some(first) = next {
+            for ip in taken.range(as_ip(first)..=as_ip(hi)) {
+                let n = match ip {
+                    IpAddr::V4(x) => u128::from(u32::from(*x)),
+                    IpAddr::V6(x) => u128::from(*x),
+                };
+                match next {
+                    Some(c) if n == c => next = (n < hi).then_some(n + 1),
+                    _ => break,
+                }
             }
         }
+        found((*a, *b), next);
         if let Some(c) = next {
             return Some(as_ip(c));
         }
@@ -183,6 +257,45 @@ mod tests {
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// A round's searches resume where the last ended and still find what
+    /// a search from the start would, whatever is taken meanwhile (in
+    /// either family, anywhere in the pool), until the pool is full and
+    /// after an address is given back.
+    #[test]
+    fn a_round_resumes_its_search_and_finds_the_same_addresses() {
+        let p = pool(&[
+            ("10.0.0.1", "10.0.0.5"),
+            ("fd00::1", "fd00::3"),
+            ("10.0.1.0", "10.0.1.3"),
+        ]);
+        let mut t = Taken::new(ips(&["10.0.0.2", "10.0.1.1"]));
+        let mut plain = ips(&["10.0.0.2", "10.0.1.1"]);
+        // Odd steps take an address by request instead of the first free.
+        let requested = ["10.0.0.4", "fd00::2", "10.0.1.3"];
+        for step in 0..20 {
+            for v6 in [None, Some(false), Some(true)] {
+                assert_eq!(
+                    t.first_free(&p, v6),
+                    first_free(&p, &plain, v6),
+                    "step {step}"
+                );
+            }
+            let ip = if step % 2 == 1 && step / 2 < requested.len() {
+                Some(requested[step / 2].parse().unwrap())
+            } else {
+                first_free(&p, &plain, None)
+            };
+            let Some(ip) = ip else { break };
+            t.insert(ip);
+            plain.insert(ip);
+        }
+        assert_eq!(t.first_free(&p, None), None);
+        t.remove(&"10.0.0.3".parse().unwrap());
+        plain.remove(&"10.0.0.3".parse().unwrap());
+        assert_eq!(t.first_free(&p, None), first_free(&p, &plain, None));
+        assert_eq!(t.first_free(&p, None), Some("10.0.0.3".parse().unwrap()));
     }
 
     #[test]

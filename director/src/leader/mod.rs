@@ -104,7 +104,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
     // Services a source no longer has go first, so that the addresses
     // they give back may be taken in the same round.
     let named: BTreeSet<&str> = wanted.iter().map(|w| w.borrow().name.as_str()).collect();
-    let mut taken: BTreeSet<IpAddr> = state.allocations.keys().copied().collect();
+    let mut taken = address::Taken::new(state.allocations.keys().copied().collect());
     let mut removed = BTreeSet::new();
     for (name, s) in &state.services {
         let gone = !named.contains(name.as_str());
@@ -157,7 +157,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
                     Err(address::Pending::Unfit(*vip))
                 }
             }
-            _ => address::choose(&w.name, &w.vip, &config.pools, state, &taken),
+            _ => address::choose(&w.name, &w.vip, &config.pools, state, &mut taken),
         };
         let me = display(&w.name, w.origin.as_ref());
         let chosen = chosen.and_then(|vip| {
@@ -745,6 +745,84 @@ mod tests {
             }),
             share: None,
         }
+    }
+
+    /// What one pass of each whole-state consumer costs at 10,000
+    /// Kubernetes services of three backends each (run by hand:
+    /// `cargo test -p director --release --lib per_pass_costs -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn per_pass_costs_at_10000_services() {
+        use std::time::Instant;
+        let mut c = config();
+        c.pools = vec![crate::config::Pool::new(
+            "lab",
+            vec![(
+                "10.20.0.0".parse().unwrap(),
+                "10.20.255.255".parse().unwrap(),
+            )],
+        )];
+        let check = crate::config::health::HealthSettings::default()
+            .resolve(crate::config::health::HealthKind::KubeProxy, None)
+            .map(Box::new);
+        let wanted: Vec<Wanted> = (0..10_000)
+            .map(|i| {
+                let mut w = kube_wanted(&format!("uid-{i}"), auto());
+                w.health = check.clone();
+                w.ports = vec![consensus::state::ServicePort {
+                    protocol: consensus::state::Protocol::Tcp,
+                    port: 80,
+                    backends: (1..=3)
+                        .map(|n| consensus::state::Backend {
+                            address: IpAddr::from([10, 0, 0, n]),
+                            port: 30000 + (i % 2000) as u16,
+                            weight: 1,
+                        })
+                        .collect(),
+                }];
+                w
+            })
+            .collect();
+        let mut s = seeded();
+        for n in [2_500, 5_000] {
+            let t = Instant::now();
+            let out = catalogue(&c, &wanted[..n], &s, Some(true));
+            eprintln!(
+                "catalogue, {n} new: {:?} ({} commands)",
+                t.elapsed(),
+                out.cmds.len()
+            );
+        }
+        let t = Instant::now();
+        let out = catalogue(&c, &wanted, &s, Some(true));
+        eprintln!("catalogue, all new: {:?}", t.elapsed());
+        commit(&mut s, out.cmds);
+        eprintln!("services after one round: {}", s.services.len());
+        let time = |what: &str, f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            eprintln!("{what}: {:?} per pass", t.elapsed() / 10);
+        };
+        time("state clone", &mut || drop(std::hint::black_box(s.clone())));
+        time("catalogue, steady", &mut || {
+            assert!(catalogue(&c, &wanted, &s, Some(true)).cmds.is_empty())
+        });
+        time("ipvs desired", &mut || {
+            drop(desired_ipvs(&s, &Default::default(), &Default::default()))
+        });
+        let d = desired_ipvs(&s, &Default::default(), &Default::default());
+        time("ipvs plan, steady", &mut || {
+            assert!(crate::dataplane::ipvs::plan(&d, &d).is_empty())
+        });
+        time("nft snat ruleset", &mut || {
+            drop(crate::dataplane::nft::snat_ruleset(&s))
+        });
+        time("health targets", &mut || drop(crate::health::targets(&s)));
+        time("dr backends", &mut || {
+            drop(crate::dataplane::onlink::dr_backends(&s))
+        });
     }
 
     fn auto() -> VipRequest {
