@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -155,8 +156,10 @@ pub struct Owner {
 pub struct ClusterState {
     /// Members by id.
     pub directors: BTreeMap<NodeId, Director>,
-    /// Virtual services by name (`namespace/name`, or a static service's name).
-    pub services: BTreeMap<String, VirtualService>,
+    /// Virtual services by name (`namespace/name`, or a static service's
+    /// name). Shared: every applied state is published whole, and a copy
+    /// of the state then copies pointers, not ten thousand services.
+    pub services: BTreeMap<String, Arc<VirtualService>>,
     /// IP allocations: VIP -> service name.
     pub allocations: BTreeMap<IpAddr, String>,
     /// VIP owners.
@@ -269,7 +272,7 @@ pub fn apply(state: &mut ClusterState, cmd: Command) -> Response {
                 None => return Response::Rejected(format!("{} is not allocated", service.vip)),
             }
             // A service that changed its VIP gives the old one back.
-            let old = state.services.insert(name.clone(), service);
+            let old = state.services.insert(name.clone(), Arc::new(service));
             if let Some(old) = old {
                 if state.services.get(&name).map(|s| s.vip) != Some(old.vip) {
                     release(state, &name, &old);

@@ -293,7 +293,8 @@ mod tests {
     #[test]
     fn a_refused_dr_backend_is_left_out_and_nat_is_not_affected() {
         let mut s = state();
-        s.services.get_mut("static/web").unwrap().forwarding = Forwarding::Dr;
+        std::sync::Arc::make_mut(s.services.get_mut("static/web").unwrap()).forwarding =
+            Forwarding::Dr;
         let off: IpAddr = "10.10.0.22".parse().unwrap();
         let refused: Refused = [(off, "through a gateway".to_string())].into();
         let t = desired(&s, &Down::default(), &refused);
@@ -311,7 +312,8 @@ mod tests {
             ["10.10.0.21".parse::<IpAddr>().unwrap()]
         );
         // The same address under nat is a backend as before.
-        s.services.get_mut("static/web").unwrap().forwarding = Forwarding::Nat;
+        std::sync::Arc::make_mut(s.services.get_mut("static/web").unwrap()).forwarding =
+            Forwarding::Nat;
         let t = desired(&s, &Down::default(), &refused);
         assert_eq!(t, desired(&s, &Down::default(), &Refused::new()));
     }
@@ -319,7 +321,7 @@ mod tests {
     #[test]
     fn persistence_and_scheduler_flags_reach_the_service() {
         let mut s = state();
-        let web = s.services.get_mut("static/web").unwrap();
+        let web = std::sync::Arc::make_mut(s.services.get_mut("static/web").unwrap());
         web.scheduler = Scheduler::Sh;
         web.scheduler_flags = [SchedulerFlag::ShPort, SchedulerFlag::ShFallback].into();
         web.persistence = Some(Persistence {

@@ -429,7 +429,7 @@ mod tests {
         );
         s.services.insert(
             "static/web".into(),
-            VirtualService {
+            std::sync::Arc::new(VirtualService {
                 vip,
                 scheduler: Scheduler::Rr,
                 scheduler_flags: BTreeSet::new(),
@@ -448,7 +448,7 @@ mod tests {
                         weight: 1,
                     }],
                 }],
-            },
+            }),
         );
         s
     }
@@ -471,7 +471,7 @@ mod tests {
         assert!(r.starts_with("table inet director_snat {"));
         // snat: false: the nodes route back; nothing to rewrite.
         for vs in st.services.values_mut() {
-            vs.snat = false;
+            std::sync::Arc::make_mut(vs).snat = false;
         }
         assert!(!snat_ruleset(&st).contains("snat ip to"));
     }

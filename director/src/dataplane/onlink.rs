@@ -224,7 +224,8 @@ mod tests {
             consensus::apply(&mut s, c);
         }
         assert!(dr_backends(&s).is_empty(), "the lab's services are nat");
-        s.services.get_mut("static/web6").unwrap().forwarding = Forwarding::Dr;
+        std::sync::Arc::make_mut(s.services.get_mut("static/web6").unwrap()).forwarding =
+            Forwarding::Dr;
         let want: BTreeSet<IpAddr> = [
             "fd10:10::21".parse().unwrap(),
             "fd10:10::22".parse().unwrap(),
@@ -232,7 +233,7 @@ mod tests {
         .into();
         assert_eq!(dr_backends(&s), want);
         for vs in s.services.values_mut() {
-            vs.forwarding = Forwarding::Nat;
+            std::sync::Arc::make_mut(vs).forwarding = Forwarding::Nat;
         }
         assert!(dr_backends(&s).is_empty());
     }

@@ -229,7 +229,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
             origin,
             share: w.share.clone(),
         };
-        if state.services.get(&w.name) != Some(&want) {
+        if state.services.get(&w.name).map(|s| &**s) != Some(&want) {
             cmds.push(Command::PutService {
                 name: w.name.clone(),
                 service: want,

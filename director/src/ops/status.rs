@@ -556,7 +556,7 @@ pub async fn build(d: &Daemon) -> Status {
         None => BTreeMap::new(),
     };
     let by_vip: BTreeMap<std::net::IpAddr, &consensus::state::VirtualService> =
-        state.services.values().map(|v| (v.vip, v)).collect();
+        state.services.values().map(|v| (v.vip, &**v)).collect();
     let down = d
         .health
         .as_ref()
@@ -567,7 +567,7 @@ pub async fn build(d: &Daemon) -> Status {
     let mut ports = BTreeMap::new();
     for vs in state.services.values() {
         for p in &vs.ports {
-            ports.insert((vs.vip, p.protocol, p.port), (vs, p));
+            ports.insert((vs.vip, p.protocol, p.port), (&**vs, p));
         }
     }
     let refused = d
