@@ -130,10 +130,11 @@ pub fn catalogue<W: Borrow<Wanted>>(
         .iter()
         .map(|(vip, holder)| (holder.as_str(), *vip))
         .collect();
-    // Which service has each port of each VIP, for sharing.
+    // Which service has each port of each shared VIP (a VIP is held by a
+    // service or a sharing group, never both).
     let mut ports_on: BTreeMap<IpAddr, BTreeMap<(Protocol, u16), String>> = BTreeMap::new();
     for (name, s) in &state.services {
-        if removed.contains(name.as_str()) {
+        if s.share.is_none() || removed.contains(name.as_str()) {
             continue;
         }
         for p in &s.ports {
@@ -159,11 +160,11 @@ pub fn catalogue<W: Borrow<Wanted>>(
             }
             _ => address::choose(&w.name, &w.vip, &config.pools, state, &mut taken),
         };
-        let me = display(&w.name, w.origin.as_ref());
         let chosen = chosen.and_then(|vip| {
             if w.share.is_none() {
                 return Ok(vip);
             }
+            let me = display(&w.name, w.origin.as_ref());
             // Services sharing a VIP must not share a port.
             let used = ports_on.get(&vip);
             match w.ports.iter().find_map(|p| {
@@ -201,19 +202,36 @@ pub fn catalogue<W: Borrow<Wanted>>(
             taken.insert(vip);
             held.insert(holder, vip);
         }
-        for p in &w.ports {
-            ports_on
-                .entry(vip)
-                .or_default()
-                .insert((p.protocol, p.port), me.clone());
+        if w.share.is_some() {
+            let me = display(&w.name, w.origin.as_ref());
+            for p in &w.ports {
+                ports_on
+                    .entry(vip)
+                    .or_default()
+                    .insert((p.protocol, p.port), me.clone());
+            }
+        }
+        // Where the address came from: the pool that holds it.
+        let pool = match (&w.origin, &w.vip) {
+            (
+                Some(consensus::state::Origin {
+                    address: AddressFrom::Pool(_),
+                    ..
+                }),
+                VipRequest::Pools { keep, .. },
+            ) => address::containing(vip, keep, &config.pools).map(|p| p.name.as_str()),
+            _ => None,
+        };
+        if state
+            .services
+            .get(&w.name)
+            .is_some_and(|have| holds(have, w, vip, pool))
+        {
+            continue;
         }
         let origin = w.origin.clone().map(|mut o| {
-            if let (AddressFrom::Pool(name), VipRequest::Pools { keep, .. }) =
-                (&mut o.address, &w.vip)
-            {
-                if let Some(p) = address::containing(vip, keep, &config.pools) {
-                    name.clone_from(&p.name);
-                }
+            if let (AddressFrom::Pool(name), Some(p)) = (&mut o.address, pool) {
+                *name = p.to_string();
             }
             o
         });
@@ -237,6 +255,56 @@ pub fn catalogue<W: Borrow<Wanted>>(
         }
     }
     out
+}
+
+/// Whether `have` is what `w` asks for at `vip` (with the address from
+/// pool `pool`, when the origin names one), compared in place: at rest
+/// the catalogue checks every service on each round, and builds none.
+fn holds(have: &VirtualService, w: &Wanted, vip: IpAddr, pool: Option<&str>) -> bool {
+    // Every field, so that a new one cannot be forgotten here.
+    let VirtualService {
+        vip: have_vip,
+        scheduler,
+        scheduler_flags,
+        forwarding,
+        snat,
+        persistence,
+        ports,
+        health,
+        origin,
+        share,
+    } = have;
+    let same_origin = match (origin, &w.origin) {
+        (None, None) => true,
+        (
+            Some(consensus::state::Origin {
+                namespace,
+                name,
+                uid,
+                address,
+            }),
+            Some(o),
+        ) => {
+            *namespace == o.namespace
+                && *name == o.name
+                && *uid == o.uid
+                && match (address, &o.address, pool) {
+                    (AddressFrom::Pool(h), AddressFrom::Pool(_), Some(p)) => h == p,
+                    (h, o, _) => h == o,
+                }
+        }
+        _ => false,
+    };
+    same_origin
+        && *have_vip == vip
+        && *scheduler == w.scheduler
+        && *scheduler_flags == w.scheduler_flags
+        && *forwarding == w.forwarding
+        && *snat == w.snat
+        && *persistence == w.persistence
+        && *ports == w.ports
+        && *health == w.health
+        && *share == w.share
 }
 
 /// How long the leader waits after a Kubernetes change for the rest of
