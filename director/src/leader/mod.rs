@@ -891,6 +891,33 @@ mod tests {
         time("dr backends", &mut || {
             drop(crate::dataplane::onlink::dr_backends(&s))
         });
+        // A reload of a file of 10,000 static services, four backends each.
+        let mut text = include_str!("../../../tests/lab/d1.yaml").replace(
+            "pools:\n",
+            "pools:\n  - name: scale\n    addresses: [\"10.20.0.0/16\"]\n",
+        );
+        for i in 0..10_000u32 {
+            text.push_str(&format!(
+                "  - name: s{i}\n    vip: 10.20.{}.{}\n    ports:\n      - {{port: 80, protocol: tcp}}\n    \
+                 backends: [\"10.10.0.21:30080\", \"10.10.0.22:30080\", \"10.10.0.21:30081\", \"10.10.0.22:30081\"]\n",
+                (i + 1) / 256,
+                (i + 1) % 256
+            ));
+        }
+        let mut parsed = None;
+        time("parse a file of 10,000 services", &mut || {
+            parsed = Some(crate::config::parse(&text).unwrap())
+        });
+        let c = parsed.unwrap();
+        let statics = sources::statics::wanted(&c);
+        let mut s = ClusterState::default();
+        let cmds = catalogue(&c, &statics, &s, None).cmds;
+        commit(&mut s, cmds);
+        assert_eq!(s.services.len(), 10_002);
+        time("static wanted", &mut || drop(sources::statics::wanted(&c)));
+        time("catalogue of the file, steady", &mut || {
+            assert!(catalogue(&c, &statics, &s, None).cmds.is_empty())
+        });
     }
 
     fn auto() -> VipRequest {
