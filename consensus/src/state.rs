@@ -168,6 +168,21 @@ pub struct ClusterState {
     pub draining: BTreeMap<NodeId, bool>,
 }
 
+impl ClusterState {
+    /// Whether `other` holds the very same services (the same names, each
+    /// the same shared value): true between two states that only differ in
+    /// owners, directors, draining or allocations. Pointer comparisons, so
+    /// a consumer of the services can tell a change it may skip at once.
+    pub fn same_services(&self, other: &ClusterState) -> bool {
+        self.services.len() == other.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&other.services)
+                .all(|((a, x), (b, y))| Arc::ptr_eq(x, y) && a == b)
+    }
+}
+
 /// A change to the cluster state, as committed to the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -604,5 +619,35 @@ mod tests {
         assert!(s.owners.contains_key(&vip));
         apply(&mut s, Command::RemoveService { name: "b".into() });
         assert!(s.allocations.is_empty() && s.owners.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn same_services_means_the_same_shared_values() {
+        let a = cluster();
+        let vip = ip("10.10.0.200");
+        let mut b = a.clone();
+        assert!(a.same_services(&b));
+        // An owner is no service change.
+        let own = Command::SetOwner {
+            vip,
+            director: 1,
+            expected_epoch: 0,
+        };
+        assert_eq!(apply(&mut b, own), Response::Epoch(1));
+        assert!(a.same_services(&b));
+        // The same service put again is a new value: a change to look at.
+        let put = Command::PutService {
+            name: "default/web".into(),
+            service: web("10.10.0.200"),
+        };
+        assert_eq!(apply(&mut b, put), Response::Ok);
+        assert!(!a.same_services(&b));
+        assert_eq!(a.services, b.services);
+        let mut c = a.clone();
+        let remove = Command::RemoveService {
+            name: "default/web".into(),
+        };
+        assert_eq!(apply(&mut c, remove), Response::Ok);
+        assert!(!a.same_services(&c));
     }
 }

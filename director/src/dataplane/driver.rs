@@ -90,6 +90,14 @@ pub trait Reconciler: Send + 'static {
     /// them and planning again gives nothing.
     fn plan(&self, desired: &Self::State, observed: &Self::State) -> Vec<Self::Op>;
 
+    /// Whether the inputs of [`Reconciler::desired`] are the very ones of
+    /// its last call (default: never assumed). When they are, the last
+    /// pass succeeded and no resync is due, the driver skips the pass: its
+    /// plan could only be empty.
+    fn unchanged(&mut self) -> bool {
+        false
+    }
+
     /// Reads the managed objects from the kernel.
     fn observe(&mut self) -> impl Future<Output = Result<Self::State, OpError>> + Send;
 
@@ -261,11 +269,32 @@ async fn drive<R: Reconciler>(
     let mut reported: Option<String> = None;
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
+    // Whether the last desired state depends on nothing but its inputs
+    // (no time at which it changes by itself).
+    let mut steady = false;
     loop {
         let started = Instant::now();
         passes.send_modify(|p| p.started += 1);
-        let desired = r.desired();
         let due = known.is_none() || last_observed.elapsed() >= resync;
+        if !due && !failing && steady && r.unchanged() {
+            // Nothing to do: a pass that finds the kernel as wanted.
+            stats.passes.fetch_add(1, Ordering::Relaxed);
+            passes.send_modify(|p| {
+                p.count += 1;
+                p.ok = true;
+            });
+            let wait = resync.saturating_sub(last_observed.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.state.changed() => {}
+                _ = wake.config.changed() => {}
+                _ = kick.notified() => {}
+                _ = wake.stop.changed() => break,
+            }
+            continue;
+        }
+        let desired = r.desired();
+        steady = desired.changes_in.is_none();
         let outcome = pass(&mut r, &desired.state, &mut known, due, &stats).await;
         if due && outcome.is_ok() {
             last_observed = tokio::time::Instant::now();
@@ -395,6 +424,9 @@ mod tests {
         kernel: Arc<Mutex<BTreeSet<u32>>>,
         observed: Arc<AtomicU64>,
         fail_once: Arc<Mutex<bool>>,
+        /// What `unchanged` answers, and how often `desired` ran.
+        same: Arc<std::sync::atomic::AtomicBool>,
+        computed: Arc<AtomicU64>,
     }
 
     #[derive(Debug, PartialEq)]
@@ -410,7 +442,11 @@ mod tests {
             "numbers"
         }
         fn desired(&mut self) -> Desired<BTreeSet<u32>> {
+            self.computed.fetch_add(1, Ordering::SeqCst);
             Desired::steady(self.want.lock().unwrap().clone())
+        }
+        fn unchanged(&mut self) -> bool {
+            self.same.load(Ordering::SeqCst)
         }
         fn plan(&self, d: &BTreeSet<u32>, o: &BTreeSet<u32>) -> Vec<Op> {
             let mut ops: Vec<Op> = o.difference(d).map(|n| Op::Del(*n)).collect();
@@ -455,6 +491,8 @@ mod tests {
                 kernel: kernel.clone(),
                 observed: observed.clone(),
                 fail_once: fail_once.clone(),
+                same: Default::default(),
+                computed: Default::default(),
             },
             Wakeups {
                 state: state_rx,
@@ -489,6 +527,56 @@ mod tests {
         assert!(observed.load(Ordering::SeqCst) > before);
         assert!(kernel.lock().unwrap().contains(&8));
         assert_eq!(handle.stats.error(), None);
+        stop_tx.send_replace(true);
+        task.await.unwrap();
+    }
+
+    /// Unchanged inputs skip the pass (nothing computed, the pass counts
+    /// as done); a due resync still observes and repairs; changed inputs
+    /// are applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_with_unchanged_inputs_is_skipped_but_not_a_resync() {
+        let want = Arc::new(Mutex::new(BTreeSet::from([1])));
+        let kernel = Arc::new(Mutex::new(BTreeSet::new()));
+        let same = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let computed = Arc::new(AtomicU64::new(0));
+        let (_state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
+        let (_config_tx, config_rx) = watch::channel(0);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (handle, task) = spawn(
+            Numbers {
+                want: want.clone(),
+                kernel: kernel.clone(),
+                observed: Default::default(),
+                fail_once: Default::default(),
+                same: same.clone(),
+                computed: computed.clone(),
+            },
+            Wakeups {
+                state: state_rx,
+                config: config_rx,
+                stop: stop_rx,
+            },
+            Duration::from_secs(30),
+        );
+        assert!(handle.applied(Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1]));
+        same.store(true, Ordering::SeqCst);
+        let before = computed.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(handle.applied(Duration::from_secs(1)).await);
+        }
+        assert_eq!(computed.load(Ordering::SeqCst), before);
+        // Behind its back, inputs unchanged: the resync still repairs.
+        kernel.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(handle.applied(Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1]));
+        // Changed inputs: computed and applied.
+        same.store(false, Ordering::SeqCst);
+        want.lock().unwrap().insert(2);
+        assert!(handle.applied(Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2]));
         stop_tx.send_replace(true);
         task.await.unwrap();
     }

@@ -166,6 +166,8 @@ pub struct Ipvs {
     handle: IpvsHandle,
     down: watch::Receiver<Arc<Down>>,
     refused: watch::Receiver<Arc<Refused>>,
+    /// The inputs of the last desired table.
+    inputs: Option<(Arc<ClusterState>, Arc<Down>, Arc<Refused>)>,
 }
 
 impl Ipvs {
@@ -185,6 +187,7 @@ impl Ipvs {
             handle,
             down,
             refused,
+            inputs: None,
         }
     }
 }
@@ -213,7 +216,20 @@ impl Reconciler for Ipvs {
     fn desired(&mut self) -> Desired<Vec<Entry>> {
         let down = self.down.borrow().clone();
         let refused = self.refused.borrow().clone();
-        Desired::steady(desired(&self.node.state(), &down, &refused))
+        let state = self.node.state();
+        let table = desired(&state, &down, &refused);
+        self.inputs = Some((state, down, refused));
+        Desired::steady(table)
+    }
+
+    /// The table depends on the services, the health verdicts and the
+    /// refused backends only: an owner move or a lease does not touch it.
+    fn unchanged(&mut self) -> bool {
+        self.inputs.as_ref().is_some_and(|(state, down, refused)| {
+            Arc::ptr_eq(down, &self.down.borrow())
+                && Arc::ptr_eq(refused, &self.refused.borrow())
+                && state.same_services(&self.node.state())
+        })
     }
 
     fn plan(&self, desired: &Vec<Entry>, observed: &Vec<Entry>) -> Vec<Change> {

@@ -125,8 +125,13 @@ pub fn gate_ruleset(vips: &BTreeSet<IpAddr>) -> String {
 /// What the tables should be: the SNAT table for `state`, and the gate
 /// only while `gate` names VIPs.
 pub fn desired(state: &ClusterState, gate: &BTreeSet<IpAddr>) -> Tables {
+    tables(snat_ruleset(state), gate)
+}
+
+/// The tables with the SNAT table's script `snat`.
+fn tables(snat: String, gate: &BTreeSet<IpAddr>) -> Tables {
     let mut t = Tables::new();
-    t.insert(SNAT, Table::Written(snat_ruleset(state)));
+    t.insert(SNAT, Table::Written(snat));
     t.insert(
         DRAIN,
         if gate.is_empty() {
@@ -191,6 +196,8 @@ pub struct Nft {
     written: BTreeMap<&'static str, (String, Option<String>)>,
     /// The ruleset generation of the last listing, and what it found.
     listed: Option<(u32, Tables)>,
+    /// The last SNAT script and the state it was made from.
+    snat: Option<(Arc<ClusterState>, String)>,
 }
 
 impl Nft {
@@ -201,6 +208,7 @@ impl Nft {
             gate,
             written: BTreeMap::new(),
             listed: None,
+            snat: None,
         }
     }
 
@@ -243,7 +251,19 @@ impl Reconciler for Nft {
     }
 
     fn desired(&mut self) -> Desired<Tables> {
-        Desired::steady(desired(&self.node.state(), &self.gate.closed()))
+        let state = self.node.state();
+        let gate = self.gate.closed();
+        // The SNAT script depends on the services only: written again
+        // only when they change.
+        let snat = match &self.snat {
+            Some((from, script)) if from.same_services(&state) => script.clone(),
+            _ => {
+                let script = snat_ruleset(&state);
+                self.snat = Some((state, script.clone()));
+                script
+            }
+        };
+        Desired::steady(tables(snat, &gate))
     }
 
     fn plan(&self, desired: &Tables, observed: &Tables) -> Vec<NftOp> {

@@ -142,8 +142,23 @@ impl OnLink {
             }
         };
         let mut failed: Option<String> = None;
+        // The services of the last lookups; a new state with the same ones
+        // waits for the timer.
+        let mut from: Option<Arc<ClusterState>> = None;
+        let mut timer = true;
+        let mut due = tokio::time::Instant::now();
         loop {
-            let want = dr_backends(&state.borrow_and_update());
+            let now = state.borrow_and_update().clone();
+            if !timer && from.as_ref().is_some_and(|f| f.same_services(&now)) {
+                tokio::select! {
+                    r = state.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep_until(due) => timer = true,
+                    _ = stop.changed() => break,
+                }
+                continue;
+            }
+            let want = dr_backends(&now);
+            from = Some(now);
             let mut refused = Refused::new();
             let mut error = None;
             for addr in want {
@@ -175,9 +190,11 @@ impl OnLink {
             if *before != refused {
                 self.tx.send_replace(Arc::new(refused));
             }
+            timer = false;
+            due = tokio::time::Instant::now() + RECHECK;
             tokio::select! {
                 r = state.changed() => if r.is_err() { break },
-                _ = tokio::time::sleep(RECHECK) => {}
+                _ = tokio::time::sleep_until(due) => timer = true,
                 _ = stop.changed() => break,
             }
         }

@@ -319,8 +319,21 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut running: HashMap<(HealthCheck, SocketAddr), tokio::task::JoinHandle<()>> =
         HashMap::new();
+    // The services the running targets were taken from.
+    let mut from: Option<Arc<ClusterState>> = None;
     loop {
-        let want = targets(&state.borrow_and_update());
+        let now = state.borrow_and_update().clone();
+        // An owner move or a lease leaves the services, and so the
+        // targets, as they are.
+        if from.as_ref().is_some_and(|f| f.same_services(&now)) {
+            tokio::select! {
+                r = state.changed() => if r.is_err() { break },
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
+        let want = targets(&now);
+        from = Some(now);
         running.retain(|k, task| {
             let keep = want.contains(k);
             if !keep {
