@@ -172,13 +172,18 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
             );
             let (h, t) = driver::spawn(r, wake.clone(), resync);
             // A backend going down or coming back, or a dr backend refused
-            // or accepted, is a pass now.
+            // or accepted, is a pass now. It ends at the stop: the senders
+            // live in `daemon`, dropped only after every task has ended (a
+            // loop that waited for them held SIGTERM up until systemd's
+            // TimeoutStopSec killed the daemon).
             let kick = h.clone();
+            let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = down.changed() => if r.is_err() { break },
                         r = refused.changed() => if r.is_err() { break },
+                        _ = stop.changed() => break,
                     }
                     kick.kick();
                 }

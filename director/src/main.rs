@@ -137,9 +137,6 @@ enum IpvsCmd {
     },
 }
 
-/// The daemon's runtime threads.
-const DAEMON_THREADS: usize = 2;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -153,17 +150,7 @@ fn main() -> ExitCode {
             return exit(code);
         }
     };
-    // The daemon runs on two worker threads: a pass over the whole state
-    // (thousands of services) on one leaves the other to answer Raft and
-    // renew leases. The commands need one.
-    let mut builder = match cli.command {
-        Cmd::Run { .. } => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(DAEMON_THREADS);
-            b
-        }
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
