@@ -1,9 +1,10 @@
 #!/bin/sh
 # The client loop of the scenario scripts, run on the client host by
 # Ansible's `script` module (so it is copied there each time).
-#   client-loop.sh start DIR URL: start asking URL in the background, one
-#     request every ~100 ms with a 1 s timeout, each logged to DIR/log as
-#     "UNIX_MS ok" or "UNIX_MS fail"; returns once the first is logged.
+#   client-loop.sh start DIR URL [TIMEOUT_S]: start asking URL in the
+#     background, one request every ~100 ms, each given TIMEOUT_S seconds
+#     (default 1) and logged to DIR/log as "UNIX_MS ok|fail TOOK_MS";
+#     returns once the first is logged.
 #   client-loop.sh stop DIR: stop it and print DIR/log; removes DIR.
 set -eu
 cmd=$1
@@ -12,6 +13,7 @@ dir=$2
 case "$cmd" in
 start)
   url=$3
+  timeout=${4:-1}
   command -v curl >/dev/null || {
     echo "client-loop: curl is missing on $(hostname)" >&2
     exit 1
@@ -21,18 +23,20 @@ start)
 #!/bin/sh
 dir=$1
 url=$2
+timeout=$3
 while [ ! -e "$dir/stop" ]; do
   t=$(date +%s%3N)
-  if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-    echo "$t ok" >>"$dir/log"
+  if curl -fsS -o /dev/null --max-time "$timeout" "$url" 2>/dev/null; then
+    r=ok
   else
-    echo "$t fail" >>"$dir/log"
+    r=fail
   fi
+  echo "$t $r $(($(date +%s%3N) - t))" >>"$dir/log"
   sleep 0.1
 done
 rm -f "$dir/pid"
 EOF
-  setsid sh "$dir/loop.sh" "$dir" "$url" </dev/null >/dev/null 2>&1 &
+  setsid sh "$dir/loop.sh" "$dir" "$url" "$timeout" </dev/null >/dev/null 2>&1 &
   echo $! >"$dir/pid"
   i=0
   while [ ! -s "$dir/log" ]; do
@@ -57,7 +61,7 @@ stop)
   rm -rf "$dir"
   ;;
 *)
-  echo "usage: client-loop.sh start DIR URL | stop DIR" >&2
+  echo "usage: client-loop.sh start DIR URL [TIMEOUT_S] | stop DIR" >&2
   exit 2
   ;;
 esac

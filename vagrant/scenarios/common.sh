@@ -70,12 +70,13 @@ print("\n".join(hosts(sys.argv[1], set())))
 ' "$1"
 }
 
-# host_var HOST VAR: a variable as the host sees it (host and group vars).
+# host_var HOST VAR: a variable as the host sees it (host and group vars);
+# a string as it is, anything else as JSON.
 host_var() {
   ansible-inventory -i "$inventory" --host "$1" 2>/dev/null | python3 -c '
 import json, sys
 v = json.load(sys.stdin).get(sys.argv[1])
-print("" if v is None else v)
+print("" if v is None else v if isinstance(v, str) else json.dumps(v))
 ' "$2"
 }
 
@@ -147,19 +148,20 @@ for line in sys.stdin:
 }
 
 # The client loop: on the first host of `clients`, curl the URL every
-# ~100 ms with a 1 s timeout, one line per request: UNIX_MS ok|fail.
+# ~100 ms, each request given TIMEOUT_S seconds (default 1), one line per
+# request: UNIX_MS ok|fail TOOK_MS.
 client_host=""
 client_dir=""
 
 client_start() {
-  local url=$1
+  local url=$1 timeout=${2:-1}
   client_host=$(group_hosts clients | head -n 1)
   [[ -n $client_host ]] || die "the inventory has no host in the group clients"
   client_dir="/tmp/director-scenario-$$-$(date +%s)"
   local out
-  out=$(adhoc "$client_host" ansible.builtin.script "$scenario_dir/client-loop.sh start $client_dir $url")
+  out=$(adhoc "$client_host" ansible.builtin.script "$scenario_dir/client-loop.sh start $client_dir $url $timeout")
   [[ $(cut -f2 <<<"$out") == ok ]] || die "could not start the client loop on $client_host: $out"
-  log "client loop on $client_host asks $url every 100 ms (log $client_dir/log)"
+  log "client loop on $client_host asks $url every 100 ms, ${timeout} s timeout (log $client_dir/log)"
 }
 
 # client_stop: stops the loop and prints its log (UNIX_MS ok|fail lines).
@@ -176,25 +178,28 @@ for line in sys.stdin:
 ' <<<"$out"
 }
 
-# client_summary < LOG [FROM_MS]: "requests N failed N longest_gap_ms N
-# first_fail_ms N last_fail_ms N"; the gap is the longest time between two
-# answered requests (or from FROM_MS to the first answer after it).
+# client_summary < LOG: "requests N failed N longest_gap_ms N slow N
+# slowest_ms N last_ok_ms N"; the gap is the longest time between the starts
+# of two answered requests, slow counts answers that took over 1 s (a SYN
+# the client's TCP had to send again), slowest is the longest answered one.
 client_summary() {
   python3 -c '
 import sys
 rows = []
 for line in sys.stdin:
     parts = line.split()
-    if len(parts) == 2 and parts[1] in ("ok", "fail"):
-        rows.append((int(parts[0]), parts[1]))
-oks = [t for t, r in rows if r == "ok"]
-fails = [t for t, r in rows if r == "fail"]
+    if len(parts) >= 2 and parts[1] in ("ok", "fail"):
+        took = int(parts[2]) if len(parts) > 2 else 0
+        rows.append((int(parts[0]), parts[1], took))
+oks = [(t, d) for t, r, d in rows if r == "ok"]
+fails = [t for t, r, _ in rows if r == "fail"]
 gap = 0
-for a, b in zip(oks, oks[1:]):
+for (a, _), (b, _) in zip(oks, oks[1:]):
     gap = max(gap, b - a)
 print("requests", len(rows), "failed", len(fails), "longest_gap_ms", gap,
-      "first_fail_ms", fails[0] if fails else 0, "last_fail_ms", fails[-1] if fails else 0,
-      "last_ok_ms", oks[-1] if oks else 0)
+      "slow", sum(1 for _, d in oks if d > 1000),
+      "slowest_ms", max((d for _, d in oks), default=0),
+      "last_ok_ms", oks[-1][0] if oks else 0)
 '
 }
 

@@ -84,6 +84,7 @@ echo "new owner:   ${new:-none}"
 echo "requests:    $requests"
 echo "failed:      $failed"
 echo "longest gap: $gap ms"
+echo "over 1 s:    $(summary_field "$summary" slow) answered requests"
 
 if [[ -z $new ]]; then
   echo "FAIL: no other director took $vip within ${bound_s} s" >&2

@@ -13,7 +13,8 @@
 # never hold the VIP, no two directors may hold it at once, and the client
 # must keep being served. Then it removes the table and waits (at most 60 s)
 # until the director has rejoined: it sees the same leader as the others and
-# that leader has heard from it within one lease.
+# that leader has heard from it within one lease (`director_timing.lease_ms`,
+# default 300).
 # Exit 0 when all of that held; 1 otherwise; 2 for a setup error.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -70,6 +71,12 @@ done
 peer_set=$(IFS=,; echo "${peers[*]}")
 family=ip
 [[ $peer_set == *:* ]] && family=ip6
+# One lease: how recently the leader must have heard from a member.
+lease_ms=$(host_var "$cut" director_timing | python3 -c '
+import json, sys
+text = sys.stdin.read().strip()
+print((json.loads(text) if text else {}).get("lease_ms", 300))
+')
 log "$vip is held by $owner; cutting $cut off from ${peer_set}"
 
 table=director_scenario_partition
@@ -125,13 +132,13 @@ lead = [s for s in st.values() if s["director"]["id"] == leader]
 if not lead:
     sys.exit(1)
 me = st[cut]["director"]["id"]
-lease = 3000
+lease = int(sys.argv[2])
 for m in lead[0]["cluster"]["members"]:
     if m["id"] == me:
         c = m.get("last_contact_ms")
-        sys.exit(0 if m["id"] == leader or (c is not None and c <= 2 * lease) else 1)
+        sys.exit(0 if m["id"] == leader or (c is not None and c <= lease) else 1)
 sys.exit(1)
-' "$cut"; then
+' "$cut" "$lease_ms"; then
     rejoined=1
     break
   fi
