@@ -68,8 +68,8 @@ pub struct DeployOptions {
     pub cargo_lock: Option<PathBuf>,
     /// Hold this file's lock while the VMs run.
     pub vm_lock: Option<PathBuf>,
-    /// Leave the VMs and namespaces up at the end (for a look around;
-    /// `ip netns pids dplan` lists what to end).
+    /// Leave the VMs and namespaces up at the end (for a look around; the
+    /// next run ends them, or `ip netns pids dplan` lists what to end).
     pub keep: bool,
 }
 
@@ -143,6 +143,41 @@ fn end_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Ends what an earlier run left in the test's namespaces (one with
+/// `--keep`, or one that was interrupted): every process in them is the
+/// test's own.
+fn end_leftovers() {
+    let mut pids = Vec::new();
+    for ns in [NS, WEB_NS] {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .stderr(Stdio::null())
+            .output()
+        {
+            pids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    if !pids.is_empty() {
+        eprintln!(
+            "test-deploy: ending {} processes an earlier run left in {NS} and {WEB_NS}",
+            pids.len()
+        );
+    }
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), signal);
+        }
+        if !pids.is_empty() {
+            thread::sleep(Duration::from_secs(3));
+        }
+    }
+    delete_namespaces();
+}
+
 fn delete_namespaces() {
     for ns in [WEB_NS, NS] {
         let _ = Command::new("ip")
@@ -164,7 +199,15 @@ fn lock(path: Option<&Path>, what: &str) -> Result<Lock> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening the lock file {}", path.display()))?;
-    eprintln!("test-deploy: waiting for {} ({what})", path.display());
+    let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => return Ok(Lock(Some(held))),
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    };
+    eprintln!(
+        "test-deploy: waiting for {} ({what}: another run holds it)",
+        path.display()
+    );
     let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", path.display()))?;
@@ -904,6 +947,7 @@ fn with_vms(
         web: None,
         keep: opts.keep,
     };
+    end_leftovers();
     network(&vms)?;
     guard.web = Some(start_web(run_dir)?);
 

@@ -87,7 +87,8 @@ enum Cmd {
         /// runs take turns).
         #[arg(long)]
         vm_lock: Option<PathBuf>,
-        /// Leave the VMs and namespaces up at the end.
+        /// Leave the VMs and namespaces up at the end (the next run ends
+        /// them).
         #[arg(long)]
         keep: bool,
     },
