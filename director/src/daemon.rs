@@ -158,11 +158,22 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
             let mut down = checks.down();
             let r = ipvs::Ipvs::new(node.clone(), config.clone(), h.clone(), down.clone());
             let (h, t) = driver::spawn(r, wake.clone(), resync);
-            // A backend going down or coming back is a pass now.
+            // A backend going down or coming back is a pass now. It ends at
+            // the stop: the health checker's sender lives in `daemon`,
+            // which is dropped only after every task has ended (a loop that
+            // waited for that sender held SIGTERM up until systemd's
+            // TimeoutStopSec killed the daemon).
             let kick = h.clone();
+            let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                while down.changed().await.is_ok() {
-                    kick.kick();
+                loop {
+                    tokio::select! {
+                        changed = down.changed() => match changed {
+                            Ok(()) => kick.kick(),
+                            Err(_) => break,
+                        },
+                        _ = stop.changed() => break,
+                    }
                 }
             }));
             reconcilers.push(h);
