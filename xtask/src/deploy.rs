@@ -227,7 +227,7 @@ impl Times {
     fn report(&self) -> String {
         let mut out = String::new();
         for (what, took) in &self.0 {
-            let _ = writeln!(out, "  {what:<44} {:>7.1} s", took.as_secs_f64());
+            let _ = writeln!(out, "  {what:<48} {:>7.1} s", took.as_secs_f64());
         }
         out
     }
