@@ -14,10 +14,22 @@ use director::{config, daemon, ipvs, logging};
 
 /// Highly available IPVS load balancer for bare-metal Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "director", version, about)]
+#[command(name = "director", version = version(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The version `--version` prints: the package's, followed by
+/// `$DIRECTOR_BUILD_ID` in parentheses when that was set at build time (so
+/// two builds of one commit can be told apart, as the rollout test does).
+fn version() -> &'static str {
+    match option_env!("DIRECTOR_BUILD_ID") {
+        Some(id) if !id.is_empty() => {
+            Box::leak(format!("{} ({id})", env!("CARGO_PKG_VERSION")).into_boxed_str())
+        }
+        _ => env!("CARGO_PKG_VERSION"),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,8 +5,10 @@
 //! - `test`: every check CI runs, with one VM boot for all kernel tests.
 //! - `bench raft|ipvs|failover|scale|kube`: benchmarks (they measure and report).
 //! - `demo`: the lab with IPVS carrying traffic, end to end.
+//! - `test-deploy`: the Ansible role against three Debian 12 VMs.
 
 mod build;
+mod deploy;
 mod install;
 mod test;
 mod vm;
@@ -64,6 +66,31 @@ enum Cmd {
         /// Run the demo here, in this kernel (used inside the VM).
         #[arg(long, hide = true)]
         inside: bool,
+    },
+    /// The Ansible role against three Debian 12 VMs on one virtual LAN:
+    /// site.yml twice (the second changes nothing), the group healthy, the
+    /// VIP answering a client, the owner's VM powered off (failover.sh), a
+    /// rolling upgrade under a client loop (upgrade.sh). Needs root; builds
+    /// the VM image into the cache folder on first use.
+    TestDeploy {
+        /// Guest memory per VM (qemu -m syntax).
+        #[arg(long, default_value = "768M")]
+        memory: String,
+        /// vCPUs per VM.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Hold this file's lock (flock) while cargo builds (for machines
+        /// where builds take turns).
+        #[arg(long)]
+        cargo_lock: Option<PathBuf>,
+        /// Hold this file's lock while the VMs run (for machines where VM
+        /// runs take turns).
+        #[arg(long)]
+        vm_lock: Option<PathBuf>,
+        /// Leave the VMs and namespaces up at the end (the next run ends
+        /// them).
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -404,6 +431,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     timeout_s,
                 },
         } => bench_kube(&root, &vm, &services, timeout_s),
+        Cmd::TestDeploy {
+            memory,
+            cpus,
+            cargo_lock,
+            vm_lock,
+            keep,
+        } => deploy::run(
+            &root,
+            &deploy::DeployOptions {
+                memory,
+                cpus,
+                cargo_lock,
+                vm_lock,
+                keep,
+            },
+        ),
         Cmd::Demo { vm, inside } => {
             if inside {
                 demo_inside(&root)
