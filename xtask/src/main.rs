@@ -45,13 +45,18 @@ enum Cmd {
         command: LabCmd,
     },
     /// fmt, clippy, the Vagrant lab's `vagrant validate`, unit tests,
-    /// host-namespace tests, then one VM boot that runs every kernel test.
+    /// host-namespace tests, one VM boot that runs every kernel test, then
+    /// the rollout test (`test-deploy`).
     Test {
         #[command(flatten)]
         vm: VmArgs,
         /// Stop after the host stages (no VM).
         #[arg(long)]
         no_vm: bool,
+        /// Leave out the last stage, the Ansible role against three Debian
+        /// VMs (`test-deploy`, about 17 minutes).
+        #[arg(long)]
+        no_deploy: bool,
     },
     /// Benchmarks (they measure and report; they assert nothing about speed).
     Bench {
@@ -344,7 +349,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Cmd::Vm { vm, command } => Ok(vm::run(&root, &vm.options(), &command)?.code),
         Cmd::Lab { command } => lab_command(&root, command),
-        Cmd::Test { vm, no_vm } => test::run(&root, &vm.options(), no_vm),
+        Cmd::Test {
+            vm,
+            no_vm,
+            no_deploy,
+        } => test::run(&root, &vm.options(), no_vm, no_deploy),
         Cmd::Bench {
             bench: BenchCmd::Raft { commits, failovers },
         } => {

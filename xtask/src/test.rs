@@ -9,6 +9,8 @@
 //! 5. host-namespace tests (root, the host kernel)
 //! 6. kernel tests: built on the host, then run in ONE VM boot (or directly
 //!    when the host kernel has IPVS)
+//! 7. the rollout test (`cargo xtask test-deploy`): the Ansible role against
+//!    three Debian 12 VMs; `--no-deploy` leaves it out
 
 use std::io::ErrorKind;
 use std::path::Path;
@@ -84,7 +86,7 @@ fn vagrant_validate(root: &Path) -> Result<()> {
 }
 
 /// Runs every stage; the exit code.
-pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
+pub fn run(root: &Path, opts: &VmOptions, no_vm: bool, no_deploy: bool) -> Result<i32> {
     let mut stages = Stages { done: Vec::new() };
     stages.run("fmt", || cargo(root, &["fmt", "--all", "--", "--check"]))?;
     stages.run("clippy", || {
@@ -158,6 +160,21 @@ pub fn run(root: &Path, opts: &VmOptions, no_vm: bool) -> Result<i32> {
         }
         Ok(())
     })?;
+    if !no_deploy {
+        stages.run("rollout test (three Debian VMs)", || {
+            let options = crate::deploy::DeployOptions {
+                memory: "768M".into(),
+                cpus: 1,
+                cargo_lock: None,
+                vm_lock: None,
+                keep: false,
+            };
+            match crate::deploy::run(root, &options)? {
+                0 => Ok(()),
+                code => bail!("the rollout test failed (exit code {code})"),
+            }
+        })?;
+    }
     stages.report();
     Ok(0)
 }
