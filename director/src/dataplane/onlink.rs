@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use consensus::state::{ClusterState, Forwarding};
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use tokio::sync::watch;
 
 /// How often the routes are looked up again when nothing else changes (a
@@ -58,28 +58,27 @@ pub fn judge(addr: IpAddr, route: &RouteMessage) -> Option<String> {
         }
     }
     let via = route.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(g) => Some(format!("{g:?}")),
+        RouteAttribute::Gateway(g) => Some(address_text(g)),
         RouteAttribute::Via(v) => Some(format!("{v:?}")),
         RouteAttribute::MultiPath(_) => Some("a multipath route".to_string()),
         _ => None,
     });
     via.map(|gw| {
         format!(
-            "dr: {addr} is reached through the gateway {}; direct routing needs the backend \
+            "dr: {addr} is reached through the gateway {gw}; direct routing needs the backend \
              on a network this director is attached to (put the nodes on the directors' LAN, \
-             or use forwarding nat)",
-            gateway_text(&gw)
+             or use forwarding nat)"
         )
     })
 }
 
-/// `Inet(10.0.0.1)` as `10.0.0.1`.
-fn gateway_text(debug: &str) -> String {
-    debug
-        .split_once('(')
-        .and_then(|(_, rest)| rest.strip_suffix(')'))
-        .unwrap_or(debug)
-        .to_string()
+/// A gateway as people write it (`10.0.0.1`, `fe80::1`).
+fn address_text(a: &RouteAddress) -> String {
+    match a {
+        RouteAddress::Inet(v4) => v4.to_string(),
+        RouteAddress::Inet6(v6) => v6.to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Looks up the route to `addr` in the kernel (`ip route get`).
@@ -149,49 +148,13 @@ impl OnLink {
         let mut due = tokio::time::Instant::now();
         loop {
             let now = state.borrow_and_update().clone();
-            if !timer && from.as_ref().is_some_and(|f| f.same_services(&now)) {
-                tokio::select! {
-                    r = state.changed() => if r.is_err() { break },
-                    _ = tokio::time::sleep_until(due) => timer = true,
-                    _ = stop.changed() => break,
-                }
-                continue;
-            }
-            let want = dr_backends(&now);
-            from = Some(now);
-            let mut refused = Refused::new();
-            let mut error = None;
-            for addr in want {
-                match lookup(&handle, addr).await {
-                    Ok(Some(why)) => {
-                        refused.insert(addr, why);
-                    }
-                    Ok(None) => {}
-                    Err(e) => error = Some(e),
-                }
-            }
-            match (&error, &failed) {
-                (Some(e), f) if f.as_ref() != Some(e) => {
-                    tracing::warn!(error = %e, "route lookup for a dr backend failed");
-                }
-                (None, Some(_)) => tracing::info!("route lookups for dr backends work again"),
-                _ => {}
-            }
-            failed = error;
-            let before = self.tx.borrow().clone();
-            for (addr, why) in &refused {
-                if before.get(addr) != Some(why) {
-                    tracing::warn!(backend = %addr, reason = %why, "dr backend refused");
-                }
-            }
-            for addr in before.keys().filter(|a| !refused.contains_key(a)) {
-                tracing::info!(backend = %addr, "dr backend reachable directly again");
-            }
-            if *before != refused {
-                self.tx.send_replace(Arc::new(refused));
+            if timer || !from.as_ref().is_some_and(|f| f.same_services(&now)) {
+                let want = dr_backends(&now);
+                from = Some(now);
+                failed = self.check(&handle, want, failed).await;
+                due = tokio::time::Instant::now() + RECHECK;
             }
             timer = false;
-            due = tokio::time::Instant::now() + RECHECK;
             tokio::select! {
                 r = state.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep_until(due) => timer = true,
@@ -199,12 +162,52 @@ impl OnLink {
             }
         }
     }
+
+    /// Looks up every address of `want`, publishes the refused ones and
+    /// logs what changed; the lookup error now (`failed`: the last one).
+    async fn check(
+        &self,
+        handle: &rtnetlink::Handle,
+        want: BTreeSet<IpAddr>,
+        failed: Option<String>,
+    ) -> Option<String> {
+        let mut refused = Refused::new();
+        let mut error = None;
+        for addr in want {
+            match lookup(handle, addr).await {
+                Ok(Some(why)) => {
+                    refused.insert(addr, why);
+                }
+                Ok(None) => {}
+                Err(e) => error = Some(e),
+            }
+        }
+        match (&error, &failed) {
+            (Some(e), f) if f.as_ref() != Some(e) => {
+                tracing::warn!(error = %e, "route lookup for a dr backend failed");
+            }
+            (None, Some(_)) => tracing::info!("route lookups for dr backends work again"),
+            _ => {}
+        }
+        let before = self.tx.borrow().clone();
+        for (addr, why) in &refused {
+            if before.get(addr) != Some(why) {
+                tracing::warn!(backend = %addr, reason = %why, "dr backend refused");
+            }
+        }
+        for addr in before.keys().filter(|a| !refused.contains_key(a)) {
+            tracing::info!(backend = %addr, "dr backend reachable directly again");
+        }
+        if *before != refused {
+            self.tx.send_replace(Arc::new(refused));
+        }
+        error
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::route::RouteAddress;
 
     fn route(kind: RouteType, gateway: Option<Ipv4Addr>) -> RouteMessage {
         let mut r = RouteMessage::default();

@@ -325,27 +325,22 @@ pub async fn run(
         let now = state.borrow_and_update().clone();
         // An owner move or a lease leaves the services, and so the
         // targets, as they are.
-        if from.as_ref().is_some_and(|f| f.same_services(&now)) {
-            tokio::select! {
-                r = state.changed() => if r.is_err() { break },
-                _ = stop.changed() => break,
-            }
-            continue;
-        }
-        let want = targets(&now);
-        from = Some(now);
-        running.retain(|k, task| {
-            let keep = want.contains(k);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        health.track(&want);
-        for k in want {
-            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(k) {
-                let key = slot.key().clone();
-                slot.insert(tokio::spawn(probe_loop(health.clone(), key, limit.clone())));
+        if !from.as_ref().is_some_and(|f| f.same_services(&now)) {
+            let want = targets(&now);
+            from = Some(now);
+            running.retain(|k, task| {
+                let keep = want.contains(k);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            health.track(&want);
+            for k in want {
+                if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(k) {
+                    let key = slot.key().clone();
+                    slot.insert(tokio::spawn(probe_loop(health.clone(), key, limit.clone())));
+                }
             }
         }
         tokio::select! {
