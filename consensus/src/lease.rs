@@ -98,11 +98,17 @@ pub fn validate(raft: &Timing, lease: &LeaseTiming) -> Result<(), String> {
             l.renew_ms, l.lease_ms
         ));
     }
-    // Holders must ride out a leader election without their lease lapsing.
-    if l.lease_ms < t.election_max_ms + 2 * l.renew_ms {
+    // Holders must ride out a leader election without their lease lapsing
+    // (docs/fencing.md, "Losing the leader"): the last grant may be a
+    // renewal old, a successor is elected once the leader lease is over,
+    // and a holder gives its VIPs up half a margin before its lease ends.
+    if l.lease_ms < t.election_max_ms + 2 * l.renew_ms + l.margin_ms / 2 {
         return Err(format!(
-            "lease ({} ms) must be at least election_timeout_max ({} ms) + 2 x renewal ({} ms), so that losing the leader does not lapse every lease",
-            l.lease_ms, t.election_max_ms, l.renew_ms
+            "lease ({} ms) must be at least election_timeout_max ({} ms) + 2 x renewal ({} ms) + margin / 2 ({} ms), so that losing the leader does not lapse every lease",
+            l.lease_ms,
+            t.election_max_ms,
+            l.renew_ms,
+            l.margin_ms / 2
         ));
     }
     let min_margin = (l.lease_ms as f64 * MAX_CLOCK_RATE_DRIFT).ceil() as u64;
@@ -116,6 +122,29 @@ pub fn validate(raft: &Timing, lease: &LeaseTiming) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// How long a follower that stops hearing the leader waits before it asks
+/// for votes itself (docs/fencing.md, "Losing the leader"), by its `rank`
+/// among the voters left (0 for the lowest id). openraft 0.9 alone would
+/// wait the leader lease it grants (`election_timeout_max`) plus a random
+/// election timeout, up to twice `election_timeout_max`, longer than the
+/// ownership leases last; asking once the leader lease is over (when the
+/// other voters accept) keeps every lease alive through a new election. The
+/// ranks are a step apart so that two followers do not split the vote.
+pub fn prompt_election_after(t: &Timing, l: &LeaseTiming, rank: usize) -> Duration {
+    let step = election_step_ms(t, l);
+    Duration::from_millis(t.election_max_ms + step * (1 + rank as u64))
+}
+
+/// The step between two followers' prompt elections: a quarter of what a
+/// holder's lease leaves after the leader lease, its last renewal interval
+/// and the hold rule's half margin, at least 1 ms and at most a heartbeat.
+pub fn election_step_ms(t: &Timing, l: &LeaseTiming) -> u64 {
+    let slack = l
+        .lease_ms
+        .saturating_sub(l.renew_ms + l.margin_ms / 2 + t.election_max_ms);
+    (slack / 4).clamp(1, t.heartbeat_ms.max(1))
 }
 
 /// How recent the leader's last confirmed quorum round must be for it to
@@ -416,29 +445,65 @@ mod tests {
     fn defaults_and_tight_timing_satisfy_the_inequalities() {
         let (t, l) = timing();
         validate(&t, &l).unwrap();
-        // The failover benchmark's tuned setting (docs/fencing.md).
+        // The failover benchmark's tuned setting (docs/benchmarks.md).
         let tight = Timing {
             heartbeat_ms: 20,
-            election_min_ms: 60,
-            election_max_ms: 120,
+            election_min_ms: 50,
+            election_max_ms: 80,
         };
         validate(
             &tight,
             &LeaseTiming {
-                lease_ms: 180,
+                lease_ms: 140,
                 margin_ms: 20,
-                renew_ms: 30,
+                renew_ms: 20,
             },
         )
         .unwrap();
     }
 
     #[test]
+    fn a_follower_asks_for_votes_once_the_leader_lease_is_over_ranks_a_step_apart() {
+        let (t, l) = timing();
+        // 300 - 40 - 20 - 200 = 40 ms to spare: a step of 10 ms.
+        assert_eq!(election_step_ms(&t, &l), 10);
+        assert_eq!(prompt_election_after(&t, &l, 0), Duration::from_millis(210));
+        assert_eq!(prompt_election_after(&t, &l, 1), Duration::from_millis(220));
+        // Both come before the last grant's lease ends (a renewal before the
+        // leader went silent) less the hold rule's half margin.
+        let end = l.lease_ms - l.renew_ms - l.margin_ms / 2;
+        assert!(prompt_election_after(&t, &l, 1) < Duration::from_millis(end));
+        // The lab's relaxed timing: a step of at most a heartbeat.
+        let lab = Timing {
+            heartbeat_ms: 150,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        };
+        let lab_lease = LeaseTiming {
+            lease_ms: 3000,
+            margin_ms: 300,
+            renew_ms: 300,
+        };
+        assert_eq!(election_step_ms(&lab, &lab_lease), 137);
+        let tight = Timing {
+            heartbeat_ms: 20,
+            ..lab
+        };
+        assert_eq!(election_step_ms(&tight, &lab_lease), 20);
+        // No slack at all still gives a step.
+        let none = LeaseTiming {
+            lease_ms: t.election_max_ms,
+            ..l
+        };
+        assert_eq!(election_step_ms(&t, &none), 1);
+    }
+
+    #[test]
     fn timing_that_breaks_an_inequality_is_refused() {
         let (t, l) = timing();
-        // Shorter than election_timeout_max + 2 x renewal.
+        // Shorter than election_timeout_max + 2 x renewal + margin / 2.
         let short = LeaseTiming {
-            lease_ms: t.election_max_ms + 2 * l.renew_ms - 1,
+            lease_ms: t.election_max_ms + 2 * l.renew_ms + l.margin_ms / 2 - 1,
             ..l
         };
         assert!(validate(&t, &short)

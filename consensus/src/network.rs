@@ -203,6 +203,30 @@ pub struct Server {
     pub faults: Arc<Faults>,
     /// Transport security.
     pub tls: Tls,
+    /// When this node last accepted the leader's entries or heartbeat.
+    pub contact: Arc<LeaderContact>,
+}
+
+/// The last time a follower accepted an AppendEntries (entries or a
+/// heartbeat) from a leader, on tokio's clock, the clock openraft's own
+/// election timers and vote refusal count on.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    last: std::sync::Mutex<Option<(NodeId, tokio::time::Instant)>>,
+}
+
+impl LeaderContact {
+    /// Notes that `leader`'s AppendEntries was accepted just now.
+    pub fn heard(&self, leader: NodeId) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some((leader, tokio::time::Instant::now()));
+        }
+    }
+
+    /// The leader last heard, and when.
+    pub fn last(&self) -> Option<(NodeId, tokio::time::Instant)> {
+        self.last.lock().ok().and_then(|l| *l)
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -264,7 +288,15 @@ async fn connection(
         }
         let raft = &server.raft;
         let reply = match request {
-            Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+            Request::Append(rpc) => {
+                let r = raft.append_entries(rpc).await;
+                // Anything but a refusal of the sender's vote: openraft has
+                // just renewed the leader lease this follower grants it.
+                if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    server.contact.heard(from);
+                }
+                Reply::Append(r)
+            }
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
             Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
             Request::Lease => Reply::Lease(server.leases.renew(from)),

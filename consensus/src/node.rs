@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::{BootClock, BootInstant, Clock, ClockError};
 use crate::lease::{self, Grant, HeldLease, LeaseTable, LeaseTiming, Refusal, Timing};
-use crate::network::{serve, Faults, LeaseService, Network, Peer, Server};
+use crate::network::{serve, Faults, LeaderContact, LeaseService, Network, Peer, Server};
 use crate::state::{ClusterState, Command, NodeId, Response};
 use crate::store::{self, LogStore, StateMachineStore};
 use crate::tls::{Security, Tls};
@@ -284,15 +284,25 @@ impl Node {
             counters: LeaseCounters::default(),
         });
         let (stop, stopped) = watch::channel(false);
+        let contact = Arc::new(LeaderContact::default());
         let server = Server {
             id: config.id,
             raft: raft.clone(),
             leases: leases.clone(),
             faults: config.faults.clone(),
             tls: tls.clone(),
+            contact: contact.clone(),
         };
         let tasks = vec![
             tokio::spawn(serve(listener, server, stopped.clone())),
+            tokio::spawn(prompt_elections(
+                raft.clone(),
+                config.id,
+                contact,
+                config.timing,
+                config.lease,
+                stopped.clone(),
+            )),
             tokio::spawn(quorum_rounds(
                 leases.clone(),
                 config.timing,
@@ -605,9 +615,25 @@ async fn quorum_rounds(
     let freshness = Duration::from_millis(lease::quorum_freshness_ms(&timing));
     let mut tick = tokio::time::interval(Duration::from_millis(lease.renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = leases.raft.metrics();
+    let mut leading = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A new leader confirms its quorum at once: the holders'
+                // renewals wait for it (docs/fencing.md, "Losing the leader").
+                let now_leading = metrics.borrow_and_update().current_leader == Some(leases.id);
+                let became = now_leading && !leading;
+                leading = now_leading;
+                if !became {
+                    continue;
+                }
+                tick.reset_immediately();
+            }
             _ = stop.changed() => return,
         }
         // Read before the round is asked for. openraft 0.9 answers
@@ -651,12 +677,33 @@ async fn renewals(
     mut stop: watch::Receiver<bool>,
 ) {
     let every = Duration::from_millis(lease.renew_ms);
+    // After a refusal (a new leader whose first quorum round is still under
+    // way) or a new leader: ask again this soon, not a whole interval later.
+    let soon = Duration::from_millis((lease.renew_ms / 4).max(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = leases.raft.metrics();
+    let mut known = metrics.borrow().current_leader;
     let mut peer: Option<(NodeId, Peer)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let leader = metrics.borrow_and_update().current_leader;
+                if leader == known {
+                    continue;
+                }
+                known = leader;
+                if leader.is_none() {
+                    continue;
+                }
+                // A new leader: renew with it now (docs/fencing.md, "Losing
+                // the leader").
+                tick.reset_immediately();
+            }
             _ = stop.changed() => return,
         }
         let Some(sent) = leases.now() else { continue };
@@ -687,17 +734,26 @@ async fn renewals(
                     continue;
                 };
                 // A slow reply still counts from `sent`; wait up to a third of
-                // the lease for it.
-                match p
-                    .renew_lease(Duration::from_millis(lease.lease_ms / 3))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
+                // the lease for it, unless another leader is elected
+                // meanwhile: then renew with that one at once.
+                let reply = tokio::select! {
+                    r = p.renew_lease(Duration::from_millis(lease.lease_ms / 3)) => Some(r),
+                    _ = leader_changes(&mut metrics, l) => None,
+                };
+                match reply {
+                    Some(Ok(r)) => r,
+                    answer => {
                         leases
                             .counters
                             .renewals_unanswered
                             .fetch_add(1, Ordering::Relaxed);
+                        if answer.is_none() {
+                            // The request may be half sent or its reply
+                            // still coming: that connection is not reused.
+                            peer = None;
+                            known = metrics.borrow().current_leader;
+                            tick.reset_immediately();
+                        }
                         continue;
                     }
                 }
@@ -708,11 +764,102 @@ async fn renewals(
             Err(_) => &leases.counters.renewals_refused,
         };
         outcome.fetch_add(1, Ordering::Relaxed);
-        if let Ok(g) = grant {
-            let applied = leases.applied_index();
-            if let Ok(mut h) = leases.held.lock() {
-                h.granted(sent, &g, applied);
+        match grant {
+            Ok(g) => {
+                let applied = leases.applied_index();
+                if let Ok(mut h) = leases.held.lock() {
+                    h.granted(sent, &g, applied);
+                }
             }
+            Err(_) => tick.reset_after(soon),
+        }
+    }
+}
+
+/// Returns once the Raft metrics name a leader other than `from` (or
+/// none); never if they stop being published.
+async fn leader_changes(metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>, from: NodeId) {
+    loop {
+        if metrics.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if metrics.borrow_and_update().current_leader != Some(from) {
+            return;
+        }
+    }
+}
+
+/// On a follower: asks for votes once the leader has been silent for its
+/// leader lease and this node's step ([`lease::prompt_election_after`]),
+/// instead of waiting openraft's own timer (up to twice the leader lease),
+/// which would outlast the ownership leases. At most three times per
+/// silence; after that, and with fewer than three voters, openraft's timer
+/// alone decides.
+async fn prompt_elections(
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    contact: Arc<LeaderContact>,
+    timing: Timing,
+    lease: LeaseTiming,
+    mut stop: watch::Receiver<bool>,
+) {
+    const TRIES: u32 = 3;
+    let step = Duration::from_millis(lease::election_step_ms(&timing, &lease));
+    let mut tick = tokio::time::interval((step / 2).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The silence asked about (when its leader was last heard), the last
+    // request, and how many.
+    let mut asked: Option<(tokio::time::Instant, tokio::time::Instant, u32)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some((silent, heard)) = contact.last() else {
+            continue;
+        };
+        let (leading, voters) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != silent)
+                .collect();
+            (m.state == ServerState::Leader, voters)
+        };
+        // Ranks among the voters left, by id; fewer than two left cannot
+        // elect anyone.
+        let Some(rank) = voters.iter().position(|v| *v == id) else {
+            continue;
+        };
+        if leading || voters.len() < 2 {
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        let due = match asked {
+            Some((h, _, _)) if h != heard => heard + lease::prompt_election_after(&timing, &lease, rank),
+            None => heard + lease::prompt_election_after(&timing, &lease, rank),
+            Some((_, _, n)) if n >= TRIES => continue,
+            Some((_, last, _)) => last + step * (2 + rank as u32),
+        };
+        if now < due {
+            continue;
+        }
+        let tries = match asked {
+            Some((h, _, n)) if h == heard => n + 1,
+            _ => 1,
+        };
+        asked = Some((heard, now, tries));
+        tracing::info!(
+            leader = silent,
+            silent_ms = now.duration_since(heard).as_millis() as u64,
+            attempt = tries,
+            "the Raft leader is silent; asking for votes"
+        );
+        if raft.trigger().elect().await.is_err() {
+            return;
         }
     }
 }

@@ -178,6 +178,11 @@ fn vip() -> IpAddr {
 /// Members, a VIP, and its first owner: a follower, assigned after the
 /// new-leader wait.
 async fn setup(c: &Cluster) -> (NodeId, NodeId) {
+    setup_owner(c, 0).await
+}
+
+/// [`setup`], with the owner the follower of this rank by id (0 or 1).
+async fn setup_owner(c: &Cluster, rank: usize) -> (NodeId, NodeId) {
     let leader = c.leader(&[1, 2, 3]).await;
     for id in 1..=3 {
         c.propose(
@@ -199,7 +204,7 @@ async fn setup(c: &Cluster) -> (NodeId, NodeId) {
         },
     )
     .await;
-    let owner = (1..=3).find(|id| *id != leader).unwrap();
+    let owner = (1..=3).filter(|id| *id != leader).nth(rank).unwrap();
     until("the new-leader wait", || c.node(leader).may_assign()).await;
     let r = c
         .propose(
@@ -441,5 +446,64 @@ async fn an_owner_resumed_from_suspend_holds_nothing() {
         c.node(owner).holds_lease()
     })
     .await;
+    assert_eq!(checker.finish().await, 1);
+}
+
+/// Losing the Raft leader must not lapse the other directors' leases
+/// (docs/fencing.md, "Losing the leader"): the followers elect a successor
+/// as soon as their leader lease has run out, and holders renew with it at
+/// once, so an owner keeps answering for its VIP throughout. Each round cuts
+/// the current leader off (a dead host looks the same to the others) while a
+/// sampler watches the owner's lease every millisecond against the hold rule
+/// (a director gives a VIP up `margin / 2` before its lease ends).
+/// The owner is the follower with the higher id, so that the other one is
+/// elected first and the owner renews with it over the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_leader_lapses_no_lease() {
+    let c = Cluster::start().await;
+    let (mut leader, owner) = setup_owner(&c, 1).await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    let lease = LeaseTiming::default();
+    let hold_for = Duration::from_millis(lease.margin_ms / 2);
+    let mut rounds = 0;
+    while rounds < 5 && leader != owner {
+        rounds += 1;
+        let before = c.node(owner).lease_counts().lapses;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (node, stop) = (c.node(owner).clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut least = Duration::MAX;
+                while !stop.load(Ordering::Relaxed) {
+                    least = least.min(node.lease_remaining().unwrap_or_default());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                least
+            })
+        };
+        let cut = Instant::now();
+        c.isolate(leader);
+        let rest: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
+        let next = c.leader(&rest).await;
+        let elected = cut.elapsed();
+        // Past the old lease's end: a renewal that did not come would show.
+        tokio::time::sleep(Duration::from_millis(lease.lease_ms * 2)).await;
+        stop.store(true, Ordering::Relaxed);
+        let least = sampler.await.unwrap();
+        let lapses = c.node(owner).lease_counts().lapses - before;
+        eprintln!(
+            "round {rounds}: leader {leader} cut off, {next} elected after {elected:?}; \
+             the owner's lease had at least {least:?} left"
+        );
+        assert!(
+            least > hold_for && lapses == 0,
+            "round {rounds}: the owner's lease fell to {least:?} (hold rule: above \
+             {hold_for:?}), {lapses} lapse(s), with {next} elected after {elected:?}"
+        );
+        c.faults.heal();
+        leader = c.leader(&[1, 2, 3]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(rounds >= 1);
     assert_eq!(checker.finish().await, 1);
 }

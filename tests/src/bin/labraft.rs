@@ -65,7 +65,7 @@ fn timing(name: &str) -> Result<(Timing, LeaseTiming)> {
                 election_max_ms: 120,
             },
             LeaseTiming {
-                lease_ms: 200,
+                lease_ms: 220,
                 margin_ms: 20,
                 renew_ms: 40,
             },
