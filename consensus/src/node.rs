@@ -778,7 +778,10 @@ async fn renewals(
 
 /// Returns once the Raft metrics name a leader other than `from` (or
 /// none); never if they stop being published.
-async fn leader_changes(metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>, from: NodeId) {
+async fn leader_changes(
+    metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    from: NodeId,
+) {
     loop {
         if metrics.changed().await.is_err() {
             std::future::pending::<()>().await;
@@ -839,7 +842,9 @@ async fn prompt_elections(
         }
         let now = tokio::time::Instant::now();
         let due = match asked {
-            Some((h, _, _)) if h != heard => heard + lease::prompt_election_after(&timing, &lease, rank),
+            Some((h, _, _)) if h != heard => {
+                heard + lease::prompt_election_after(&timing, &lease, rank)
+            }
             None => heard + lease::prompt_election_after(&timing, &lease, rank),
             Some((_, _, n)) if n >= TRIES => continue,
             Some((_, last, _)) => last + step * (2 + rank as u32),
