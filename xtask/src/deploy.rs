@@ -18,7 +18,9 @@
 //!    again and waited for until it is back in the group.
 //! 4. `vagrant/scenarios/upgrade.sh` with a second build of the binary
 //!    (another `DIRECTOR_BUILD_ID`) while the client asks the VIP every
-//!    100 ms: no failed request; every VM then runs the new build.
+//!    100 ms: no failed request; every VM then runs the new build, and no
+//!    director's journal shows a lapsed ownership lease (the upgrade
+//!    restarts the Raft leader too).
 //!
 //! The disk image is built once (`deploy/image.sh`: debootstrap, the kernel,
 //! what the role would otherwise download) into the cache folder, in a
@@ -1022,6 +1024,11 @@ fn with_vms(
     times.add("the powered-off VM booted and back in the group", t);
 
     let t = Instant::now();
+    // Each VM's clock before the upgrade, for its journal afterwards.
+    let since: Vec<String> = vms
+        .iter()
+        .map(|vm| ssh_output(image, vm, "date +%s").map(|s| s.trim().to_string()))
+        .collect::<Result<_>>()?;
     scenario(
         root,
         run_dir,
@@ -1043,6 +1050,45 @@ fn with_vms(
             );
         }
         eprintln!("test-deploy: {} runs {}", vm.name, version.trim());
+    }
+    // The upgrade restarts the Raft leader too: the directors still running
+    // elect a successor before their ownership leases end, so none lapses
+    // (docs/fencing.md, "Losing the leader").
+    let mut lapsed = Vec::new();
+    for (vm, since) in vms.iter().zip(&since) {
+        let journal = ssh_output(
+            image,
+            vm,
+            &format!("journalctl -u director --since @{since} -o short-precise --no-pager -q"),
+        )?;
+        let lines: Vec<&str> = journal.lines().filter(|l| !l.trim().is_empty()).collect();
+        // Every director was restarted by the upgrade and logged: an empty
+        // journal means this check read nothing.
+        if lines.is_empty() {
+            bail!(
+                "{}: no director log in the journal since the upgrade began",
+                vm.name
+            );
+        }
+        eprintln!(
+            "test-deploy: {}: {} journal lines since the upgrade began",
+            vm.name,
+            lines.len()
+        );
+        for line in lines {
+            if line.contains("asking for votes") || line.contains("ownership lease lapsed") {
+                eprintln!("test-deploy: {}: {}", vm.name, line.trim());
+            }
+            if line.contains("ownership lease lapsed") {
+                lapsed.push(format!("{}: {}", vm.name, line.trim()));
+            }
+        }
+    }
+    if !lapsed.is_empty() {
+        bail!(
+            "an ownership lease lapsed during the rolling upgrade:\n{}",
+            lapsed.join("\n")
+        );
     }
     wait_healthy(image, &vms, Duration::from_secs(60))?;
     Ok(())
