@@ -292,6 +292,12 @@ async fn connection(
                 let r = raft.append_entries(rpc).await;
                 // Anything but a refusal of the sender's vote: openraft has
                 // just renewed the leader lease this follower grants it.
+                // Stamped after openraft handled it, and every quorum-round
+                // acknowledgement comes through here: a prompt election
+                // (node.rs) counts its wait from no earlier than the last
+                // acknowledgement, which the safety argument needs
+                // (docs/fencing.md, "Losing the leader"). Never stamp
+                // earlier, or from anywhere else.
                 if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
                     server.contact.heard(from);
                 }

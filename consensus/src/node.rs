@@ -632,7 +632,8 @@ async fn quorum_rounds(
                 if !became {
                     continue;
                 }
-                tick.reset_immediately();
+                // This round now; the next a whole interval later.
+                tick.reset();
             }
             _ = stop.changed() => return,
         }
@@ -700,9 +701,9 @@ async fn renewals(
                 if leader.is_none() {
                     continue;
                 }
-                // A new leader: renew with it now (docs/fencing.md, "Losing
-                // the leader").
-                tick.reset_immediately();
+                // A new leader: renew with it now, and next a whole
+                // interval later (docs/fencing.md, "Losing the leader").
+                tick.reset();
             }
             _ = stop.changed() => return,
         }
@@ -795,9 +796,11 @@ async fn leader_changes(
 /// On a follower: asks for votes once the leader has been silent for its
 /// leader lease and this node's step ([`lease::prompt_election_after`]),
 /// instead of waiting openraft's own timer (up to twice the leader lease),
-/// which would outlast the ownership leases. At most three times per
-/// silence; after that, and with fewer than three voters, openraft's timer
-/// alone decides.
+/// which would outlast the ownership leases. It asks first only while its
+/// vote is still the silent leader's, so a follower that has voted for
+/// another candidate leaves that election alone; it asks again (at most
+/// three times per silence) only while its vote is still its own. After
+/// that, and with fewer than three voters, openraft's timer alone decides.
 async fn prompt_elections(
     raft: Raft<TypeConfig>,
     id: NodeId,
@@ -814,14 +817,20 @@ async fn prompt_elections(
     // request, and how many.
     let mut asked: Option<(tokio::time::Instant, tokio::time::Instant, u32)> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let scheduled = tokio::select! {
+            at = tick.tick() => at,
             _ = stop.changed() => return,
+        };
+        // A tick this late means this process was stalled: heartbeats that
+        // arrived meanwhile may not be read yet, so the silence is not
+        // known. Look again on the next tick.
+        if scheduled.elapsed() > step {
+            continue;
         }
         let Some((silent, heard)) = contact.last() else {
             continue;
         };
-        let (leading, voters) = {
+        let (leading, vote, voters) = {
             let m = raft.metrics();
             let m = m.borrow();
             let voters: Vec<NodeId> = m
@@ -830,7 +839,7 @@ async fn prompt_elections(
                 .voter_ids()
                 .filter(|v| *v != silent)
                 .collect();
-            (m.state == ServerState::Leader, voters)
+            (m.state == ServerState::Leader, m.vote, voters)
         };
         // Ranks among the voters left, by id; fewer than two left cannot
         // elect anyone.
@@ -840,22 +849,30 @@ async fn prompt_elections(
         if leading || voters.len() < 2 {
             continue;
         }
+        let first = !matches!(asked, Some((h, _, _)) if h == heard);
+        let voted_for = vote.leader_id().voted_for();
+        let ours = if first {
+            // Still the silent leader's follower.
+            voted_for == Some(silent) && vote.is_committed()
+        } else {
+            // Still a candidate of its own election.
+            voted_for == Some(id) && !vote.is_committed()
+        };
+        if !ours {
+            continue;
+        }
         let now = tokio::time::Instant::now();
-        let due = match asked {
-            Some((h, _, _)) if h != heard => {
-                heard + lease::prompt_election_after(&timing, &lease, rank)
-            }
-            None => heard + lease::prompt_election_after(&timing, &lease, rank),
-            Some((_, _, n)) if n >= TRIES => continue,
-            Some((_, last, _)) => last + step * (2 + rank as u32),
+        let (due, tries) = match asked {
+            Some((_, _, n)) if !first && n >= TRIES => continue,
+            Some((_, last, n)) if !first => (last + step * (2 + rank as u32), n + 1),
+            _ => (
+                heard + lease::prompt_election_after(&timing, &lease, rank),
+                1,
+            ),
         };
         if now < due {
             continue;
         }
-        let tries = match asked {
-            Some((h, _, n)) if h == heard => n + 1,
-            _ => 1,
-        };
         asked = Some((heard, now, tries));
         tracing::info!(
             leader = silent,
