@@ -970,6 +970,30 @@ impl Lab {
         Ok(())
     }
 
+    /// Cuts `target` off from `others` both ways at one instant: a single
+    /// nft transaction on `target` drops what it receives from them and what
+    /// it sends to them (as a dead host looks to them), where
+    /// [`LabGuard::partition`] adds one host pair after another.
+    pub fn isolate(&self, target: &str, others: &[&str]) -> Result<(), LabError> {
+        let mut script = String::from(
+            "add table inet labpart; \
+             add chain inet labpart input { type filter hook input priority -10 ; }; \
+             add chain inet labpart output { type filter hook output priority -10 ; };",
+        );
+        for o in others {
+            let h = self.host(o)?;
+            let (v4, v6) = (h.ipv4(), h.ipv6());
+            script.push_str(&format!(
+                " add rule inet labpart input ip saddr {v4} drop; \
+                 add rule inet labpart input ip6 saddr {v6} drop; \
+                 add rule inet labpart output ip daddr {v4} drop; \
+                 add rule inet labpart output ip6 daddr {v6} drop;"
+            ));
+        }
+        self.exec(target, &["nft", &script])?;
+        Ok(())
+    }
+
     /// Removes every partition.
     pub fn heal(&self) -> Result<(), LabError> {
         for h in self.state.spec.hosts() {
