@@ -830,6 +830,11 @@ async fn prompt_elections(
         let Some((silent, heard)) = contact.last() else {
             continue;
         };
+        // The leader heard within its lease (the usual case): no election
+        // of any rank is due, and nothing else needs reading.
+        if heard.elapsed() < Duration::from_millis(timing.election_max_ms) {
+            continue;
+        }
         let (leading, vote, voters) = {
             let m = raft.metrics();
             let m = m.borrow();

@@ -246,20 +246,19 @@ fn partitions_of_owner_and_leader_never_give_two_owners() {
             .filter(|n| **n != target)
             .map(String::as_str)
             .collect();
-        if matches!(cut, Cut::BothWays) {
+        match cut {
             // At one instant, as a host that dies.
-            lab.isolate(&target, &others).unwrap();
-        }
-        for other in names
-            .iter()
-            .filter(|n| **n != target && !matches!(cut, Cut::BothWays))
-        {
-            match cut {
-                Cut::BothWays => lab.partition(&target, other, false),
-                Cut::From => lab.partition(&target, other, true),
-                Cut::To => lab.partition(other, &target, true),
+            Cut::BothWays => lab.isolate(&target, &others).unwrap(),
+            Cut::From | Cut::To => {
+                for other in &others {
+                    if matches!(cut, Cut::From) {
+                        lab.partition(&target, other, true)
+                    } else {
+                        lab.partition(other, &target, true)
+                    }
+                    .unwrap();
+                }
             }
-            .unwrap();
         }
         // Longer than a lease plus margin of the lab's timing (3.3 s).
         std::thread::sleep(std::time::Duration::from_secs(8));
