@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::metrics::RaftServerMetrics;
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -504,7 +505,13 @@ impl Node {
 
     /// The current leader, if this node knows one.
     pub fn leader(&self) -> Option<NodeId> {
-        self.metrics().current_leader
+        self.raft.server_metrics().borrow().current_leader
+    }
+
+    /// Changes whenever this node's role, vote, known leader or membership
+    /// does (and on nothing else: not on heartbeats, nor on commits).
+    pub fn roles(&self) -> watch::Receiver<RaftServerMetrics<NodeId, BasicNode>> {
+        self.raft.server_metrics()
     }
 
     /// The voters of the committed membership.
@@ -811,28 +818,40 @@ async fn prompt_elections(
 ) {
     const TRIES: u32 = 3;
     let step = Duration::from_millis(lease::election_step_ms(&timing, &lease));
-    let mut tick = tokio::time::interval((step / 2).max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While the leader is heard nothing can be due before its lease ends:
+    // sleep until then. Only a silence that outlasts it is looked at every
+    // half step (to ask at this rank's moment, give or take that).
+    let fine = (step / 2).max(Duration::from_millis(1));
+    let quiet = Duration::from_millis(timing.election_max_ms.max(1));
+    let mut next = tokio::time::Instant::now() + fine;
     // The silence asked about (when its leader was last heard), the last
     // request, and how many.
     let mut asked: Option<(tokio::time::Instant, tokio::time::Instant, u32)> = None;
     loop {
-        let scheduled = tokio::select! {
-            at = tick.tick() => at,
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => return,
-        };
-        // A tick this late means this process was stalled: heartbeats that
-        // arrived meanwhile may not be read yet, so the silence is not
-        // known. Look again on the next tick.
-        if scheduled.elapsed() > step {
+        }
+        let woke = tokio::time::Instant::now();
+        let late = woke.saturating_duration_since(next) > step;
+        next = woke + fine;
+        // A wake-up this late means this process was stalled: heartbeats
+        // that arrived meanwhile may not be read yet, so the silence is not
+        // known. Look again on the next one.
+        if late {
             continue;
         }
+        // Never a leader heard (a new node, or the leader itself from its
+        // start): nothing to prompt; look again a leader lease later.
         let Some((silent, heard)) = contact.last() else {
+            next = woke + quiet;
             continue;
         };
         // The leader heard within its lease (the usual case): no election
-        // of any rank is due, and nothing else needs reading.
-        if heard.elapsed() < Duration::from_millis(timing.election_max_ms) {
+        // of any rank is due before that lease ends, and nothing else needs
+        // reading.
+        if woke.saturating_duration_since(heard) < quiet {
+            next = heard + quiet;
             continue;
         }
         let (leading, vote, voters) = {
@@ -846,12 +865,18 @@ async fn prompt_elections(
                 .collect();
             (m.state == ServerState::Leader, m.vote, voters)
         };
+        // The leader itself (heard as a follower before it was elected)
+        // has no one to prompt: look again a leader lease later.
+        if leading {
+            next = woke + quiet;
+            continue;
+        }
         // Ranks among the voters left, by id; fewer than two left cannot
         // elect anyone.
         let Some(rank) = voters.iter().position(|v| *v == id) else {
             continue;
         };
-        if leading || voters.len() < 2 {
+        if voters.len() < 2 {
             continue;
         }
         let first = !matches!(asked, Some((h, _, _)) if h == heard);
@@ -868,7 +893,10 @@ async fn prompt_elections(
         }
         let now = tokio::time::Instant::now();
         let (due, tries) = match asked {
-            Some((_, _, n)) if !first && n >= TRIES => continue,
+            Some((_, _, n)) if !first && n >= TRIES => {
+                next = woke + quiet;
+                continue;
+            }
             Some((_, last, n)) if !first => (last + step * (2 + rank as u32), n + 1),
             _ => (
                 heard + lease::prompt_election_after(&timing, &lease, rank),
@@ -876,6 +904,7 @@ async fn prompt_elections(
             ),
         };
         if now < due {
+            next = due;
             continue;
         }
         asked = Some((heard, now, tries));

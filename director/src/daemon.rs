@@ -352,14 +352,22 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
                 if ready {
                     notifier.reloading();
                 }
-                match config::reload(&config, path) {
-                    Ok(c) => tracing::info!(
+                // Reading a big file takes a while: off the runtime that
+                // answers Raft and renews the lease.
+                let reloaded = {
+                    let cell = config.clone();
+                    let file = path.to_path_buf();
+                    tokio::task::spawn_blocking(move || config::reload(&cell, &file)).await
+                };
+                match reloaded {
+                    Ok(Ok(c)) => tracing::info!(
                         file = %path.display(),
                         services = c.services.len(),
                         pools = c.pools.len(),
                         "configuration reloaded"
                     ),
-                    Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+                    Ok(Err(e)) => tracing::error!("reload refused, the running configuration stays: {e}"),
+                    Err(e) => tracing::error!("reload failed, the running configuration stays: {e}"),
                 }
                 if ready {
                     notifier.notify(&[Field::Ready]);

@@ -38,6 +38,9 @@ struct Results {
     /// director only: per run, whether the killed owner was also the Raft
     /// leader (its death then needs an election before the VIP can move).
     owner_led: Vec<bool>,
+    /// director only: per run, what the survivors logged in the first
+    /// seconds after the kill, each line with its time since the kill.
+    timelines: Vec<Vec<String>>,
 }
 
 impl Results {
@@ -66,6 +69,7 @@ impl Results {
             "two_owner_ms": self.two_owner_ms,
             "partition": self.partition_summary,
             "owner_was_raft_leader": self.owner_led,
+            "timelines": self.timelines,
         })
     }
 }
@@ -90,6 +94,56 @@ fn measure(
         return Err("the VIP did not answer before the failure".into());
     }
     outage_ms(&replies, t).ok_or_else(|| "the VIP never answered after the failure".into())
+}
+
+/// Seconds since midnight (UTC) of a director log line's timestamp
+/// (`2026-11-30T14:50:01.123456Z ...`).
+fn log_line_secs(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let time = ts.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Seconds since midnight (UTC) now.
+fn now_secs() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
+}
+
+/// What each of `hosts` logged from line `from` on, within `span` seconds of
+/// `at` (seconds since midnight): "+MS host: line".
+fn timeline(lab: &Lab, hosts: &[(Host, usize)], at: f64, span: f64) -> Vec<String> {
+    let mut out: Vec<(f64, String)> = Vec::new();
+    for (h, from) in hosts {
+        let text = std::fs::read_to_string(lab.director_log(h)).unwrap_or_default();
+        for line in text.lines().skip(*from) {
+            let Some(t) = log_line_secs(line) else {
+                continue;
+            };
+            let since = t - at;
+            if (-0.05..=span).contains(&since) {
+                let rest = line.split_once(' ').map_or(line, |(_, r)| r.trim_start());
+                out.push((
+                    since,
+                    format!("+{:.0} ms {}: {rest}", since * 1000.0, h.name()),
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out.into_iter().map(|(_, l)| l).collect()
+}
+
+fn log_lines(lab: &Lab, h: &Host) -> usize {
+    std::fs::read_to_string(lab.director_log(h))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 fn holds_vip(lab: &Lab, host: &str) -> bool {
@@ -198,9 +252,17 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
         let led = director_status(&lab, &all[0])
             .and_then(|s| s["leader_name"].as_str().map(|l| l == owner))
             .unwrap_or(false);
+        let from: Vec<(Host, usize)> = survivors
+            .iter()
+            .map(|h| (h.clone(), log_lines(&lab, h)))
+            .collect();
+        let killed_at = std::cell::Cell::new(0.0);
         let outcome = measure(
             &mut lab,
-            |lab| lab.kill_host(&owner),
+            |lab| {
+                killed_at.set(now_secs());
+                lab.kill_host(&owner)
+            },
             |lab| {
                 agreed_owner(lab, &survivors, vip()).and_then(|(o, _)| (o != owner).then_some(()))
             },
@@ -209,6 +271,11 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
             Ok(ms) => {
                 r.outages_ms.push(ms);
                 r.owner_led.push(led);
+                let lines = timeline(&lab, &from, killed_at.get(), 2.0);
+                for l in &lines {
+                    println!("{name} run {i} ({ms:.0} ms, {owner} killed): {l}");
+                }
+                r.timelines.push(lines);
             }
             Err(e) => r.failed_runs.push(format!("run {i}: {e}")),
         }

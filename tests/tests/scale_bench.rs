@@ -548,6 +548,56 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
     Ok(())
 }
 
+/// SCALE_PROFILE=DIR: a CPU profile of each director over a phase (`perf
+/// record`, read afterwards with `perf report -i DIR/perf-PHASE-dN.data`);
+/// with SCALE_STRACE=1 a system-call count (`strace -c`) instead.
+struct Profilers(Vec<std::process::Child>);
+
+impl Profilers {
+    fn start(phase: &str, pids: &[i32]) -> Profilers {
+        let Some(dir) = std::env::var_os("SCALE_PROFILE") else {
+            return Profilers(Vec::new());
+        };
+        let _ = std::fs::copy("/proc/kallsyms", Path::new(&dir).join("kallsyms"));
+        let strace = std::env::var_os("SCALE_STRACE").is_some();
+        let children = directors()
+            .iter()
+            .zip(pids)
+            .filter_map(|(h, p)| {
+                let out = Path::new(&dir).join(format!(
+                    "{}-{phase}-{}.{}",
+                    if strace { "strace" } else { "perf" },
+                    h.name(),
+                    if strace { "txt" } else { "data" }
+                ));
+                let pid = p.to_string();
+                let mut cmd = if strace {
+                    let mut c = std::process::Command::new("strace");
+                    c.args(["-c", "-f", "-p", &pid, "-o"]).arg(out);
+                    c
+                } else {
+                    let mut c = std::process::Command::new("perf");
+                    c.args(["record", "-q", "-F", "199", "-g", "-p", &pid, "-o"])
+                        .arg(out);
+                    c
+                };
+                cmd.spawn().ok()
+            })
+            .collect();
+        Profilers(children)
+    }
+
+    /// Ends every profiler (SIGINT, so that each writes its file).
+    fn stop(self) {
+        for mut c in self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Phase 2: the directors at rest.
 fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
     let span = Duration::from_secs(env_u64("SCALE_IDLE_S", 60));
@@ -564,54 +614,11 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
     );
     let pids = pids(lab)?;
     let before: Vec<Option<ProcessSample>> = pids.iter().map(|p| process_sample(*p)).collect();
-    // SCALE_PROFILE=DIR: a CPU profile of each director over the window
-    // (`perf record`, read afterwards with `perf report -i DIR/perf-dN.data`).
-    let profilers: Vec<std::process::Child> = match std::env::var_os("SCALE_PROFILE") {
-        Some(dir) => directors()
-            .iter()
-            .zip(&pids)
-            .filter_map(|(h, p)| {
-                let _ = std::fs::copy("/proc/kallsyms", Path::new(&dir).join("kallsyms"));
-                let strace = std::env::var_os("SCALE_STRACE").is_some();
-                let out = Path::new(&dir).join(format!(
-                    "{}-{}.{}",
-                    if strace { "strace" } else { "perf" },
-                    h.name(),
-                    if strace { "txt" } else { "data" }
-                ));
-                let mut cmd = if strace {
-                    let mut c = std::process::Command::new("timeout");
-                    c.args(["-s", "INT", &span.as_secs().to_string()])
-                        .args(["strace", "-c", "-f", "-p", &p.to_string(), "-o"])
-                        .arg(out);
-                    c
-                } else {
-                    let mut c = std::process::Command::new("perf");
-                    c.args([
-                        "record",
-                        "-q",
-                        "-F",
-                        "199",
-                        "-g",
-                        "-p",
-                        &p.to_string(),
-                        "-o",
-                    ])
-                    .arg(out)
-                    .args(["--", "sleep", &span.as_secs().to_string()]);
-                    c
-                };
-                cmd.spawn().ok()
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let profilers = Profilers::start("idle", &pids);
     let t = Instant::now();
     std::thread::sleep(span);
     let elapsed = t.elapsed();
-    for mut p in profilers {
-        let _ = p.wait();
-    }
+    profilers.stop();
     for ((h, p), b) in directors().iter().zip(&pids).zip(&before) {
         let (Some(b), Some(a)) = (b, process_sample(*p)) else {
             return Err(format!(
@@ -737,6 +744,15 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
     let start = Barrier::new(4);
     let mut sighup_ns = 0;
     let pids = pids(lab)?;
+    let logged: Vec<usize> = directors()
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(lab.director_log(h))
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        })
+        .collect();
+    let profilers = Profilers::start("change", &pids);
     let polls: Vec<Vec<Poll>> = std::thread::scope(|s| {
         let handles: Vec<_> = pids
             .iter()
@@ -754,6 +770,14 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
         }
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    profilers.stop();
+    // What each director logged from SIGHUP on (where the time went).
+    for (h, from) in directors().iter().zip(&logged) {
+        let text = std::fs::read_to_string(lab.director_log(h)).unwrap_or_default();
+        for line in text.lines().skip(*from).take(40) {
+            println!("[{}] change: {} log: {line}", r.services, h.name());
+        }
+    }
     let ms = |ns: u64| ((ns.saturating_sub(sighup_ns)) as f64 / 1e6).round();
     let mut missing = Vec::new();
     for (h, p) in directors().iter().zip(&polls) {

@@ -60,16 +60,19 @@ pub enum NftOp {
 /// addresses across the move). Only traffic addressed to the VIP is
 /// matched (`ct original`): the director's own traffic to the nodes (health
 /// checks) keeps its address.
+///
+/// The rule is one map lookup per family, keyed by backend address,
+/// protocol, backend port and original destination (the VIP), whatever the
+/// number of services: the chain is walked for every new connection the
+/// host makes, the director's own (Raft, health checks) included.
 pub fn snat_ruleset(state: &ClusterState) -> String {
-    let mut rules = BTreeSet::new();
+    // Map elements per family: "backend . proto . port . vip : vip".
+    let mut v4 = BTreeSet::new();
+    let mut v6 = BTreeSet::new();
     for vs in state.services.values() {
         if vs.forwarding != Forwarding::Nat || !vs.snat {
             continue;
         }
-        let family = match vs.vip {
-            IpAddr::V4(_) => "ip",
-            IpAddr::V6(_) => "ip6",
-        };
         let fallback = vs.health.as_ref().and_then(|h| h.fallback);
         for p in &vs.ports {
             let fallback = fallback.map(|f| consensus::state::Backend {
@@ -81,18 +84,45 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
                 if b.address.is_ipv4() != vs.vip.is_ipv4() {
                     continue;
                 }
-                rules.insert(format!(
-                    "    {family} daddr {} {} dport {} ct original {family} daddr {} snat {family} to {}\n",
+                let element = format!(
+                    "{} . {} . {} . {} : {}",
                     b.address, p.protocol, b.port, vs.vip, vs.vip
-                ));
+                );
+                if vs.vip.is_ipv4() {
+                    v4.insert(element);
+                } else {
+                    v6.insert(element);
+                }
             }
         }
     }
-    let mut s = format!(
-        "table inet {SNAT} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
+    let mut s = format!("table inet {SNAT} {{\n");
+    for (name, addr, elements) in [("snat4", "ipv4_addr", &v4), ("snat6", "ipv6_addr", &v6)] {
+        s.push_str(&format!(
+            "  map {name} {{\n    type {addr} . inet_proto . inet_service . {addr} : {addr}\n"
+        ));
+        if !elements.is_empty() {
+            s.push_str("    elements = {\n");
+            let last = elements.len() - 1;
+            for (i, e) in elements.iter().enumerate() {
+                s.push_str("      ");
+                s.push_str(e);
+                s.push_str(if i == last { "\n" } else { ",\n" });
+            }
+            s.push_str("    }\n");
+        }
+        s.push_str("  }\n");
+    }
+    s.push_str(
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
     );
-    for r in rules {
-        s.push_str(&r);
+    if !v4.is_empty() {
+        s.push_str(
+            "    snat ip to ip daddr . meta l4proto . th dport . ct original ip daddr map @snat4\n",
+        );
+    }
+    if !v6.is_empty() {
+        s.push_str("    snat ip6 to ip6 daddr . meta l4proto . th dport . ct original ip6 daddr map @snat6\n");
     }
     s.push_str("  }\n}\n");
     s
@@ -483,17 +513,24 @@ mod tests {
         let r = snat_ruleset(&st);
         let vip = st.services.values().next().unwrap().vip;
         assert!(
-            r.contains(&format!(
-                "ip daddr 10.10.0.21 tcp dport 30080 ct original ip daddr {vip} snat ip to {vip}"
-            )),
+            r.contains(&format!("      10.10.0.21 . tcp . 30080 . {vip} : {vip}\n")),
             "{r}"
         );
+        assert!(
+            r.contains(
+                "snat ip to ip daddr . meta l4proto . th dport . ct original ip daddr map @snat4"
+            ),
+            "{r}"
+        );
+        assert!(!r.contains("snat ip6 to"), "{r}");
         assert!(r.starts_with("table inet director_snat {"));
         // snat: false: the nodes route back; nothing to rewrite.
         for vs in st.services.values_mut() {
             std::sync::Arc::make_mut(vs).snat = false;
         }
-        assert!(!snat_ruleset(&st).contains("snat ip to"));
+        let none = snat_ruleset(&st);
+        assert!(!none.contains("snat ip to"), "{none}");
+        assert!(!none.contains("elements"), "{none}");
     }
 
     #[test]

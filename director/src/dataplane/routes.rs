@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::Node;
+use futures_util::stream::{self, StreamExt};
 
 use super::driver::{Desired, OpError, Reconciler};
 use super::ipvs::managed_addr;
@@ -25,6 +26,18 @@ pub enum RouteOp {
     /// Add the VIP's route and announce it.
     Take(IpAddr),
 }
+
+impl RouteOp {
+    /// The VIP it is about.
+    pub fn vip(&self) -> IpAddr {
+        match self {
+            RouteOp::Release(v) | RouteOp::Take(v) => *v,
+        }
+    }
+}
+
+/// Route requests in flight at once on the netlink socket.
+const IN_FLIGHT: usize = 64;
 
 /// The changes that make `present` equal `held`: releases first, then
 /// takes, so that never more is held than the state says.
@@ -157,14 +170,37 @@ impl Reconciler for VipRoutes {
                 c.commit().await;
             }
         }
-        for op in ops {
-            match op {
-                RouteOp::Release(vip) => {
-                    self.routes.del(vip).await?;
-                    tracing::info!(%vip, "VIP released");
-                }
-                RouteOp::Take(vip) => {
-                    self.routes.add(vip).await?;
+        // Many requests in flight on the one netlink socket (a lapsed lease
+        // gives up every VIP at once): releases all done before any take.
+        let (releases, takes): (Vec<RouteOp>, Vec<RouteOp>) = ops
+            .into_iter()
+            .partition(|op| matches!(op, RouteOp::Release(_)));
+        let routes = &self.routes;
+        let mut done = stream::iter(releases)
+            .map(|op| async move {
+                let vip = op.vip();
+                routes.del(vip).await.map(|()| vip)
+            })
+            .buffer_unordered(IN_FLIGHT);
+        let mut failed = None;
+        while let Some(r) = done.next().await {
+            match r {
+                Ok(vip) => tracing::info!(%vip, "VIP released"),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut done = stream::iter(takes)
+            .map(|op| async move {
+                let vip = op.vip();
+                routes.add(vip).await.map(|()| vip)
+            })
+            .buffer_unordered(IN_FLIGHT);
+        while let Some(r) = done.next().await {
+            match r {
+                Ok(vip) => {
                     tracing::info!(%vip, "VIP taken");
                     self.announcer.announce(
                         vip,
@@ -172,9 +208,10 @@ impl Reconciler for VipRoutes {
                         Duration::from_millis(announce.interval_ms),
                     );
                 }
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Stopping: give up every VIP at once (the next owner announces).

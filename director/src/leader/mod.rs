@@ -311,6 +311,10 @@ fn holds(have: &VirtualService, w: &Wanted, vip: IpAddr, pool: Option<&str>) -> 
 /// its burst.
 const KUBE_SETTLE: Duration = Duration::from_millis(20);
 
+/// How long a follower's leader loop sleeps when nothing wakes it (a
+/// safety net: commits and leadership changes wake it at once).
+const IDLE_FOLLOWER: Duration = Duration::from_secs(1);
+
 /// The leader's last view of the Kubernetes Services it serves, for the
 /// writer: every Service that is ours and the state names that got no VIP,
 /// with why.
@@ -394,6 +398,7 @@ pub async fn run(
     let suspicious = Duration::from_millis(lease.renew_ms * 2)
         ..Duration::from_millis(lease.lease_ms + lease.margin_ms + 500);
     let mut changes = node.watch();
+    let mut roles = node.roles();
     let mut configs = config.subscribe();
     let mut kube_changes = kube.as_ref().map(|k| k.subscribe());
     // How long the last catalogue pass took.
@@ -414,8 +419,12 @@ pub async fn run(
         let silent = leading && node.last_contact().values().any(|d| suspicious.contains(d));
         let wait = if silent {
             tick.min(Duration::from_millis(5))
-        } else {
+        } else if leading {
             tick
+        } else {
+            // A follower has nothing to do on a bare tick: it wakes for a
+            // commit, a new configuration or a change of leadership.
+            IDLE_FOLLOWER
         };
         let kube_changed = async {
             match kube_changes.as_mut() {
@@ -430,6 +439,7 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = changes.changed() => {}
+            _ = roles.changed() => {}
             _ = configs.changed() => {}
             _ = kube_changed => {
                 // Changes come in bursts (a relist, many Services created
