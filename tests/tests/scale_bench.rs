@@ -548,6 +548,66 @@ fn converge(lab: &mut Lab, director: &Path, layout: &Layout, r: &mut Run) -> Res
     Ok(())
 }
 
+/// The line count of each director's log now.
+fn log_lengths(lab: &Lab) -> Vec<usize> {
+    directors()
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(lab.director_log(h))
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// What each director logged since `from` (line counts), summed by kind
+/// (one line per VIP is counted, not printed), and the other lines (at most
+/// `keep` each), for a phase's report.
+fn log_summary(lab: &Lab, from: &[usize], keep: usize) -> Vec<String> {
+    const KINDS: [&str; 8] = [
+        "VIP taken",
+        "VIP released",
+        "VIP owner changed",
+        "announcing",
+        "ownership lease lapsed",
+        "ownership lease regained",
+        "leadership",
+        "asking for votes",
+    ];
+    let mut out = Vec::new();
+    for (h, from) in directors().iter().zip(from) {
+        let text = std::fs::read_to_string(lab.director_log(h)).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        let mut other = Vec::new();
+        for line in text.lines().skip(*from) {
+            match KINDS.iter().find(|k| line.contains(*k)) {
+                Some(k) => {
+                    let e = counts.entry(*k).or_insert((0usize, String::new()));
+                    e.0 += 1;
+                    if e.1.is_empty() {
+                        e.1 = line
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                    }
+                }
+                None if other.len() < keep => other.push(line.to_string()),
+                None => {}
+            }
+        }
+        let counted: Vec<String> = counts
+            .iter()
+            .map(|(k, (n, first))| format!("{k} x{n} (first {first})"))
+            .collect();
+        out.push(format!("{}: {}", h.name(), counted.join("; ")));
+        for l in other {
+            out.push(format!("{}: {l}", h.name()));
+        }
+    }
+    out
+}
+
 /// SCALE_PROFILE=DIR: a CPU profile of each director over a phase (`perf
 /// record`, read afterwards with `perf report -i DIR/perf-PHASE-dN.data`);
 /// with SCALE_STRACE=1 a system-call count (`strace -c`) instead.
@@ -614,11 +674,15 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
     );
     let pids = pids(lab)?;
     let before: Vec<Option<ProcessSample>> = pids.iter().map(|p| process_sample(*p)).collect();
+    let logged = log_lengths(lab);
     let profilers = Profilers::start("idle", &pids);
     let t = Instant::now();
     std::thread::sleep(span);
     let elapsed = t.elapsed();
     profilers.stop();
+    for l in log_summary(lab, &logged, 20) {
+        println!("[{}] idle: {l}", r.services);
+    }
     for ((h, p), b) in directors().iter().zip(&pids).zip(&before) {
         let (Some(b), Some(a)) = (b, process_sample(*p)) else {
             return Err(format!(
@@ -744,14 +808,7 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
     let start = Barrier::new(4);
     let mut sighup_ns = 0;
     let pids = pids(lab)?;
-    let logged: Vec<usize> = directors()
-        .iter()
-        .map(|h| {
-            std::fs::read_to_string(lab.director_log(h))
-                .map(|t| t.lines().count())
-                .unwrap_or(0)
-        })
-        .collect();
+    let logged = log_lengths(lab);
     let profilers = Profilers::start("change", &pids);
     let polls: Vec<Vec<Poll>> = std::thread::scope(|s| {
         let handles: Vec<_> = pids
@@ -772,11 +829,8 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
     });
     profilers.stop();
     // What each director logged from SIGHUP on (where the time went).
-    for (h, from) in directors().iter().zip(&logged) {
-        let text = std::fs::read_to_string(lab.director_log(h)).unwrap_or_default();
-        for line in text.lines().skip(*from).take(40) {
-            println!("[{}] change: {} log: {line}", r.services, h.name());
-        }
+    for l in log_summary(lab, &logged, 30) {
+        println!("[{}] change: {l}", r.services);
     }
     let ms = |ns: u64| ((ns.saturating_sub(sighup_ns)) as f64 / 1e6).round();
     let mut missing = Vec::new();

@@ -972,9 +972,16 @@ fn demo_inside(root: &Path) -> Result<i32> {
     let mut env = lab_env(root, false)?;
     let director = vm::target_dir(root).join("debug").join("director");
     env.director = Some(director.clone());
-    let spec = LabSpec::new(3, 2).with_prefix("demo-");
+    // The daemon's own default timing, as a production director runs (the
+    // lab's other commands and the VM tests use a relaxed one).
+    let spec = LabSpec::new(3, 2)
+        .with_prefix("demo-")
+        .with_timing(lab::configs::TimingProfile::Default);
     println!(
         "== bringing up the lab: directors d1 d2 d3 running `director run`, nodes n1 n2, a client"
+    );
+    println!(
+        "   timing: the daemon's defaults (heartbeat 40 ms, election 100..200 ms, ownership lease 300 ms)"
     );
     let mut lab = LabGuard::up(spec, env)?;
     let vip = lab::topology::vip_v4(0).context("the lab's VIP range is empty")?;
