@@ -297,6 +297,8 @@ pub struct StateMachineStore {
     applied: Arc<Mutex<Applied>>,
     changes: watch::Sender<Arc<ClusterState>>,
     persisted: Arc<Mutex<Persisted>>,
+    /// Held while a write is under way; the last log id written.
+    written: Arc<Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl StateMachineStore {
@@ -320,14 +322,25 @@ impl StateMachineStore {
             applied: Arc::new(Mutex::new(applied)),
             changes,
             persisted: Arc::default(),
+            written: Arc::default(),
         })
     }
 
-    /// Writes the applied state now.
+    /// Writes the applied state now. The state machine is locked only to
+    /// copy it (each service is shared, not copied): encoding megabytes and
+    /// writing them never holds up the next apply. A copy older than what
+    /// another write stored meanwhile is not written.
     pub fn flush(&self) -> Result<(), SError> {
-        let a = self.lock()?;
-        put(&self.db, MACHINE, KEY_APPLIED, &*a)
+        let copy = self.lock()?.clone();
+        let mut written = self.written.lock().map_err(|_| {
+            StorageIOError::write_state_machine(any("state machine write lock poisoned"))
+        })?;
+        if written.is_some() && copy.last_applied < *written {
+            return Ok(());
+        }
+        put(&self.db, MACHINE, KEY_APPLIED, &copy)
             .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        *written = copy.last_applied;
         if let Ok(mut p) = self.persisted.lock() {
             p.last = Some(std::time::Instant::now());
         }
@@ -354,7 +367,17 @@ impl StateMachineStore {
             }
         };
         match wait {
-            None => self.flush(),
+            // Off the runtime that applies: the write is megabytes at
+            // ten thousand services.
+            None => {
+                let store = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.flush() {
+                        tracing::warn!(error = %e, "writing the applied state failed; the log keeps it");
+                    }
+                });
+                Ok(())
+            }
             Some(due) => {
                 // Weak: a store dropped meanwhile (shutdown) has flushed
                 // already, and its database must close.
@@ -364,6 +387,7 @@ impl StateMachineStore {
                     Arc::downgrade(&self.persisted),
                 );
                 let changes = self.changes.clone();
+                let written = self.written.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(due).await;
                     let (Some(db), Some(applied), Some(persisted)) =
@@ -376,6 +400,7 @@ impl StateMachineStore {
                         applied,
                         changes,
                         persisted,
+                        written,
                     };
                     if let Ok(mut p) = store.persisted.lock() {
                         p.scheduled = false;

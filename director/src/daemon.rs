@@ -51,6 +51,9 @@ pub enum RunError {
     /// The Raft node did not start.
     #[error("starting the Raft node: {0}")]
     Consensus(#[from] consensus::ConsensusError),
+    /// The thread Raft runs on could not be started.
+    #[error("starting the Raft thread: {0}")]
+    ConsensusThread(std::io::Error),
     /// A signal handler could not be installed.
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -59,6 +62,45 @@ pub enum RunError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// A thread with a runtime of its own, for the Raft node; it ends when
+/// dropped (what still runs there is cancelled).
+struct ConsensusThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConsensusThread {
+    fn start() -> std::io::Result<ConsensusThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(ConsensusThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ConsensusThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How long before its lease ends a director stops holding: half the margin.
@@ -80,13 +122,10 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         .find(|p| p.id == config.id)
         .ok_or(RunError::NotAPeer(config.id))?
         .clone();
-    let listener =
-        TcpListener::bind(me.address)
-            .await
-            .map_err(|source| RunError::BindTransport {
-                addr: me.address,
-                source,
-            })?;
+    let addr = me.address;
+    let bind_error = move |source| RunError::BindTransport { addr, source };
+    let listener = std::net::TcpListener::bind(me.address).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
     let voters = config
         .peers
         .iter()
@@ -96,21 +135,29 @@ pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result
         Some(files) => Security::Mutual(files.clone()),
         None => Security::Insecure,
     };
-    let node = Arc::new(
-        Node::start(
-            NodeConfig {
-                id: config.id,
-                voters,
-                data_dir: config.data_dir.clone(),
-                timing: config.timing,
-                lease: config.lease,
-                faults: Default::default(),
-                security,
-            },
-            listener,
-        )
-        .await?,
-    );
+    // Raft, its transport and the lease renewals run on a thread of their
+    // own, so that a long pass of the data path (a resync of 10,000
+    // services, a status document, a reload) never delays a heartbeat, a
+    // vote or a renewal.
+    let consensus = ConsensusThread::start().map_err(RunError::ConsensusThread)?;
+    let node_config = NodeConfig {
+        id: config.id,
+        voters,
+        data_dir: config.data_dir.clone(),
+        timing: config.timing,
+        lease: config.lease,
+        faults: Default::default(),
+        security,
+    };
+    let started = consensus
+        .handle
+        .spawn(async move {
+            let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+            Ok::<_, RunError>(Node::start(node_config, listener).await?)
+        })
+        .await
+        .map_err(|e| RunError::ConsensusThread(std::io::Error::other(e)))??;
+    let node = Arc::new(started);
     tracing::info!(id = config.id, role = ?me.role, address = %me.address, "joined the Raft group");
     let data = me.role == PeerRole::Data;
     let interface = config.interface.clone();
