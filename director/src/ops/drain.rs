@@ -13,7 +13,10 @@
 //!    by the handover: the next owner has never seen it.
 //! 3. Stop holding (ARP/NDP answers, then the local routes), commit the
 //!    draining flag through the leader, and wait until every VIP has
-//!    another owner. Open the gate again.
+//!    another owner. Open the gate again five seconds later: until the new
+//!    owner has announced, clients still send here, and a SYN dropped by
+//!    the gate is sent again where a forwarded one would come back as
+//!    "host unreachable".
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -95,6 +98,10 @@ const HANDSHAKE_GRACE: Duration = Duration::from_millis(500);
 
 /// How often the connection wait looks again.
 const POLL: Duration = Duration::from_millis(20);
+
+/// How long the gate stays closed after the VIPs moved away: longer than
+/// the new owner takes to announce them.
+const GATE_LINGER: Duration = Duration::from_secs(5);
 
 /// Drains this director: it stops taking connections for its VIPs, lets
 /// the open ones finish, stops holding the VIPs, commits its draining flag,
@@ -231,7 +238,7 @@ impl Drainer {
         loop {
             let state = self.node.state();
             if state.owners.values().all(|o| o.director != me) {
-                self.open_gate();
+                self.open_gate_later();
                 let moved: Vec<Moved> = before
                     .iter()
                     .map(|v| {
@@ -330,6 +337,31 @@ impl Drainer {
     /// Whether a drain has stopped this director holding.
     pub fn releasing(&self) -> bool {
         self.rule.as_ref().is_some_and(|r| r.releasing())
+    }
+
+    /// After a handover: the clients' neighbour entries still point here
+    /// until the new owner has announced. A SYN that arrives meanwhile is
+    /// dropped by the gate (the client sends it again, to the new owner),
+    /// never forwarded onto the LAN, where no one answers for the VIP and
+    /// the client would be told the host is unreachable. The gate opens
+    /// [`GATE_LINGER`] later, unless a drain closed it again meanwhile.
+    fn open_gate_later(&self) {
+        if let Some(r) = &self.routes {
+            r.kick();
+        }
+        let gate = self.gate.clone();
+        let nft = self.nft.clone();
+        let closed = gate.closed();
+        tokio::spawn(async move {
+            tokio::time::sleep(GATE_LINGER).await;
+            if gate.closed() == closed {
+                gate.open();
+                if let Some(n) = &nft {
+                    n.kick();
+                }
+                tracing::debug!("drain gate opened after the handover");
+            }
+        });
     }
 
     /// Takes new connections again (at the nft reconciler's next pass).
