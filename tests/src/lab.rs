@@ -26,6 +26,11 @@ use crate::topology::{self, Host, Role};
 
 /// Default directory of lab state files.
 pub const DEFAULT_STATE_DIR: &str = "/run/director-lab";
+/// Environment variable naming a directory the lab's logs are copied to
+/// before it goes down.
+pub const KEEP_LOGS_ENV: &str = "DIRECTOR_LAB_KEEP_LOGS";
+/// How many lines of each director's log a failed test prints.
+const FAILURE_LOG_LINES: usize = 60;
 /// Environment variable that overrides [`DEFAULT_STATE_DIR`].
 pub const STATE_DIR_ENV: &str = "DIRECTOR_LAB_STATE_DIR";
 /// Environment variable naming the `labnet` binary.
@@ -537,6 +542,7 @@ impl Lab {
             }
         }
         self.state.processes.clear();
+        self.keep_logs(false);
         let spec = &self.state.spec;
         let mut names: Vec<String> = spec.hosts().iter().map(|h| spec.netns(h)).collect();
         names.push(spec.lan_netns());
@@ -877,6 +883,38 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Copies every log of the lab to the directory `DIRECTOR_LAB_KEEP_LOGS`
+    /// names, if set (the lab does so as it goes down), and with `failed`
+    /// prints the end of each director's log, so that a failed test says
+    /// what the directors did.
+    pub fn keep_logs(&self, failed: bool) {
+        let spec = &self.state.spec;
+        let keep = std::env::var_os(KEEP_LOGS_ENV).map(PathBuf::from);
+        if let Some(dir) = &keep {
+            let _ = fs::create_dir_all(dir);
+        }
+        for h in spec.hosts() {
+            let base = format!("{}{}", spec.prefix, h.name());
+            for suffix in ["-director.log", "-labnet.log", "-keepalived.log", "-kube-double.log"] {
+                let name = format!("{base}{suffix}");
+                let from = self.env.state_dir.join(&name);
+                if let Some(dir) = &keep {
+                    let _ = fs::copy(&from, dir.join(&name));
+                }
+                if failed && suffix == "-director.log" {
+                    if let Ok(text) = fs::read_to_string(&from) {
+                        let lines: Vec<&str> = text.lines().collect();
+                        let tail = &lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..];
+                        eprintln!("--- the last {} lines of {name} ---", tail.len());
+                        for l in tail {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The log file of the host's director.
@@ -1408,6 +1446,9 @@ impl std::ops::DerefMut for LabGuard {
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(lab) = self.lab.take() {
+            if std::thread::panicking() {
+                lab.keep_logs(true);
+            }
             if let Err(e) = lab.down() {
                 eprintln!("lab teardown: {e}");
             }

@@ -51,6 +51,10 @@ pub fn config_text(
     let _ = writeln!(s, "        DisableExternalCache Off");
     let _ = writeln!(s, "        CommitTimeout 1800");
     let _ = writeln!(s, "        PurgeTimeout 5");
+    // A director started while the others carry connections asks them for
+    // their whole table, so that it knows those connections' NAT state when
+    // their VIP moves to it.
+    let _ = writeln!(s, "        StartupResync on");
     let _ = writeln!(s, "    }}");
     let _ = writeln!(s, "    Multicast {{");
     let _ = writeln!(s, "        IPv4_address {GROUP}");
@@ -335,6 +339,7 @@ mod tests {
             &["10.10.0.11".parse().unwrap(), "10.10.0.12".parse().unwrap()],
         );
         assert!(t.contains("Mode FTFW {"), "{t}");
+        assert!(t.contains("StartupResync on"), "{t}");
         assert!(t.contains("IPv4_address 225.0.0.50"), "{t}");
         assert!(t.contains("Group 3781"), "{t}");
         assert!(t.contains("IPv4_interface 10.10.0.11"), "{t}");

@@ -401,6 +401,7 @@ async fn pass<R: Reconciler>(
     match r.apply(ops).await {
         Ok(()) => {
             stats.operations.fetch_add(n, Ordering::Relaxed);
+            tracing::debug!(reconciler = r.name(), operations = n, observed = observe, "plan applied");
             *known = Some(desired.clone());
             Ok(())
         }
