@@ -897,7 +897,12 @@ impl Lab {
         }
         for h in spec.hosts() {
             let base = format!("{}{}", spec.prefix, h.name());
-            for suffix in ["-director.log", "-labnet.log", "-keepalived.log", "-kube-double.log"] {
+            for suffix in [
+                "-director.log",
+                "-labnet.log",
+                "-keepalived.log",
+                "-kube-double.log",
+            ] {
                 let name = format!("{base}{suffix}");
                 let from = self.env.state_dir.join(&name);
                 if let Some(dir) = &keep {

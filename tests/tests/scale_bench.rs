@@ -27,7 +27,8 @@
 //! Environment: SCALE_SERVICES (comma-separated, default "1000,10000"),
 //! SCALE_IDLE_S (60), SCALE_READY_TIMEOUT_S (300), SCALE_CONVERGE_TIMEOUT_S
 //! (900), SCALE_CHANGE_TIMEOUT_S (60), SCALE_OUT (a JSON file for the results),
-//! SCALE_REVISION (the source revision, for the record).
+//! SCALE_REVISION (the source revision, for the record), SCALE_RESYNC_S (the
+//! directors' `reconcile.resync_s`, default the daemon's 30).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark")]
 
 use std::collections::BTreeMap;
@@ -203,13 +204,18 @@ fn config_for(lab: &Lab, host: &Host, layout: &Layout, edit: Option<Edit>) -> St
         .env()
         .state_dir
         .join(format!("{}{}", lab.spec().prefix, host.name()));
-    director_config_with_services(
+    let mut text = director_config_with_services(
         lab.spec(),
         host,
         &data_dir,
         &Layout::pool(),
         &layout.yaml(edit),
-    )
+    );
+    // SCALE_RESYNC_S: the reconcilers' full-read interval (default 30 s).
+    if let Ok(s) = std::env::var("SCALE_RESYNC_S") {
+        text.push_str(&format!("reconcile:\n  resync_s: {s}\n"));
+    }
+    text
 }
 
 /// Whether the daemon's config takes a per-backend weight: `director config
@@ -325,6 +331,11 @@ struct Run {
     visible_ms: BTreeMap<String, (f64, f64)>,
     ops: BTreeMap<String, u64>,
     ops_detail: BTreeMap<String, Vec<String>>,
+    /// Milliseconds from SIGHUP until each director logged that its new
+    /// configuration was read, and until the leader logged its commit (from
+    /// the log lines' clock): where the time to the kernel went.
+    reloaded_ms: BTreeMap<String, f64>,
+    committed_ms: Option<f64>,
     /// While converging, every 30 s: services in each kernel and what each
     /// director's status says of the replicated state.
     progress: Vec<Value>,
@@ -358,6 +369,8 @@ impl Run {
             "change_ops": self.ops,
             "change_ops_detail": self.ops_detail,
             "change_ops_method": self.ops_method,
+            "change_reloaded_ms": self.reloaded_ms,
+            "change_committed_ms": self.committed_ms,
             "converge_progress": self.progress,
             "problems": self.problems,
         })
@@ -558,6 +571,31 @@ fn log_lengths(lab: &Lab) -> Vec<usize> {
                 .unwrap_or(0)
         })
         .collect()
+}
+
+/// Milliseconds from `at` to the time a log line starts with (RFC 3339,
+/// UTC, as the daemon writes them), if it starts with one.
+fn logged_ms_after(line: &str, at: std::time::SystemTime) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days since 1970-01-01 (the civil-from-days inverse).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let logged = (days * 86_400 + hh * 3600 + mm * 60) as f64 + ss;
+    let at = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(((logged - at) * 1000.0).round())
 }
 
 /// What each director logged since `from` (line counts), summed by kind
@@ -807,6 +845,7 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
     let limit = Duration::from_secs(env_u64("SCALE_CHANGE_TIMEOUT_S", 60));
     let start = Barrier::new(4);
     let mut sighup_ns = 0;
+    let mut sighup_wall = std::time::SystemTime::now();
     let pids = pids(lab)?;
     let logged = log_lengths(lab);
     let profilers = Profilers::start("change", &pids);
@@ -820,6 +859,7 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
             .collect();
         start.wait();
         sighup_ns = monotonic_ns();
+        sighup_wall = std::time::SystemTime::now();
         for h in directors() {
             if let Err(e) = lab.signal_director(&h.name(), Signal::SIGHUP) {
                 eprintln!("SIGHUP to {}: {e}", h.name());
@@ -850,6 +890,25 @@ fn change(lab: &Lab, director: &Path, layout: &Layout, r: &mut Run) -> Result<()
         }
     }
     std::thread::sleep(CHANGE_GRACE);
+    // The reloads end after the kernels changed: read their lines now.
+    let since = |line: &str| logged_ms_after(line, sighup_wall);
+    for (h, from) in directors().iter().zip(&logged) {
+        let text = std::fs::read_to_string(lab.director_log(h)).unwrap_or_default();
+        for line in text.lines().skip(*from) {
+            if line.contains("configuration reloaded") {
+                if let Some(ms) = since(line) {
+                    r.reloaded_ms.insert(h.name(), ms);
+                }
+            }
+            if line.contains("committing catalogue changes") && r.committed_ms.is_none() {
+                r.committed_ms = since(line);
+            }
+        }
+    }
+    println!(
+        "[{}] change: configuration read, ms after SIGHUP: {:?}; the leader committed the change at {:?} ms",
+        r.services, r.reloaded_ms, r.committed_ms
+    );
     // The same in ipvsadm's words.
     for h in directors() {
         let listing = lab
@@ -1096,6 +1155,7 @@ fn write_json(path: &Path, runs: &[Run]) {
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "revision": std::env::var("SCALE_REVISION").unwrap_or_default(),
         "idle_s": env_u64("SCALE_IDLE_S", 60),
+        "resync_s": env_u64("SCALE_RESYNC_S", 30),
         "runs": runs.iter().map(Run::json).collect::<Vec<_>>(),
     });
     std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
@@ -1129,4 +1189,12 @@ fn scale_three_directors_static_services() {
         }
     }
     print_table(&runs);
+}
+
+#[test]
+fn log_stamps_read_as_the_daemon_writes_them() {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(1_796_065_249);
+    let line = "2026-11-30T19:00:49.621959Z  INFO committing catalogue changes commands=1";
+    assert_eq!(logged_ms_after(line, at), Some(622.0));
+    assert_eq!(logged_ms_after("no stamp here", at), None);
 }

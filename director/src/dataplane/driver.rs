@@ -398,10 +398,19 @@ async fn pass<R: Reconciler>(
         *known = Some(base);
         return Ok(());
     }
+    let first = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| format!("{:?}", ops.first()))
+        .unwrap_or_default();
     match r.apply(ops).await {
         Ok(()) => {
             stats.operations.fetch_add(n, Ordering::Relaxed);
-            tracing::debug!(reconciler = r.name(), operations = n, observed = observe, "plan applied");
+            tracing::debug!(
+                reconciler = r.name(),
+                operations = n,
+                observed = observe,
+                first = %first,
+                "plan applied"
+            );
             *known = Some(desired.clone());
             Ok(())
         }

@@ -45,12 +45,22 @@ pub enum Table {
 pub type Tables = BTreeMap<&'static str, Table>;
 
 /// One change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum NftOp {
     /// Replace the table with this script (`nft -f`).
     Write(&'static str, String),
     /// Delete the table.
     Delete(&'static str),
+}
+
+/// The table and the script's size, not the script (megabytes at scale).
+impl std::fmt::Debug for NftOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NftOp::Write(name, script) => write!(f, "Write({name}, {} bytes)", script.len()),
+            NftOp::Delete(name) => write!(f, "Delete({name})"),
+        }
+    }
 }
 
 /// The SNAT script for `state`: traffic IPVS forwards to a backend of a
@@ -252,19 +262,27 @@ impl Nft {
                 .map_err(|e| OpError::new("listing nftables table", name, e))??;
             let table = match listing {
                 None => Table::Absent,
-                Some(listing) => match self.written.get_mut(name) {
-                    Some((script, reference)) => match reference {
-                        Some(r) if *r == listing => Table::Written(script.clone()),
-                        Some(_) => Table::Other(listing),
-                        // The first look after writing: this is how the
-                        // kernel lists what was written.
-                        None => {
-                            *reference = Some(listing);
-                            Table::Written(script.clone())
-                        }
-                    },
-                    None => Table::Other(listing),
-                },
+                Some(listing) => {
+                    match self.written.get_mut(name) {
+                        Some((script, reference)) => match reference {
+                            Some(r) if *r == listing => Table::Written(script.clone()),
+                            Some(_) => {
+                                tracing::debug!(table = name, "the kernel lists the table otherwise than after it was written");
+                                Table::Other(listing)
+                            }
+                            // The first look after writing: this is how the
+                            // kernel lists what was written, if it holds the
+                            // same elements (the first look may come long after
+                            // the write, when something else changed nftables).
+                            None if same_elements(script, &listing) => {
+                                *reference = Some(listing);
+                                Table::Written(script.clone())
+                            }
+                            None => Table::Other(listing),
+                        },
+                        None => Table::Other(listing),
+                    }
+                }
             };
             t.insert(name, table);
         }
@@ -289,6 +307,9 @@ impl Reconciler for Nft {
             Some((from, script)) if from.same_services(&state) => script.clone(),
             _ => {
                 let script = snat_ruleset(&state);
+                if self.snat.as_ref().is_some_and(|(_, old)| *old != script) {
+                    tracing::debug!(bytes = script.len(), "the SNAT script changed");
+                }
                 self.snat = Some((state, script.clone()));
                 script
             }
@@ -319,8 +340,19 @@ impl Reconciler for Nft {
     }
 
     async fn apply(&mut self, ops: Vec<NftOp>) -> Result<(), OpError> {
-        self.listed = None;
+        // What the kernel holds after these ops, if nothing else changes
+        // nftables meanwhile: each op is one transaction, which moves the
+        // ruleset generation by one.
+        let before = self.listed.take();
+        let count = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        let mut after = before.map(|(g, t)| (g.wrapping_add(count), t));
         for op in ops {
+            if let Some((_, t)) = after.as_mut() {
+                match &op {
+                    NftOp::Write(name, script) => t.insert(name, Table::Written(script.clone())),
+                    NftOp::Delete(name) => t.insert(name, Table::Absent),
+                };
+            }
             match op {
                 NftOp::Write(name, script) => {
                     // Replaces the table whole (and, for the SNAT table,
@@ -351,8 +383,43 @@ impl Reconciler for Nft {
                 }
             }
         }
+        // The generation is the one these writes made: no one else changed
+        // nftables in between, so the next look needs no listing (a listing
+        // of a big SNAT map costs more than writing it).
+        let now = tokio::task::spawn_blocking(generation)
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|g| g)
+            .ok();
+        self.listed = after.filter(|(g, _)| Some(*g) == now);
         Ok(())
     }
+}
+
+/// The set and map elements of an nftables script or listing (what is
+/// between `elements = {` and `}`, split at commas, spaces collapsed), in
+/// any order.
+fn elements(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("elements = {") {
+        rest = &rest[at + "elements = {".len()..];
+        let end = rest.find('}').unwrap_or(rest.len());
+        for e in rest[..end].split(',') {
+            let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !e.is_empty() {
+                out.insert(e);
+            }
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Whether the kernel's `listing` of a table holds the elements `script`
+/// wrote.
+fn same_elements(script: &str, listing: &str) -> bool {
+    elements(script) == elements(listing)
 }
 
 /// The nftables ruleset generation (`NFT_MSG_GETGEN`), which the kernel
@@ -548,6 +615,25 @@ mod tests {
         );
         let v4 = gate_ruleset(&vips(&["10.10.0.200"]));
         assert!(!v4.contains("ip6"), "{v4}");
+    }
+
+    /// A listing (nft's layout: several elements to a line, tabs, its own
+    /// order) holds the script's elements; one element less does not.
+    #[test]
+    fn a_listing_is_compared_with_the_script_by_its_elements() {
+        let script = "table inet director_snat {\n  map snat4 {\n    type ipv4_addr . inet_proto . inet_service . ipv4_addr : ipv4_addr\n    elements = {\n      10.10.0.21 . tcp . 30080 . 10.10.0.200 : 10.10.0.200,\n      10.10.0.22 . tcp . 30080 . 10.10.0.200 : 10.10.0.200,\n      10.10.0.21 . udp . 30053 . 10.10.0.201 : 10.10.0.201\n    }\n  }\n}\n";
+        let mut lines: Vec<String> = elements(script).into_iter().rev().collect();
+        assert_eq!(lines.len(), 3, "{script}");
+        let listing = |items: &[String]| {
+            format!(
+                "table inet director_snat {{\n\tmap snat4 {{\n\t\ttype ipv4_addr . inet_proto . inet_service . ipv4_addr : ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n}}\n",
+                items.join(",\n\t\t\t     ")
+            )
+        };
+        assert!(same_elements(script, &listing(&lines)));
+        lines.pop();
+        assert!(!same_elements(script, &listing(&lines)));
+        assert!(elements("table inet x {\n}\n").is_empty());
     }
 
     /// From a kernel with foreign or missing tables, with the gate closed

@@ -57,6 +57,17 @@ pub fn plan(desired: &[Entry], kernel: &[Entry], prune: bool) -> Vec<Change> {
         if !same_service(service, have) {
             ops.push(Change::EditService(service.clone()));
         }
+        // The common case at rest and for all but the changed services of
+        // a big table: the same destinations in the same order, compared
+        // without building an index.
+        if dests.len() == have_dests.len()
+            && dests
+                .iter()
+                .zip(have_dests)
+                .all(|(d, g)| (d.addr, d.port) == (g.addr, g.port) && same_destination(d, g))
+        {
+            continue;
+        }
         let want: BTreeMap<_, &Destination> = dests.iter().map(|d| ((d.addr, d.port), d)).collect();
         let got: BTreeMap<_, &Destination> =
             have_dests.iter().map(|d| ((d.addr, d.port), d)).collect();
