@@ -231,9 +231,15 @@ impl Gate {
 pub struct Nft {
     node: Arc<Node>,
     gate: Arc<Gate>,
-    /// Each table's script and the kernel's listing of it, taken at the
-    /// first observation after writing it (None until then).
+    /// Each table's script and the kernel's listing of it: taken right
+    /// after writing it, or at the first listing after that when the
+    /// script's shape was known (None until then).
     written: BTreeMap<&'static str, (String, Option<String>)>,
+    /// How the kernel lists a script of each shape (the script without its
+    /// elements, see [`shape`]), learned from a listing taken right after a
+    /// write: that listing's shape, and whether it held the script's
+    /// elements as written.
+    shapes: BTreeMap<String, (String, bool)>,
     /// The ruleset generation of the last listing, and what it found.
     listed: Option<(u32, Tables)>,
     /// The last SNAT script and the state it was made from.
@@ -247,6 +253,7 @@ impl Nft {
             node,
             gate,
             written: BTreeMap::new(),
+            shapes: BTreeMap::new(),
             listed: None,
             snat: None,
         }
@@ -260,6 +267,7 @@ impl Nft {
             let listing = tokio::task::spawn_blocking(move || list(name))
                 .await
                 .map_err(|e| OpError::new("listing nftables table", name, e))??;
+            let shapes = &self.shapes;
             let table = match listing {
                 None => Table::Absent,
                 Some(listing) => {
@@ -270,11 +278,18 @@ impl Nft {
                                 tracing::debug!(table = name, "the kernel lists the table otherwise than after it was written");
                                 Table::Other(listing)
                             }
-                            // The first look after writing: this is how the
-                            // kernel lists what was written, if it holds the
-                            // same elements (the first look may come long after
-                            // the write, when something else changed nftables).
-                            None if same_elements(script, &listing) => {
+                            // The first look after a write that was not
+                            // listed at once (its shape was known): it may
+                            // come long after the write, when something else
+                            // changed nftables. It is the kernel's listing of
+                            // what was written if it has the shape the kernel
+                            // gave this script's shape before and holds the
+                            // written elements.
+                            None if shapes
+                                .get(&shape(script))
+                                .is_some_and(|(listed, _)| *listed == shape(&listing))
+                                && same_elements(script, &listing) =>
+                            {
                                 *reference = Some(listing);
                                 Table::Written(script.clone())
                             }
@@ -367,7 +382,28 @@ impl Reconciler for Nft {
                     run_nft(text)
                         .await
                         .map_err(|e| OpError::new("writing nftables table", name, e))?;
-                    self.written.insert(name, (script, None));
+                    // The kernel's own listing is taken at once (listing
+                    // does not move the generation) unless the kernel's
+                    // way of listing this shape is known and keeps the
+                    // elements as written: then a later first look can be
+                    // checked against the shape and the elements, and a big
+                    // SNAT map is not listed after every write. The drain
+                    // gate is small and always listed.
+                    let key = shape(&script);
+                    let known_shape = self.shapes.get(&key).is_some_and(|(_, same)| *same);
+                    let reference = if name == DRAIN || !known_shape {
+                        let listing = tokio::task::spawn_blocking(move || list(name))
+                            .await
+                            .map_err(|e| OpError::new("listing nftables table", name, e))??;
+                        if let Some(l) = &listing {
+                            let same = same_elements(&script, l);
+                            self.shapes.insert(key, (shape(l), same));
+                        }
+                        listing
+                    } else {
+                        None
+                    };
+                    self.written.insert(name, (script, reference));
                     if name == DRAIN {
                         tracing::info!("drain gate closed: new TCP connections to the drained VIPs are dropped");
                     }
@@ -414,6 +450,21 @@ fn elements(text: &str) -> BTreeSet<String> {
         rest = &rest[end..];
     }
     out
+}
+
+/// A script or listing without its elements and with its spaces collapsed:
+/// the tables, maps, chains and rules it names, which a change of services
+/// seldom changes.
+fn shape(text: &str) -> String {
+    let mut out = String::with_capacity(256);
+    let mut rest = text;
+    while let Some(at) = rest.find("elements = {") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + "elements = {".len()..];
+        rest = rest.find('}').map_or("", |end| &rest[end + 1..]);
+    }
+    out.push_str(rest);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Whether the kernel's `listing` of a table holds the elements `script`
@@ -634,6 +685,25 @@ mod tests {
         lines.pop();
         assert!(!same_elements(script, &listing(&lines)));
         assert!(elements("table inet x {\n}\n").is_empty());
+    }
+
+    /// The shape leaves the elements out and the layout aside; a rule
+    /// more, or none, is another shape.
+    #[test]
+    fn the_shape_of_a_table_is_everything_but_its_elements() {
+        let script = snat_ruleset(&state());
+        let listing = script.replace("      ", "\t\t\t").replace("\n    }", " }");
+        assert_eq!(shape(&script), shape(&listing));
+        assert!(!shape(&script).contains("10.10.0.21"), "{}", shape(&script));
+        assert!(shape(&script).contains("map @snat4"), "{}", shape(&script));
+        let flushed = script.replace(
+            "snat ip to ip daddr . meta l4proto . th dport . ct original ip daddr map @snat4",
+            "",
+        );
+        assert_ne!(shape(&script), shape(&flushed));
+        let mut more = script.clone();
+        more.insert_str(more.rfind("  }").unwrap(), "    accept\n");
+        assert_ne!(shape(&script), shape(&more));
     }
 
     /// From a kernel with foreign or missing tables, with the gate closed
