@@ -29,6 +29,13 @@ pub const DEFAULT_STATE_DIR: &str = "/run/director-lab";
 /// Environment variable naming a directory the lab's logs are copied to
 /// before it goes down.
 pub const KEEP_LOGS_ENV: &str = "DIRECTOR_LAB_KEEP_LOGS";
+/// The per-host log files, by suffix (`<prefix><host><suffix>`).
+const LOG_SUFFIXES: [&str; 4] = [
+    "-director.log",
+    "-labnet.log",
+    "-keepalived.log",
+    "-kube-double.log",
+];
 /// How many lines of each director's log a failed test prints.
 const FAILURE_LOG_LINES: usize = 60;
 /// Environment variable that overrides [`DEFAULT_STATE_DIR`].
@@ -557,21 +564,17 @@ impl Lab {
         // logs and data.
         for h in spec.hosts() {
             let base = format!("{}{}", spec.prefix, h.name());
-            for suffix in [
-                "-labnet.log",
+            for suffix in LOG_SUFFIXES.into_iter().chain([
                 "-labnet.ready",
                 "-healthz.fail",
-                "-director.log",
                 ".yaml",
                 "-keepalived.conf",
-                "-keepalived.log",
                 "-keepalived.pid",
                 "-keepalived.vrrp.pid",
-                "-kube-double.log",
                 "-state.json",
                 "-nodes.json",
                 ".kubeconfig",
-            ] {
+            ]) {
                 let _ = fs::remove_file(self.env.state_dir.join(format!("{base}{suffix}")));
             }
             let _ = fs::remove_dir_all(self.env.state_dir.join(&base));
@@ -897,12 +900,7 @@ impl Lab {
         }
         for h in spec.hosts() {
             let base = format!("{}{}", spec.prefix, h.name());
-            for suffix in [
-                "-director.log",
-                "-labnet.log",
-                "-keepalived.log",
-                "-kube-double.log",
-            ] {
+            for suffix in LOG_SUFFIXES {
                 let name = format!("{base}{suffix}");
                 let from = self.env.state_dir.join(&name);
                 if let Some(dir) = &keep {

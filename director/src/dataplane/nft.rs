@@ -432,39 +432,40 @@ impl Reconciler for Nft {
     }
 }
 
-/// The set and map elements of an nftables script or listing (what is
-/// between `elements = {` and `}`, split at commas, spaces collapsed), in
-/// any order.
-fn elements(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// An nftables script or listing split in two: its shape (everything but
+/// the set and map elements, spaces collapsed: the tables, maps, chains and
+/// rules it names, which a change of services seldom changes) and its
+/// elements (what is between `elements = {` and `}`, split at commas,
+/// spaces collapsed), in any order.
+fn split(text: &str) -> (String, BTreeSet<String>) {
+    let collapse = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut shape = String::with_capacity(256);
+    let mut elements = BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find("elements = {") {
+        shape.push_str(&rest[..at]);
         rest = &rest[at + "elements = {".len()..];
         let end = rest.find('}').unwrap_or(rest.len());
-        for e in rest[..end].split(',') {
-            let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
-            if !e.is_empty() {
-                out.insert(e);
-            }
-        }
-        rest = &rest[end..];
+        elements.extend(
+            rest[..end]
+                .split(',')
+                .map(collapse)
+                .filter(|e| !e.is_empty()),
+        );
+        rest = rest.get(end + 1..).unwrap_or_default();
     }
-    out
+    shape.push_str(rest);
+    (collapse(&shape), elements)
 }
 
-/// A script or listing without its elements and with its spaces collapsed:
-/// the tables, maps, chains and rules it names, which a change of services
-/// seldom changes.
+/// The shape of a script or listing ([`split`]).
 fn shape(text: &str) -> String {
-    let mut out = String::with_capacity(256);
-    let mut rest = text;
-    while let Some(at) = rest.find("elements = {") {
-        out.push_str(&rest[..at]);
-        rest = &rest[at + "elements = {".len()..];
-        rest = rest.find('}').map_or("", |end| &rest[end + 1..]);
-    }
-    out.push_str(rest);
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    split(text).0
+}
+
+/// The elements of a script or listing ([`split`]).
+fn elements(text: &str) -> BTreeSet<String> {
+    split(text).1
 }
 
 /// Whether the kernel's `listing` of a table holds the elements `script`

@@ -355,10 +355,7 @@ impl Drainer {
         tokio::spawn(async move {
             tokio::time::sleep(GATE_LINGER).await;
             if gate.closed() == closed {
-                gate.open();
-                if let Some(n) = &nft {
-                    n.kick();
-                }
+                open(&gate, nft.as_ref());
                 tracing::debug!("drain gate opened after the handover");
             }
         });
@@ -366,13 +363,18 @@ impl Drainer {
 
     /// Takes new connections again (at the nft reconciler's next pass).
     fn open_gate(&self) {
-        self.gate.open();
-        if let Some(n) = &self.nft {
-            n.kick();
-        }
+        open(&self.gate, self.nft.as_ref());
         if let Some(r) = &self.routes {
             r.kick();
         }
+    }
+}
+
+/// Opens the gate and wakes the nft reconciler that removes it.
+fn open(gate: &Gate, nft: Option<&Handle>) {
+    gate.open();
+    if let Some(n) = nft {
+        n.kick();
     }
 }
 
