@@ -116,6 +116,7 @@ const IPVS_READY_WAIT: Duration = Duration::from_secs(20);
 /// systemd about readiness, status, reloads and the stop, and pings its
 /// watchdog ([`Notifier::from_env`]; [`Notifier::disabled`] for none).
 pub async fn run(config: Config, path: &Path, notifier: Arc<Notifier>) -> Result<(), RunError> {
+    crate::ops::memory::return_freed_pages();
     let me = config
         .peers
         .iter()

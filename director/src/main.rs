@@ -12,6 +12,11 @@ use director::ops::status::{self, Status};
 use director::ops::systemd;
 use director::{config, daemon, ipvs, logging};
 
+/// jemalloc: the daemon returns the memory of its whole-state passes
+/// (docs/architecture.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: director::ops::memory::Allocator = director::ops::memory::Allocator {};
+
 /// Highly available IPVS load balancer for bare-metal Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "director", version = version(), about)]

@@ -36,6 +36,13 @@ pub struct ProcessSample {
     pub rss_kib: u64,
     /// Peak resident set size (`VmHWM`), KiB.
     pub peak_rss_kib: u64,
+    /// Of `rss_kib`: anonymous memory (`RssAnon`: heap and stacks) and
+    /// file-backed pages (`RssFile`: the program and its libraries), KiB.
+    pub rss_anon_kib: u64,
+    /// See `rss_anon_kib`.
+    pub rss_file_kib: u64,
+    /// Threads (`Threads`).
+    pub threads: u64,
 }
 
 /// Reads [`ProcessSample`] of `pid`; None when it is gone.
@@ -46,6 +53,9 @@ pub fn process_sample(pid: i32) -> Option<ProcessSample> {
         cpu_ticks: cpu_ticks(&stat)?,
         rss_kib: status_kib(&status, "VmRSS")?,
         peak_rss_kib: status_kib(&status, "VmHWM")?,
+        rss_anon_kib: status_kib(&status, "RssAnon").unwrap_or_default(),
+        rss_file_kib: status_kib(&status, "RssFile").unwrap_or_default(),
+        threads: status_value(&status, "Threads").unwrap_or_default(),
     })
 }
 
@@ -83,6 +93,12 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
 
 /// A `Key:   N kB` line of `/proc/PID/status`, in KiB.
 pub fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status_value(status, key)
+}
+
+/// The number of a `/proc/PID/status` line (its first word after the
+/// colon), such as `Threads`.
+pub fn status_value(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         if k != key {
@@ -526,6 +542,7 @@ mod tests {
         assert_eq!(status_kib(status, "VmHWM"), Some(41236));
         assert_eq!(status_kib(status, "VmRSS"), Some(30412));
         assert_eq!(status_kib(status, "VmSwap"), None);
+        assert_eq!(status_value(status, "Threads"), Some(9));
     }
 
     #[test]
@@ -534,6 +551,9 @@ mod tests {
             cpu_ticks: 100,
             rss_kib: 0,
             peak_rss_kib: 0,
+            rss_anon_kib: 0,
+            rss_file_kib: 0,
+            threads: 1,
         };
         let b = ProcessSample {
             cpu_ticks: 100 + clock_ticks_per_second(),

@@ -445,6 +445,16 @@ fn the_metrics_endpoint_parses_and_carries_every_documented_family() {
             })
             .sum();
         assert_eq!(roles, 1.0, "{name}: one role at a time");
+        // The binary allocates through jemalloc, which counts its heap.
+        let heap = |family: &str| value(&m, family, family, &[]).unwrap_or_default();
+        let (allocated, resident) = (
+            heap("director_heap_allocated_bytes"),
+            heap("director_heap_resident_bytes"),
+        );
+        assert!(
+            allocated > 0.0 && resident >= allocated,
+            "{name}: heap allocated {allocated}, resident {resident}"
+        );
         assert!(
             value(
                 &m,

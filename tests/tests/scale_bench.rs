@@ -324,6 +324,12 @@ struct Run {
     idle_cpu_percent: BTreeMap<String, f64>,
     peak_rss_mib: BTreeMap<String, f64>,
     rss_mib: BTreeMap<String, f64>,
+    /// At rest, from each director's /metrics: the heap's live bytes and
+    /// the allocator's resident pages, MiB.
+    heap_mib: BTreeMap<String, (f64, f64)>,
+    /// At rest: the steady RSS's anonymous and file-backed parts (MiB),
+    /// and the threads.
+    rss_parts: BTreeMap<String, (f64, f64, u64)>,
     edit: Option<Edit>,
     ops_method: Option<String>,
     /// Milliseconds from SIGHUP until the first poll that saw the change
@@ -363,6 +369,8 @@ impl Run {
             "idle_cpu_percent_of_one_cpu": self.idle_cpu_percent,
             "peak_rss_mib": self.peak_rss_mib,
             "steady_rss_mib": self.rss_mib,
+            "heap_allocated_resident_mib": self.heap_mib,
+            "rss_anon_file_mib_threads": self.rss_parts,
             "change": self.edit.map(Edit::describe),
             "change_visible": visible,
             "change_visible_on_all_ms": self.all_visible_ms(),
@@ -733,8 +741,35 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
         r.idle_cpu_percent.insert(h.name(), pct);
         r.peak_rss_mib.insert(h.name(), mib(a.peak_rss_kib));
         r.rss_mib.insert(h.name(), mib(a.rss_kib));
+        r.rss_parts.insert(
+            h.name(),
+            (mib(a.rss_anon_kib), mib(a.rss_file_kib), a.threads),
+        );
+    }
+    for (h, heap) in directors().iter().zip(heap_counts(lab)) {
+        if let Some(heap) = heap {
+            r.heap_mib.insert(h.name(), heap);
+        }
     }
     Ok(())
+}
+
+/// Each director's heap from its /metrics: (allocated, resident) in MiB.
+fn heap_counts(lab: &Lab) -> Vec<Option<(f64, f64)>> {
+    let labnet = lab.env().labnet.to_string_lossy().into_owned();
+    let to_mib = |b: f64| (b / 1048576.0 * 10.0).round() / 10.0;
+    directors()
+        .iter()
+        .map(|h| {
+            let addr = format!("{}:9469", h.ipv4());
+            let text = lab
+                .exec(&h.name(), &[&labnet, "fetch", &addr, "/metrics"])
+                .ok()?;
+            let allocated = prometheus_sum(&text, "director_heap_allocated_bytes", &[])?;
+            let resident = prometheus_sum(&text, "director_heap_resident_bytes", &[])?;
+            Some((to_mib(allocated), to_mib(resident)))
+        })
+        .collect()
 }
 
 /// The IPVS operation counter of every director, if each exports it.
@@ -1102,6 +1137,28 @@ fn print_table(runs: &[Run]) {
             },
             "<= 64 MiB",
             rss_ok,
+        );
+        row(
+            "RSS anonymous / file-backed at rest, MiB (threads)",
+            &|h| {
+                r.rss_parts
+                    .get(h)
+                    .map(|(a, f, t)| format!("{a:.1} / {f:.1} ({t})"))
+                    .unwrap_or("-".into())
+            },
+            "",
+            None,
+        );
+        row(
+            "heap allocated / resident at rest, MiB",
+            &|h| {
+                r.heap_mib
+                    .get(h)
+                    .map(|(a, res)| format!("{a:.1} / {res:.1}"))
+                    .unwrap_or("-".into())
+            },
+            "",
+            None,
         );
         let vis_ok = r.all_visible_ms().map(|v| v <= GOAL_VISIBLE_MS);
         row(

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub passes: Vec<(String, Histogram)>,
     /// The health checker's counters (None on a witness).
     pub health: Option<HealthCounts>,
+    /// The heap (None where jemalloc is not the allocator).
+    pub heap: Option<super::memory::Heap>,
 }
 
 /// The health checker's counters, read at one instant.
@@ -102,6 +104,7 @@ pub async fn snapshot(d: &Daemon) -> Snapshot {
             .map(|h| (h.name.to_string(), h.stats.pass_seconds.clone()))
             .collect(),
         health: d.health.as_deref().map(HealthCounts::read),
+        heap: super::memory::heap(),
     }
 }
 
@@ -688,6 +691,26 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    fn memory(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(h) = self.heap else {
+            return Ok(());
+        };
+        single(
+            e,
+            "director_heap_allocated_bytes",
+            "Bytes of heap the daemon holds (jemalloc's count of live allocations).",
+            ConstGauge::new(h.allocated),
+        )?;
+        single(
+            e,
+            "director_heap_resident_bytes",
+            "Bytes of the allocator's pages resident in memory: the heap, its fragmentation and freed pages not yet returned.",
+            ConstGauge::new(h.resident),
+        )
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         self.raft(&mut e)?;
@@ -699,7 +722,8 @@ impl Collector for Snapshot {
         self.health(&mut e)?;
         self.reconcilers(&mut e)?;
         self.kubernetes(&mut e)?;
-        self.sync(&mut e)
+        self.sync(&mut e)?;
+        self.memory(&mut e)
     }
 }
 

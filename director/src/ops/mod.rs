@@ -1,11 +1,12 @@
 //! Operating a director: the admin socket and its typed protocol
 //! ([`admin`]), the status document ([`status`]), the Prometheus endpoint
-//! ([`metrics`]), draining ([`drain`]) and notifying systemd ([`systemd`]). A new CLI command that talks to
+//! ([`metrics`]), the heap ([`memory`]), draining ([`drain`]) and notifying systemd ([`systemd`]). A new CLI command that talks to
 //! the daemon adds a [`admin::Request`] variant, its answer here, and its
 //! subcommand in `main.rs`.
 
 pub mod admin;
 pub mod drain;
+pub mod memory;
 pub mod metrics;
 pub mod status;
 pub mod systemd;

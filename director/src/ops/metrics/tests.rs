@@ -35,7 +35,7 @@ const KEPT: [&str; 25] = [
 ];
 
 /// The families added with them.
-const ADDED: [&str; 14] = [
+const ADDED: [&str; 16] = [
     "director_raft_role",
     "director_raft_leader_id",
     "director_lease_grants_total",
@@ -50,6 +50,8 @@ const ADDED: [&str; 14] = [
     "director_backend_bytes_total",
     "director_reconcile_pass_duration_seconds",
     "director_sync_daemon_running",
+    "director_heap_allocated_bytes",
+    "director_heap_resident_bytes",
 ];
 
 /// A status document with something in every part.
@@ -102,6 +104,10 @@ fn full() -> Snapshot {
             transitions: 1,
             buckets: vec![(0.001, 4), (0.01, 5), (f64::INFINITY, 1)],
             seconds: 0.25,
+        }),
+        heap: Some(crate::ops::memory::Heap {
+            allocated: 40 << 20,
+            resident: 52 << 20,
         }),
     }
 }
@@ -168,6 +174,8 @@ fn status_becomes_metrics() {
         "director_health_check_duration_seconds_count 10",
         "director_kubernetes_api_state_seconds 2.5",
         "director_kubernetes_services 1",
+        "director_heap_allocated_bytes 41943040",
+        "director_heap_resident_bytes 54525952",
     ] {
         assert!(m.lines().any(|l| l == line), "no line {line:?} in\n{m}");
     }
