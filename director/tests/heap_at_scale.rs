@@ -5,7 +5,8 @@
 //! that each part was measured. Run by hand (the other test here, that
 //! the build gives jemalloc one arena, runs with the unit tests):
 //! `cargo test --release -p director --test heap_at_scale -- --ignored --nocapture`
-//! (docs/benchmarks.md, "Memory at 10,000 services").
+//! (docs/benchmarks.md, "Memory: jemalloc with one arena, and where the
+//! heap goes").
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a measurement")]
 

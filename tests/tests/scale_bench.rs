@@ -10,7 +10,8 @@
 //!   netlink from inside each director's namespace, then confirmed with `ipvsadm -Sn` in each
 //!   director's namespace);
 //! - idle: the CPU each director uses over the next IDLE seconds (percent of
-//!   one CPU, all threads), its peak (VmHWM) and steady (VmRSS) memory;
+//!   one CPU, all threads), its peak (VmHWM) and steady (VmRSS) memory (with
+//!   RssAnon, RssFile and the threads), and its heap from /metrics;
 //! - one change: one backend's weight changed in all three config files and
 //!   SIGHUP sent to all three (when the config has no per-backend weight yet,
 //!   one backend added to one service instead: also exactly one kernel
@@ -240,6 +241,11 @@ fn weights_supported(lab: &Lab, director: &Path) -> bool {
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// A director's value in a report cell, `-` when it has none.
+fn shown<T>(values: &BTreeMap<String, T>, host: &str, show: impl Fn(&T) -> String) -> String {
+    values.get(host).map(show).unwrap_or_else(|| "-".into())
 }
 
 fn mib(kib: u64) -> f64 {
@@ -1141,34 +1147,23 @@ fn print_table(runs: &[Run]) {
         row(
             "RSS anonymous / file-backed at rest, MiB (threads)",
             &|h| {
-                r.rss_parts
-                    .get(h)
-                    .map(|(a, f, t)| format!("{a:.1} / {f:.1} ({t})"))
-                    .unwrap_or("-".into())
+                shown(&r.rss_parts, h, |(a, f, t)| {
+                    format!("{a:.1} / {f:.1} ({t})")
+                })
             },
             "",
             None,
         );
         row(
             "heap allocated / resident at rest, MiB",
-            &|h| {
-                r.heap_mib
-                    .get(h)
-                    .map(|(a, res)| format!("{a:.1} / {res:.1}"))
-                    .unwrap_or("-".into())
-            },
+            &|h| shown(&r.heap_mib, h, |(a, res)| format!("{a:.1} / {res:.1}")),
             "",
             None,
         );
         let vis_ok = r.all_visible_ms().map(|v| v <= GOAL_VISIBLE_MS);
         row(
             "change visible, ms after SIGHUP (at most)",
-            &|h| {
-                r.visible_ms
-                    .get(h)
-                    .map(|(up, _)| format!("{up:.0}"))
-                    .unwrap_or("-".into())
-            },
+            &|h| shown(&r.visible_ms, h, |(up, _)| format!("{up:.0}")),
             "all within 1000 ms",
             vis_ok,
         );
