@@ -53,6 +53,8 @@ fn file() -> String {
             (i + 1) % 256
         ));
     }
+    // As the daemon reads it: a buffer of the file's size.
+    text.shrink_to_fit();
     text
 }
 

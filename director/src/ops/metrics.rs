@@ -94,6 +94,9 @@ impl HealthCounts {
 
 /// This director's snapshot now.
 pub async fn snapshot(d: &Daemon) -> Snapshot {
+    // The heap first: the status document built for this scrape is
+    // megabytes at ten thousand services, and not the daemon's.
+    let heap = super::memory::heap();
     Snapshot {
         status: status::build(d).await,
         leases: d.node.lease_counts(),
@@ -104,7 +107,7 @@ pub async fn snapshot(d: &Daemon) -> Snapshot {
             .map(|h| (h.name.to_string(), h.stats.pass_seconds.clone()))
             .collect(),
         health: d.health.as_deref().map(HealthCounts::read),
-        heap: super::memory::heap(),
+        heap,
     }
 }
 
