@@ -760,17 +760,26 @@ fn idle(lab: &Lab, r: &mut Run) -> Result<(), String> {
     Ok(())
 }
 
-/// Each director's heap from its /metrics: (allocated, resident) in MiB.
-fn heap_counts(lab: &Lab) -> Vec<Option<(f64, f64)>> {
+/// Each director's /metrics text (None where it did not answer).
+fn metrics_texts(lab: &Lab) -> Vec<Option<String>> {
     let labnet = lab.env().labnet.to_string_lossy().into_owned();
-    let to_mib = |b: f64| (b / 1048576.0 * 10.0).round() / 10.0;
     directors()
         .iter()
         .map(|h| {
             let addr = format!("{}:9469", h.ipv4());
-            let text = lab
-                .exec(&h.name(), &[&labnet, "fetch", &addr, "/metrics"])
-                .ok()?;
+            lab.exec(&h.name(), &[&labnet, "fetch", &addr, "/metrics"])
+                .ok()
+        })
+        .collect()
+}
+
+/// Each director's heap from its /metrics: (allocated, resident) in MiB.
+fn heap_counts(lab: &Lab) -> Vec<Option<(f64, f64)>> {
+    let to_mib = |b: f64| (b / 1048576.0 * 10.0).round() / 10.0;
+    metrics_texts(lab)
+        .into_iter()
+        .map(|text| {
+            let text = text?;
             let allocated = prometheus_sum(&text, "director_heap_allocated_bytes", &[])?;
             let resident = prometheus_sum(&text, "director_heap_resident_bytes", &[])?;
             Some((to_mib(allocated), to_mib(resident)))
@@ -780,16 +789,9 @@ fn heap_counts(lab: &Lab) -> Vec<Option<(f64, f64)>> {
 
 /// The IPVS operation counter of every director, if each exports it.
 fn ops_counters(lab: &Lab) -> Option<Vec<f64>> {
-    let labnet = lab.env().labnet.to_string_lossy().into_owned();
-    directors()
-        .iter()
-        .map(|h| {
-            let addr = format!("{}:9469", h.ipv4());
-            let text = lab
-                .exec(&h.name(), &[&labnet, "fetch", &addr, "/metrics"])
-                .ok()?;
-            prometheus_sum(&text, OPS_METRIC, &[("reconciler", "ipvs")])
-        })
+    metrics_texts(lab)
+        .into_iter()
+        .map(|text| prometheus_sum(&text?, OPS_METRIC, &[("reconciler", "ipvs")]))
         .collect()
 }
 
