@@ -285,11 +285,7 @@ impl Nft {
                             // what was written if it has the shape the kernel
                             // gave this script's shape before and holds the
                             // written elements.
-                            None if shapes
-                                .get(&shape(script))
-                                .is_some_and(|(listed, _)| *listed == shape(&listing))
-                                && same_elements(script, &listing) =>
-                            {
+                            None if lists(shapes, script, &listing) => {
                                 *reference = Some(listing);
                                 Table::Written(script.clone())
                             }
@@ -396,8 +392,9 @@ impl Reconciler for Nft {
                             .await
                             .map_err(|e| OpError::new("listing nftables table", name, e))??;
                         if let Some(l) = &listing {
-                            let same = same_elements(&script, l);
-                            self.shapes.insert(key, (shape(l), same));
+                            let (listed, listed_elements) = split(l);
+                            let same = listed_elements == elements(&script);
+                            self.shapes.insert(key, (listed, same));
                         }
                         listing
                     } else {
@@ -470,8 +467,22 @@ fn elements(text: &str) -> BTreeSet<String> {
 
 /// Whether the kernel's `listing` of a table holds the elements `script`
 /// wrote.
+#[cfg(test)]
 fn same_elements(script: &str, listing: &str) -> bool {
     elements(script) == elements(listing)
+}
+
+/// Whether `listing` is the kernel's listing of `script`, whose shape the
+/// kernel listed before (`shapes`: a script's shape -> the listing's shape):
+/// it has that listed shape and holds the script's elements. Each text is
+/// scanned once.
+fn lists(shapes: &BTreeMap<String, (String, bool)>, script: &str, listing: &str) -> bool {
+    let (script_shape, script_elements) = split(script);
+    let Some((listed, _)) = shapes.get(&script_shape) else {
+        return false;
+    };
+    let (listing_shape, listing_elements) = split(listing);
+    *listed == listing_shape && script_elements == listing_elements
 }
 
 /// The nftables ruleset generation (`NFT_MSG_GETGEN`), which the kernel
