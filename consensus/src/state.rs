@@ -90,7 +90,7 @@ pub struct VirtualService {
     pub health: Option<Box<HealthCheck>>,
     /// The Kubernetes Service it serves (None: a static service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Origin>,
+    pub origin: Option<Box<Origin>>,
     /// The sharing group whose VIP it uses (the allocation's holder), when
     /// several services share one VIP on disjoint ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,3 +32,4 @@ pub mod logging;
 pub mod ops;
 pub mod problems;
 pub mod sources;
+pub mod subset;

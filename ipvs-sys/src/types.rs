@@ -360,8 +360,9 @@ pub struct Service {
     pub netmask: Netmask,
     /// Persistence engine (`ipvsadm --pe`), e.g. `sip`.
     pub persistence_engine: Option<String>,
-    /// Counters, when read from the kernel.
-    pub stats: Option<Stats>,
+    /// Counters, when read from the kernel (boxed: a table built to be
+    /// programmed carries none, and each would cost 80 bytes).
+    pub stats: Option<Box<Stats>>,
 }
 
 impl Service {
@@ -443,7 +444,7 @@ impl Service {
                 .map(|raw| Netmask::from_raw(family, raw))
                 .unwrap_or_else(|| Netmask::host(family)),
             persistence_engine: pe,
-            stats: stats64.or(stats),
+            stats: stats64.or(stats).map(Box::new),
         })
     }
 }
@@ -559,8 +560,8 @@ pub struct Destination {
     pub lower_threshold: u32,
     /// Connection counts, when read from the kernel.
     pub counters: Option<DestCounters>,
-    /// Traffic counters, when read from the kernel.
-    pub stats: Option<Stats>,
+    /// Traffic counters, when read from the kernel (boxed, as a service's).
+    pub stats: Option<Box<Stats>>,
 }
 
 impl Destination {
@@ -660,7 +661,7 @@ impl Destination {
             upper_threshold: upper,
             lower_threshold: lower,
             counters: have_counters.then_some(counters),
-            stats: stats64.or(stats),
+            stats: stats64.or(stats).map(Box::new),
         })
     }
 }

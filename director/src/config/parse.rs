@@ -35,7 +35,11 @@ struct FileIn {
     pools: Vec<Spanned<PoolIn>>,
     defaults: Option<Spanned<DefaultsIn>>,
     #[serde(default)]
-    services: Vec<Spanned<ServiceIn>>,
+    #[expect(
+        clippy::vec_box,
+        reason = "a service read with positions is 1,832 bytes: boxed, 10,000 of them grow the list without being copied"
+    )]
+    services: Vec<Box<Spanned<ServiceIn>>>,
     kubernetes: Option<Spanned<KubernetesIn>>,
     sync: Option<Spanned<SyncIn>>,
 }
@@ -269,23 +273,43 @@ fn range_of(s: &str) -> Result<(IpAddr, IpAddr), String> {
 }
 
 /// Parses and validates a configuration. All problems are reported at once.
+///
+/// A file is read first by the quick reader ([`crate::subset`]), without
+/// positions: at 10,000 services that is what keeps a reload short. Only a
+/// file outside its subset, or one with a problem, is read again by the full
+/// YAML parser, whose positions the problems are reported with.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    if let Ok(doc) = crate::subset::read_typed_by_yaml::<FileIn>(text) {
+        if let Ok(config) = build(&doc) {
+            return Ok(config);
+        }
+    }
+    parse_located(text)
+}
+
+/// Parses with the full YAML parser, every value with its position.
+pub(super) fn parse_located(text: &str) -> Result<Config, Vec<ConfigError>> {
     let doc: FileIn =
         serde_saphyr::from_str(text).map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
+    build(&doc)
+}
+
+/// Validates a read file and builds the configuration.
+fn build(doc: &FileIn) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
 
-    let (id, peers) = members(&doc, &mut errs);
-    let (data_dir, interface, tls) = host(&doc, &mut errs);
-    let (timing, lease) = timing(&doc, &mut errs);
-    let (admin_socket, metrics) = endpoints(&doc, &mut errs);
-    let announce = announce(&doc, &mut errs);
-    let drain_connection_wait = drain(&doc, &mut errs);
-    let (pools, pool_names) = pools(&doc, &mut errs);
+    let (id, peers) = members(doc, &mut errs);
+    let (data_dir, interface, tls) = host(doc, &mut errs);
+    let (timing, lease) = timing(doc, &mut errs);
+    let (admin_socket, metrics) = endpoints(doc, &mut errs);
+    let announce = announce(doc, &mut errs);
+    let drain_connection_wait = drain(doc, &mut errs);
+    let (pools, pool_names) = pools(doc, &mut errs);
     let defaults = Defaults::parse(doc.defaults.as_ref(), &mut errs);
-    let reconcile_resync = reconcile(&doc, &mut errs);
-    let services = services(&doc, &mut errs, &pools, &pool_names, &defaults);
-    let kubernetes = kubernetes(&doc, &mut errs, &defaults);
-    let sync = sync(&doc, &mut errs);
+    let reconcile_resync = reconcile(doc, &mut errs);
+    let services = services(doc, &mut errs, &pools, &pool_names, &defaults);
+    let kubernetes = kubernetes(doc, &mut errs, &defaults);
+    let sync = sync(doc, &mut errs);
 
     if !errs.list.is_empty() {
         return Err(errs.list);
@@ -1261,6 +1285,133 @@ fn backend(b: &Spanned<BackendIn>, field: &str, errs: &mut Errors) -> Option<Bac
         Err(_) => {
             errs.at(b, field, format!("{text:?} is not ADDRESS:PORT"));
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of docs/configuration.md (every section), without the
+    /// markdown around it.
+    fn documented_example() -> String {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let len = doc[start..].find("```").expect("its end");
+        doc[start..start + len].to_string()
+    }
+
+    fn corpus() -> Vec<String> {
+        let lab = include_str!("../../../tests/lab/d1.yaml");
+        vec![
+            documented_example(),
+            lab.to_string(),
+            include_str!("../../../tests/lab/d2.yaml").to_string(),
+            include_str!("../../../tests/lab/d3.yaml").to_string(),
+            // The scale benchmark's shape, and its weight change.
+            format!(
+                "{lab}  - name: s1\n    vip: 10.10.0.201\n    ports:\n      - {{port: 80, protocol: tcp}}\n    \
+                 backends: [{{address: \"10.10.0.21:30080\", weight: 2}}, \"10.10.0.22:30080\"]\n"
+            ),
+            // IPv6, block sequences at their key's indentation.
+            format!(
+                "{}services:\n- name: v6\n  vip: fd10:10::201\n  ports:\n  - port: 443\n  backends:\n  - \"[fd10:10::21]:30443\"\n",
+                &lab[..lab.find("services:\n").expect("a services section")]
+            ),
+        ]
+    }
+
+    /// Every valid file of the corpus is read by the quick reader, and the
+    /// configuration it gives is the full parser's.
+    #[test]
+    fn the_quick_reader_and_the_full_parser_agree() {
+        for text in corpus() {
+            let quick = crate::subset::read_typed_by_yaml::<FileIn>(&text)
+                .unwrap_or_else(|_| panic!("outside the quick subset:\n{text}"));
+            let full = parse_located(&text).unwrap();
+            assert_eq!(build(&quick).unwrap(), full, "{text}");
+            assert_eq!(parse(&text).unwrap(), full);
+        }
+    }
+
+    /// Values the full parser types otherwise (YAML 1.1 booleans, floats,
+    /// other notations), styles outside the subset, and files with problems
+    /// go to the full parser: the same configuration, or the same problems
+    /// with their lines.
+    #[test]
+    fn what_the_quick_reader_is_unsure_of_goes_to_the_full_parser() {
+        let lab = include_str!("../../../tests/lab/d1.yaml");
+        let variants = [
+            lab.replace("insecure: true", "insecure: yes"),
+            lab.replace("insecure: true", "insecure: True"),
+            lab.replace("heartbeat_ms: 150", "heartbeat_ms: 0x96"),
+            lab.replace("heartbeat_ms: 150", "heartbeat_ms: 1_50"),
+            lab.replace("heartbeat_ms: 150", "heartbeat_ms: 150.0"),
+            lab.replace("heartbeat_ms: 150", "heartbeat_ms: \"150\""),
+            lab.replace("interface: eth0", "interface: 1:20"),
+            lab.replace("interface: eth0", "interface: off"),
+            lab.replace("interface: eth0", "interface: ~"),
+            lab.replace("interface: eth0", "interface: 'eth0'"),
+            lab.replace("interface: eth0", "interface: \"eth\\x30\""),
+            lab.replace("interface: eth0", "interface: |\n  eth0"),
+            lab.replace("insecure: true", "insecure: true\nunknown: 1"),
+            lab.replace("{port: 80,", "{port: 70000,"),
+        ];
+        for text in variants {
+            assert_eq!(parse(&text), parse_located(&text), "{text}");
+        }
+        let bad = lab.replace("{port: 80,", "{port: 70000,");
+        let errs = parse(&bad).unwrap_err();
+        assert!(errs.iter().all(|e| e.line > 0), "{errs:?}");
+    }
+
+    /// The quick reader answers a value's type as the full parser would.
+    #[test]
+    fn scalars_are_typed_as_the_full_parser_types_them() {
+        use crate::subset::read_typed_by_yaml as quick;
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            Bool(bool),
+            Int(i64),
+            Text(String),
+        }
+        for (text, want) in [
+            ("v: true", Some(Any::Bool(true))),
+            ("v: false", Some(Any::Bool(false))),
+            ("v: 42", Some(Any::Int(42))),
+            ("v: -7", Some(Any::Int(-7))),
+            ("v: \"42\"", Some(Any::Text("42".into()))),
+            ("v: 10.20.0.1", Some(Any::Text("10.20.0.1".into()))),
+            (
+                "v: 10.10.0.21:30080",
+                Some(Any::Text("10.10.0.21:30080".into())),
+            ),
+            ("v: fd10::21", Some(Any::Text("fd10::21".into()))),
+            ("v: /healthz", Some(Any::Text("/healthz".into()))),
+            ("v: eth0", Some(Any::Text("eth0".into()))),
+            ("v: yes", None),
+            ("v: On", None),
+            ("v: 1.5", None),
+            ("v: 1e3", None),
+            ("v: 0x1f", None),
+            ("v: 0o17", None),
+            ("v: 007", None),
+            ("v: 1_000", None),
+            ("v: 1:20", None),
+            ("v: .inf", None),
+            ("v: nan", None),
+            ("v: null", None),
+        ] {
+            let got = quick::<BTreeMap<String, Any>>(text)
+                .ok()
+                .map(|mut m| m.remove("v").unwrap());
+            assert_eq!(got, want, "{text}");
+            if let Some(want) = got {
+                let full: BTreeMap<String, Any> = serde_saphyr::from_str(text).unwrap();
+                assert_eq!(full["v"], want, "{text}");
+            }
         }
     }
 }

@@ -295,7 +295,10 @@ async fn drive<R: Reconciler>(
         }
         let desired = r.desired();
         steady = desired.changes_in.is_none();
-        let outcome = pass(&mut r, &desired.state, &mut known, due, &stats).await;
+        let changes_in = desired.changes_in;
+        // The desired state moves into `known` once applied: at rest the
+        // driver keeps one table, not two.
+        let outcome = pass(&mut r, desired.state, &mut known, due, &stats).await;
         if due && outcome.is_ok() {
             last_observed = tokio::time::Instant::now();
         }
@@ -344,7 +347,7 @@ async fn drive<R: Reconciler>(
             p.ok = outcome.is_ok();
         });
         let mut wait = resync.saturating_sub(last_observed.elapsed());
-        if let Some(d) = desired.changes_in {
+        if let Some(d) = changes_in {
             wait = wait.min(d);
         }
         if failing {
@@ -365,7 +368,7 @@ async fn drive<R: Reconciler>(
 /// apply, and remember what the kernel now holds.
 async fn pass<R: Reconciler>(
     r: &mut R,
-    desired: &R::State,
+    desired: R::State,
     known: &mut Option<R::State>,
     observe: bool,
     stats: &Stats,
@@ -392,7 +395,7 @@ async fn pass<R: Reconciler>(
             None => r.observe().await?,
         }
     };
-    let ops = r.plan(desired, &base);
+    let ops = r.plan(&desired, &base);
     let n = ops.len() as u64;
     if ops.is_empty() {
         *known = Some(base);
@@ -411,7 +414,7 @@ async fn pass<R: Reconciler>(
                 first = %first,
                 "plan applied"
             );
-            *known = Some(desired.clone());
+            *known = Some(desired);
             Ok(())
         }
         Err(e) => {

@@ -69,7 +69,7 @@ pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
 /// ([`backends`]), less the `dr` backends this host cannot route to
 /// directly (`refused`, [`super::onlink`]). Sorted by service key.
 pub fn desired(state: &ClusterState, down: &Down, refused: &Refused) -> Vec<Entry> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(state.services.values().map(|vs| vs.ports.len()).sum());
     for vs in state.services.values() {
         let forward = match vs.forwarding {
             Forwarding::Nat => Forward::Masquerade,

@@ -103,7 +103,12 @@ impl Serialize for ServiceDoc<'_> {
                     .then(|| s.netmask.to_string()),
                 engine: s.persistence_engine.clone(),
             });
-        let stats = s.stats.filter(|_| self.with_stats).map(StatsDoc::from);
+        let stats = s
+            .stats
+            .as_deref()
+            .copied()
+            .filter(|_| self.with_stats)
+            .map(StatsDoc::from);
         let v6_mark = matches!(
             s.key,
             ServiceKey::Fwmark {
@@ -242,7 +247,12 @@ impl Serialize for DestDoc<'_> {
                 inactive: c.inactive,
                 persistent: c.persistent,
             });
-        let stats = d.stats.filter(|_| self.with_stats).map(StatsDoc::from);
+        let stats = d
+            .stats
+            .as_deref()
+            .copied()
+            .filter(|_| self.with_stats)
+            .map(StatsDoc::from);
         let fields = 4
             + usize::from(d.upper_threshold != 0)
             + usize::from(d.lower_threshold != 0)
@@ -352,7 +362,7 @@ fn flag_names(scheduler: &str) -> [(ServiceFlags, &'static str); 4] {
 // the problems are reported from that second reading. Both readings share the
 // schema below and the checks after it, generic over `Keep`.
 
-mod subset;
+use crate::subset;
 
 /// How the values of a document are kept: with where they were written, or
 /// bare.
@@ -1136,21 +1146,21 @@ services:
     /// with `--stats` and apply ignores.
     fn with_counters(mut table: Vec<Entry>) -> Vec<Entry> {
         for (s, dests) in &mut table {
-            s.stats = Some(Stats {
+            s.stats = Some(Box::new(Stats {
                 conns: 5,
                 inbytes: 1 << 40,
                 ..Stats::default()
-            });
+            }));
             for d in dests {
                 d.counters = Some(ipvs_sys::DestCounters {
                     active: 1,
                     inactive: 2,
                     persistent: 3,
                 });
-                d.stats = Some(Stats {
+                d.stats = Some(Box::new(Stats {
                     conns: 7,
                     ..Stats::default()
-                });
+                }));
             }
         }
         table

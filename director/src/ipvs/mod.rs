@@ -191,7 +191,7 @@ pub fn render_table(info: &str, table: &[Entry], stats: bool) -> String {
     }
     for (s, dests) in table {
         if stats {
-            let st = s.stats.unwrap_or_default();
+            let st = s.stats.as_deref().copied().unwrap_or_default();
             let key = match s.key {
                 ServiceKey::Addr {
                     protocol,
@@ -214,7 +214,7 @@ pub fn render_table(info: &str, table: &[Entry], stats: bool) -> String {
             ep.clear();
             write_endpoint(&mut ep, &d.addr, d.port);
             if stats {
-                let st = d.stats.unwrap_or_default();
+                let st = d.stats.as_deref().copied().unwrap_or_default();
                 let _ = writeln!(
                     out,
                     "  -> {ep:<29} {:>8} {:>8} {:>8} {:>8} {:>8}",

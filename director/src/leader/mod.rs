@@ -141,7 +141,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
             ports_on
                 .entry(s.vip)
                 .or_default()
-                .insert((p.protocol, p.port), display(name, s.origin.as_ref()));
+                .insert((p.protocol, p.port), display(name, s.origin.as_deref()));
         }
     }
     for w in wanted {
@@ -233,7 +233,7 @@ pub fn catalogue<W: Borrow<Wanted>>(
             if let (AddressFrom::Pool(name), Some(p)) = (&mut o.address, pool) {
                 *name = p.to_string();
             }
-            o
+            Box::new(o)
         });
         let want = VirtualService {
             vip,
@@ -274,7 +274,7 @@ fn holds(have: &VirtualService, w: &Wanted, vip: IpAddr, pool: Option<&str>) -> 
         origin,
         share,
     } = have;
-    let same_origin = match (origin, &w.origin) {
+    let same_origin = match (origin.as_deref(), &w.origin) {
         (None, None) => true,
         (
             Some(consensus::state::Origin {

@@ -549,7 +549,7 @@ pub async fn build(d: &Daemon) -> Status {
             .await
             .map(|t| {
                 t.into_iter()
-                    .map(|(s, dests)| (s.key, (s.stats, dests)))
+                    .map(|(s, dests)| (s.key, (s.stats.map(|b| *b), dests)))
                     .collect()
             })
             .unwrap_or_default(),
@@ -608,7 +608,7 @@ pub async fn build(d: &Daemon) -> Status {
                             weight: i64::from(k.map(|x| x.weight).unwrap_or(want.weight)),
                             active: c.active,
                             inactive: c.inactive,
-                            traffic: k.and_then(|x| x.stats.map(Traffic::from)),
+                            traffic: k.and_then(|x| x.stats.as_deref().copied().map(Traffic::from)),
                             ..Default::default()
                         };
                         if want.forward == ipvs_sys::Forward::DirectRoute {

@@ -1,7 +1,8 @@
-//! A quick reader for the plain subset of YAML that table documents are
-//! written in: what `director ipvs show -o yaml|json` prints, flow style
-//! (`- {protocol: tcp, address: ...}`) and hand-written block style. It keeps
-//! no positions and allocates nothing but the values it hands to serde.
+//! A quick reader for the plain subset of YAML that table documents and
+//! configuration files are written in: what `director ipvs show -o
+//! yaml|json` prints, flow style (`- {protocol: tcp, address: ...}`) and
+//! hand-written block style. It keeps no positions and allocates nothing but
+//! the values it hands to serde.
 //!
 //! It accepts a document only when it can be sure the full YAML parser
 //! (`serde_saphyr`) reads it the same way. On anything else (anchors, tags,
@@ -23,6 +24,17 @@
 //!   double-quoted ones on one line without escapes. A plain scalar is an
 //!   integer only as plain decimal digits; `null`, `~` and empty values are
 //!   left to the full parser.
+//!
+//! Two modes. [`read`] reads only what the schema asks for by type (table
+//! documents): a value of unknown type is outside. [`read_typed_by_yaml`]
+//! also answers serde's "any" requests (what `serde_saphyr::Spanned`,
+//! untagged enums and flattened fields make) the way the full parser types
+//! a plain scalar (YAML's core schema, with its 1.1 booleans): `true` and
+//! `false` are booleans, plain decimals integers, and any other scalar that
+//! the full parser could read as a boolean, a number or null (`yes`, `on`,
+//! `1.5`, `0x1f`, `1_000`, `.inf`, `1:20`, ...) is outside; the rest are
+//! strings. A value read this way carries no position (`Location::UNKNOWN`
+//! inside a `Spanned`).
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
@@ -53,14 +65,25 @@ const MAX_DEPTH: usize = 32;
 /// key's colon; every key of the schema is short).
 const MAX_KEY: usize = 64;
 
-/// Reads one document with `seed`.
+/// Reads one document with `seed`, by the types the schema asks for.
 pub fn read<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S) -> Result<S::Value> {
+    read_in(text, seed, false)
+}
+
+/// Reads one document as `T`, answering requests for a value of any type
+/// as the full parser would (see the module's documentation).
+pub fn read_typed_by_yaml<'de, T: de::Deserialize<'de>>(text: &'de str) -> Result<T> {
+    read_in(text, std::marker::PhantomData::<T>, true)
+}
+
+fn read_in<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S, guess: bool) -> Result<S::Value> {
     let mut r = Reader {
         text,
         b: text.as_bytes(),
         pos: 0,
         line_start: 0,
         depth: 0,
+        guess,
     };
     // Tabs, carriage returns, other control characters and anything beyond
     // ASCII (a byte-order mark, Unicode line breaks) are the full parser's
@@ -87,6 +110,8 @@ struct Reader<'de> {
     pos: usize,
     line_start: usize,
     depth: usize,
+    /// Whether requests for any type are answered (`read_typed_by_yaml`).
+    guess: bool,
 }
 
 /// A scalar as written.
@@ -119,7 +144,7 @@ fn is_key_char(c: u8) -> bool {
 }
 
 fn is_plain_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-'
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'/')
 }
 
 impl<'de> Reader<'de> {
@@ -274,6 +299,7 @@ impl<'de> Reader<'de> {
     fn plain(&mut self, block: bool) -> Result<&'de str> {
         let first = self.peek().ok_or(Outside)?;
         let starts_well = first.is_ascii_alphanumeric()
+            || first == b'/'
             || first == b'-' && self.peek_at(1).is_some_and(|c| c.is_ascii_digit());
         if !starts_well {
             return Err(Outside);
@@ -442,6 +468,52 @@ fn decimal(s: Scalar<'_>) -> Result<i64> {
     s.text.parse().map_err(|_| Outside)
 }
 
+/// A plain scalar the full parser types as something other than a string
+/// or a plain decimal: a boolean other than `true`/`false` (YAML 1.1's
+/// `yes`, `On`, `n`, ...), a float, an integer in another notation or with
+/// `_`, a sexagesimal number, a null.
+fn typed_otherwise(text: &str) -> bool {
+    const BOOLS: [&str; 10] = [
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~",
+    ];
+    if BOOLS.iter().any(|b| text.eq_ignore_ascii_case(b)) {
+        return true;
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let numeric = |c: u8| c.is_ascii_digit() || matches!(c, b'_' | b':' | b'.');
+    text.parse::<f64>().is_ok()
+        || digits.starts_with('.')
+        || digits.starts_with("0x")
+        || digits.starts_with("0o")
+        || digits.starts_with("0b")
+        || digits.starts_with(|c: char| c.is_ascii_digit()) && text.contains('_')
+        || digits.bytes().all(numeric) && digits.bytes().filter(|c| *c == b'.').count() <= 1
+}
+
+/// A scalar as the full parser types it when nothing says what to expect:
+/// `true`/`false`, a plain decimal, or a string; outside when it would be
+/// anything else.
+fn visit_typed<'de, V: Visitor<'de>>(s: Scalar<'de>, visitor: V) -> Result<V::Value> {
+    if !s.plain {
+        return visitor.visit_borrowed_str(s.text);
+    }
+    match s.text {
+        "true" => return visitor.visit_bool(true),
+        "false" => return visitor.visit_bool(false),
+        _ => {}
+    }
+    if let Ok(n) = decimal(s) {
+        return match u64::try_from(n) {
+            Ok(u) => visitor.visit_u64(u),
+            Err(_) => visitor.visit_i64(n),
+        };
+    }
+    if nullish(s) || typed_otherwise(s.text) {
+        return Err(Outside);
+    }
+    visitor.visit_borrowed_str(s.text)
+}
+
 /// One node for serde, its start already read.
 struct Node<'r, 'de> {
     r: &'r mut Reader<'de>,
@@ -494,9 +566,31 @@ impl<'r, 'de> Node<'r, 'de> {
 impl<'r, 'de> de::Deserializer<'de> for Node<'r, 'de> {
     type Error = Outside;
 
-    /// Only what the schema asks for is read: no guessing of types.
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        Err(Outside)
+    /// Only what the schema asks for is read, unless the reader answers
+    /// for any type as the full parser does.
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        if !self.r.guess {
+            return Err(Outside);
+        }
+        match self.start {
+            Start::Scalar(s) => visit_typed(s, visitor),
+            Start::BlockMap { .. } | Start::FlowMap { .. } => self.map(visitor),
+            Start::BlockSeq { .. } | Start::FlowSeq { .. } => self.seq(visitor),
+        }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.scalar()? {
+            Scalar {
+                text: "true",
+                plain: true,
+            } => visitor.visit_bool(true),
+            Scalar {
+                text: "false",
+                plain: true,
+            } => visitor.visit_bool(false),
+            _ => Err(Outside),
+        }
     }
 
     fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -565,19 +659,29 @@ impl<'r, 'de> de::Deserializer<'de> for Node<'r, 'de> {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf
+        i8 i16 i32 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf
         unit unit_struct tuple tuple_struct enum
     }
 }
 
-/// A key, for serde.
-struct Key<'de>(&'de str);
+/// A key, for serde: its text, whether it was plain, and whether the
+/// reader answers for any type.
+struct Key<'de>(&'de str, bool, bool);
 
 impl<'de> de::Deserializer<'de> for Key<'de> {
     type Error = Outside;
 
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        Err(Outside)
+    /// A key read for any type: a string, unless the full parser would
+    /// type it otherwise.
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let Key(text, plain, guess) = self;
+        if !guess {
+            return Err(Outside);
+        }
+        if plain && typed_otherwise(text) {
+            return Err(Outside);
+        }
+        visitor.visit_borrowed_str(text)
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -626,7 +730,7 @@ impl<'r, 'de> MapAccess<'de> for BlockMap<'r, 'de> {
         }
         self.key_column = r.column();
         let key = r.block_key();
-        seed.deserialize(Key(key)).map(Some)
+        seed.deserialize(Key(key, true, r.guess)).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
@@ -707,23 +811,23 @@ impl<'r, 'de> MapAccess<'de> for FlowMap<'r, 'de> {
             return Ok(None);
         }
         self.first = false;
-        let key = match r.peek() {
+        let (key, plain) = match r.peek() {
             Some(b'"' | b'\'') => {
                 let key = r.quoted()?;
                 if key.len() > MAX_KEY || r.peek() != Some(b':') {
                     return Err(Outside);
                 }
                 r.pos += 1;
-                key
+                (key, false)
             }
             _ => {
                 if !r.key_here() {
                     return Err(Outside);
                 }
-                r.block_key()
+                (r.block_key(), true)
             }
         };
-        seed.deserialize(Key(key)).map(Some)
+        seed.deserialize(Key(key, plain, r.guess)).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
