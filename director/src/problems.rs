@@ -83,6 +83,20 @@ pub fn at<T>(s: &Spanned<T>, field: impl Into<String>, message: impl Into<String
     }
 }
 
+/// The full parser's options for `text`: its limits raised to the text's
+/// size. A file of tens of thousands of services has more YAML nodes than
+/// the default budget allows; no document has more nodes than bytes, nor
+/// more events than twice as many.
+pub fn sized_for(text: &str) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(text.len().saturating_mul(2) + 16);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// A YAML/JSON syntax or shape error.
 pub fn from_saphyr(e: &serde_saphyr::Error) -> Problem {
     let (line, column) = e

@@ -481,11 +481,12 @@ fn typed_otherwise(text: &str) -> bool {
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
     let numeric = |c: u8| c.is_ascii_digit() || matches!(c, b'_' | b':' | b'.');
+    let radix = digits
+        .get(..2)
+        .is_some_and(|p| ["0x", "0o", "0b"].iter().any(|r| p.eq_ignore_ascii_case(r)));
     text.parse::<f64>().is_ok()
         || digits.starts_with('.')
-        || digits.starts_with("0x")
-        || digits.starts_with("0o")
-        || digits.starts_with("0b")
+        || radix
         || digits.starts_with(|c: char| c.is_ascii_digit()) && text.contains('_')
         || digits.bytes().all(numeric) && digits.bytes().filter(|c| *c == b'.').count() <= 1
 }
@@ -535,6 +536,7 @@ impl<'r, 'de> Node<'r, 'de> {
                 r: self.r,
                 indent,
                 key_column: indent,
+                keys: Keys::default(),
             }),
             Start::FlowMap { min, block } => visitor.visit_map(FlowMap {
                 r: self.r,
@@ -542,6 +544,7 @@ impl<'r, 'de> Node<'r, 'de> {
                 block,
                 first: true,
                 done: false,
+                keys: Keys::default(),
             }),
             _ => Err(Outside),
         }
@@ -712,6 +715,25 @@ struct BlockMap<'r, 'de> {
     indent: usize,
     /// Column of the key just read.
     key_column: usize,
+    keys: Keys<'de>,
+}
+
+/// The keys of one mapping so far. A key twice (an error for the full
+/// parser, while a map would keep the last value), a plain `null` key (a
+/// null, not a string) and a quoted key starting with `__` (the names
+/// serde wrappers use for themselves) are the full parser's.
+#[derive(Default)]
+struct Keys<'de>(Vec<&'de str>);
+
+impl<'de> Keys<'de> {
+    fn add(&mut self, key: &'de str, plain: bool) -> Result<()> {
+        let null = plain && matches!(key, "null" | "Null" | "NULL");
+        if null || !plain && key.starts_with("__") || self.0.contains(&key) {
+            return Err(Outside);
+        }
+        self.0.push(key);
+        Ok(())
+    }
 }
 
 impl<'r, 'de> MapAccess<'de> for BlockMap<'r, 'de> {
@@ -730,6 +752,7 @@ impl<'r, 'de> MapAccess<'de> for BlockMap<'r, 'de> {
         }
         self.key_column = r.column();
         let key = r.block_key();
+        self.keys.add(key, true)?;
         seed.deserialize(Key(key, true, r.guess)).map(Some)
     }
 
@@ -779,6 +802,7 @@ struct FlowMap<'r, 'de> {
     block: bool,
     first: bool,
     done: bool,
+    keys: Keys<'de>,
 }
 
 impl<'r, 'de> MapAccess<'de> for FlowMap<'r, 'de> {
@@ -827,6 +851,7 @@ impl<'r, 'de> MapAccess<'de> for FlowMap<'r, 'de> {
                 (r.block_key(), true)
             }
         };
+        self.keys.add(key, plain)?;
         seed.deserialize(Key(key, plain, r.guess)).map(Some)
     }
 

@@ -289,8 +289,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 
 /// Parses with the full YAML parser, every value with its position.
 pub(super) fn parse_located(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let doc: FileIn =
-        serde_saphyr::from_str(text).map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
+    let doc: FileIn = serde_saphyr::from_str_with_options(text, crate::problems::sized_for(text))
+        .map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
     build(&doc)
 }
 
@@ -1336,34 +1336,51 @@ mod tests {
     }
 
     /// Values the full parser types otherwise (YAML 1.1 booleans, floats,
-    /// other notations), styles outside the subset, and files with problems
-    /// go to the full parser: the same configuration, or the same problems
+    /// other notations, nulls), styles outside the subset, maps the full
+    /// parser refuses (a key twice, a null key), and files with problems go
+    /// to the full parser: the same configuration, or the same problems
     /// with their lines.
     #[test]
     fn what_the_quick_reader_is_unsure_of_goes_to_the_full_parser() {
         let lab = include_str!("../../../tests/lab/d1.yaml");
+        let labels = |m: &str| {
+            lab.replace(
+                "    addresses: [\"10.10.0.200",
+                &format!("    service_labels: {m}\n    addresses: [\"10.10.0.200"),
+            )
+        };
         let variants = [
             lab.replace("insecure: true", "insecure: yes"),
             lab.replace("insecure: true", "insecure: True"),
             lab.replace("heartbeat_ms: 150", "heartbeat_ms: 0x96"),
+            lab.replace("heartbeat_ms: 150", "heartbeat_ms: 0X96"),
             lab.replace("heartbeat_ms: 150", "heartbeat_ms: 1_50"),
             lab.replace("heartbeat_ms: 150", "heartbeat_ms: 150.0"),
             lab.replace("heartbeat_ms: 150", "heartbeat_ms: \"150\""),
             lab.replace("interface: eth0", "interface: 1:20"),
             lab.replace("interface: eth0", "interface: off"),
             lab.replace("interface: eth0", "interface: ~"),
-            lab.replace("interface: eth0", "interface: 'eth0'"),
             lab.replace("interface: eth0", "interface: \"eth\\x30\""),
             lab.replace("interface: eth0", "interface: |\n  eth0"),
             lab.replace("insecure: true", "insecure: true\nunknown: 1"),
             lab.replace("{port: 80,", "{port: 70000,"),
+            labels("{tier: a, tier: b}"),
+            labels("{null: public}"),
+            labels("{\"__serde_saphyr_private_spanned\": x}"),
         ];
         for text in variants {
+            assert_ne!(text, lab);
+            let quick = crate::subset::read_typed_by_yaml::<FileIn>(&text);
+            assert!(quick.is_err() || build(&quick.unwrap()).is_err(), "{text}");
             assert_eq!(parse(&text), parse_located(&text), "{text}");
         }
         let bad = lab.replace("{port: 80,", "{port: 70000,");
         let errs = parse(&bad).unwrap_err();
         assert!(errs.iter().all(|e| e.line > 0), "{errs:?}");
+        // In the subset, and read the same either way.
+        let quoted = lab.replace("interface: eth0", "interface: 'eth0'");
+        assert!(crate::subset::read_typed_by_yaml::<FileIn>(&quoted).is_ok());
+        assert_eq!(parse(&quoted).unwrap(), parse_located(lab).unwrap());
     }
 
     /// The quick reader answers a value's type as the full parser would.
@@ -1396,6 +1413,8 @@ mod tests {
             ("v: 1.5", None),
             ("v: 1e3", None),
             ("v: 0x1f", None),
+            ("v: 0X1F", None),
+            ("v: -0B101", None),
             ("v: 0o17", None),
             ("v: 007", None),
             ("v: 1_000", None),

@@ -247,6 +247,15 @@ impl Reconciler for Ipvs {
             .into_iter()
             .filter(|(s, _)| managed(&s.key, &state, &config))
             .collect();
+        // The counters are not the reconciler's business, and the driver
+        // may keep this table until the next resync.
+        for (s, dests) in &mut table {
+            s.stats = None;
+            for d in dests {
+                d.stats = None;
+                d.counters = None;
+            }
+        }
         table.sort_by_key(|(s, _)| s.key);
         Ok(table)
     }

@@ -594,16 +594,7 @@ fn read_quickly(text: &str) -> Option<Vec<Entry>> {
 
 /// Reads a document with the full YAML parser, keeping every value's place.
 fn parse_located(text: &str) -> Result<Vec<Entry>, Vec<FileError>> {
-    // A table of tens of thousands of services has millions of YAML
-    // nodes; no document has more nodes than bytes, nor more events than
-    // twice as many.
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_nodes = budget.max_nodes.max(text.len());
-    budget.max_events = budget.max_events.max(text.len().saturating_mul(2) + 16);
-    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(text.len());
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    let doc: FileIn = serde_saphyr::from_str_with_options(text, options)
+    let doc: FileIn = serde_saphyr::from_str_with_options(text, crate::problems::sized_for(text))
         .map_err(|e| vec![crate::problems::from_saphyr(&e)])?;
     let mut table = Table::default();
     for (i, s) in doc.services.iter().enumerate() {

@@ -1233,7 +1233,9 @@ fn fetch(addr: SocketAddr, path: &str, json: bool) -> Result<()> {
 fn fetch_reply(addr: SocketAddr, path: &str) -> Result<HttpReply> {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("connect")?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A director's /metrics at 10,000 services reads the whole IPVS table:
+    // seconds under emulation.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
