@@ -13,7 +13,7 @@
 use std::hint::black_box;
 
 use consensus::{apply, ClusterState, Response};
-use director::ops::memory::{arenas, heap, Allocator};
+use director::ops::memory::{arenas, dirty_decay_ms, heap, Allocator};
 
 #[global_allocator]
 static ALLOCATOR: Allocator = Allocator {};
@@ -58,11 +58,13 @@ fn file() -> String {
     text
 }
 
-/// The build gives jemalloc one arena (`.cargo/config.toml`): a build
-/// without it keeps several arenas' freed pages (docs/architecture.md).
+/// The build gives jemalloc one arena and a one-second decay of freed pages
+/// (`.cargo/config.toml`): a build without them keeps several arenas' freed
+/// pages, for ten seconds (docs/architecture.md).
 #[test]
-fn the_allocator_has_one_arena() {
+fn the_allocator_has_one_arena_and_returns_pages_within_a_second() {
     assert_eq!(arenas(), Some(1));
+    assert_eq!(dirty_decay_ms(), Some(1000));
 }
 
 #[test]

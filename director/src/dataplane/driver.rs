@@ -253,6 +253,9 @@ pub fn spawn<R: Reconciler>(
     (handle, task)
 }
 
+/// A pass at least this long is logged (debug): what holds a change up.
+const SLOW_PASS: Duration = Duration::from_millis(100);
+
 /// The driver loop of one reconciler.
 async fn drive<R: Reconciler>(
     mut r: R,
@@ -309,6 +312,14 @@ async fn drive<R: Reconciler>(
             Ordering::Relaxed,
         );
         stats.pass_seconds.observe(took.as_secs_f64());
+        if took >= SLOW_PASS {
+            tracing::debug!(
+                reconciler = name,
+                ms = took.as_millis() as u64,
+                observed = due,
+                "a long pass"
+            );
+        }
         match &outcome {
             Ok(()) => {
                 if let Some(e) = reported.take() {
