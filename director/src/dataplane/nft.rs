@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use consensus::state::{ClusterState, Forwarding};
+use consensus::state::{ClusterState, Forwarding, Protocol};
 use consensus::Node;
 
 use super::driver::{Desired, OpError, Reconciler};
@@ -76,47 +76,49 @@ impl std::fmt::Debug for NftOp {
 /// number of services: the chain is walked for every new connection the
 /// host makes, the director's own (Raft, health checks) included.
 pub fn snat_ruleset(state: &ClusterState) -> String {
-    // Map elements per family: "backend . proto . port . vip : vip".
-    let mut v4 = BTreeSet::new();
-    let mut v6 = BTreeSet::new();
+    use std::fmt::Write as _;
+    // Map elements per family: backend, protocol, backend port, VIP. Kept
+    // as values, sorted and written once: at 10,000 services that is 40,000
+    // elements, and a string for each cost a reload seconds under emulation.
+    let mut v4: Vec<(IpAddr, Protocol, u16, IpAddr)> = Vec::new();
+    let mut v6: Vec<(IpAddr, Protocol, u16, IpAddr)> = Vec::new();
     for vs in state.services.values() {
         if vs.forwarding != Forwarding::Nat || !vs.snat {
             continue;
         }
         let fallback = vs.health.as_ref().and_then(|h| h.fallback);
         for p in &vs.ports {
-            let fallback = fallback.map(|f| consensus::state::Backend {
-                address: f.ip(),
-                port: f.port(),
-                weight: 1,
-            });
-            for b in p.backends.iter().chain(fallback.as_ref()) {
-                if b.address.is_ipv4() != vs.vip.is_ipv4() {
+            let fallback = fallback.map(|f| (f.ip(), f.port()));
+            let backends = p.backends.iter().map(|b| (b.address, b.port));
+            for (address, port) in backends.chain(fallback) {
+                if address.is_ipv4() != vs.vip.is_ipv4() {
                     continue;
                 }
-                let element = format!(
-                    "{} . {} . {} . {} : {}",
-                    b.address, p.protocol, b.port, vs.vip, vs.vip
-                );
+                let element = (address, p.protocol, port, vs.vip);
                 if vs.vip.is_ipv4() {
-                    v4.insert(element);
+                    v4.push(element);
                 } else {
-                    v6.insert(element);
+                    v6.push(element);
                 }
             }
         }
     }
-    let mut s = format!("table inet {SNAT} {{\n");
+    for elements in [&mut v4, &mut v6] {
+        elements.sort_unstable();
+        elements.dedup();
+    }
+    let mut s = String::with_capacity(256 + 64 * (v4.len() + v6.len()));
+    let _ = writeln!(s, "table inet {SNAT} {{");
     for (name, addr, elements) in [("snat4", "ipv4_addr", &v4), ("snat6", "ipv6_addr", &v6)] {
-        s.push_str(&format!(
-            "  map {name} {{\n    type {addr} . inet_proto . inet_service . {addr} : {addr}\n"
-        ));
+        let _ = writeln!(
+            s,
+            "  map {name} {{\n    type {addr} . inet_proto . inet_service . {addr} : {addr}"
+        );
         if !elements.is_empty() {
             s.push_str("    elements = {\n");
             let last = elements.len() - 1;
-            for (i, e) in elements.iter().enumerate() {
-                s.push_str("      ");
-                s.push_str(e);
+            for (i, (address, protocol, port, vip)) in elements.iter().enumerate() {
+                let _ = write!(s, "      {address} . {protocol} . {port} . {vip} : {vip}");
                 s.push_str(if i == last { "\n" } else { ",\n" });
             }
             s.push_str("    }\n");
