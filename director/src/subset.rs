@@ -427,6 +427,33 @@ impl<'de> Reader<'de> {
         }
     }
 
+    /// To the next entry of a flow collection closed by `close` (past the
+    /// comma after the previous one, unless `first`): true when there is
+    /// one, false when the collection ended (its bracket consumed). A
+    /// trailing comma is the full parser's.
+    fn flow_entry(&mut self, min: usize, first: bool, close: u8, block: bool) -> Result<bool> {
+        self.skip_flow_space(min)?;
+        if !first {
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.skip_flow_space(min)?;
+                    if self.peek() == Some(close) {
+                        return Err(Outside);
+                    }
+                }
+                Some(c) if c == close => {}
+                _ => return Err(Outside),
+            }
+        }
+        if self.peek() == Some(close) {
+            self.pos += 1;
+            self.close_flow(block)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// After a flow collection's closing bracket.
     fn close_flow(&mut self, block: bool) -> Result<()> {
         self.depth = self.depth.saturating_sub(1);
@@ -813,25 +840,8 @@ impl<'r, 'de> MapAccess<'de> for FlowMap<'r, 'de> {
             return Ok(None);
         }
         let r = &mut *self.r;
-        r.skip_flow_space(self.min)?;
-        if !self.first {
-            match r.peek() {
-                Some(b',') => {
-                    r.pos += 1;
-                    r.skip_flow_space(self.min)?;
-                    if r.peek() == Some(b'}') {
-                        // A trailing comma.
-                        return Err(Outside);
-                    }
-                }
-                Some(b'}') => {}
-                _ => return Err(Outside),
-            }
-        }
-        if r.peek() == Some(b'}') {
-            r.pos += 1;
+        if !r.flow_entry(self.min, self.first, b'}', self.block)? {
             self.done = true;
-            r.close_flow(self.block)?;
             return Ok(None);
         }
         self.first = false;
@@ -880,24 +890,8 @@ impl<'r, 'de> SeqAccess<'de> for FlowSeq<'r, 'de> {
             return Ok(None);
         }
         let r = &mut *self.r;
-        r.skip_flow_space(self.min)?;
-        if !self.first {
-            match r.peek() {
-                Some(b',') => {
-                    r.pos += 1;
-                    r.skip_flow_space(self.min)?;
-                    if r.peek() == Some(b']') {
-                        return Err(Outside);
-                    }
-                }
-                Some(b']') => {}
-                _ => return Err(Outside),
-            }
-        }
-        if r.peek() == Some(b']') {
-            r.pos += 1;
+        if !r.flow_entry(self.min, self.first, b']', self.block)? {
             self.done = true;
-            r.close_flow(self.block)?;
             return Ok(None);
         }
         self.first = false;
