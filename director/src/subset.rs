@@ -1,8 +1,9 @@
 //! A quick reader for the plain subset of YAML that table documents and
 //! configuration files are written in: what `director ipvs show -o
 //! yaml|json` prints, flow style (`- {protocol: tcp, address: ...}`) and
-//! hand-written block style. It keeps no positions and allocates nothing but
-//! the values it hands to serde.
+//! hand-written block style. It keeps no positions; it allocates the values
+//! it hands to serde and, per mapping, the list of its keys (to refuse a
+//! key written twice).
 //!
 //! It accepts a document only when it can be sure the full YAML parser
 //! (`serde_saphyr`) reads it the same way. On anything else (anchors, tags,

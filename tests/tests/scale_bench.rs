@@ -767,8 +767,13 @@ fn metrics_texts(lab: &Lab) -> Vec<Option<String>> {
         .iter()
         .map(|h| {
             let addr = format!("{}:9469", h.ipv4());
-            lab.exec(&h.name(), &[&labnet, "fetch", &addr, "/metrics"])
-                .ok()
+            // At 10,000 services a scrape reads the whole IPVS table:
+            // seconds under emulation.
+            lab.exec(
+                &h.name(),
+                &[&labnet, "fetch", "--timeout-s", "30", &addr, "/metrics"],
+            )
+            .ok()
         })
         .collect()
 }

@@ -315,7 +315,7 @@ async fn drive<R: Reconciler>(
         if took >= SLOW_PASS {
             tracing::debug!(
                 reconciler = name,
-                ms = took.as_millis() as u64,
+                ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
                 observed = due,
                 "a long pass"
             );

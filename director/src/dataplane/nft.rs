@@ -35,8 +35,10 @@ pub const DRAIN: &str = "director_drain";
 pub enum Table {
     /// Not there.
     Absent,
-    /// Exactly as this script wrote it.
-    Written(String),
+    /// Exactly as this script wrote it. Shared: the desired tables, the
+    /// driver's belief, the last listing and what the reconciler wrote hold
+    /// one SNAT script (megabytes at scale) between them.
+    Written(Arc<str>),
     /// There, but not (or no longer) as written here: its listing.
     Other(String),
 }
@@ -48,7 +50,7 @@ pub type Tables = BTreeMap<&'static str, Table>;
 #[derive(Clone, PartialEq, Eq)]
 pub enum NftOp {
     /// Replace the table with this script (`nft -f`).
-    Write(&'static str, String),
+    Write(&'static str, Arc<str>),
     /// Delete the table.
     Delete(&'static str),
 }
@@ -167,11 +169,11 @@ pub fn gate_ruleset(vips: &BTreeSet<IpAddr>) -> String {
 /// What the tables should be: the SNAT table for `state`, and the gate
 /// only while `gate` names VIPs.
 pub fn desired(state: &ClusterState, gate: &BTreeSet<IpAddr>) -> Tables {
-    tables(snat_ruleset(state), gate)
+    tables(snat_ruleset(state).into(), gate)
 }
 
 /// The tables with the SNAT table's script `snat`.
-fn tables(snat: String, gate: &BTreeSet<IpAddr>) -> Tables {
+fn tables(snat: Arc<str>, gate: &BTreeSet<IpAddr>) -> Tables {
     let mut t = Tables::new();
     t.insert(SNAT, Table::Written(snat));
     t.insert(
@@ -179,7 +181,7 @@ fn tables(snat: String, gate: &BTreeSet<IpAddr>) -> Tables {
         if gate.is_empty() {
             Table::Absent
         } else {
-            Table::Written(gate_ruleset(gate))
+            Table::Written(gate_ruleset(gate).into())
         },
     );
     t
@@ -236,7 +238,7 @@ pub struct Nft {
     /// Each table's script and the kernel's listing of it: taken right
     /// after writing it, or at the first listing after that when the
     /// script's shape was known (None until then).
-    written: BTreeMap<&'static str, (String, Option<String>)>,
+    written: BTreeMap<&'static str, (Arc<str>, Option<String>)>,
     /// How the kernel lists a script of each shape (the script without its
     /// elements, see [`shape`]), learned from a listing taken right after a
     /// write: that listing's shape, and whether it held the script's
@@ -245,7 +247,7 @@ pub struct Nft {
     /// The ruleset generation of the last listing, and what it found.
     listed: Option<(u32, Tables)>,
     /// The last SNAT script and the state it was made from.
-    snat: Option<(Arc<ClusterState>, String)>,
+    snat: Option<(Arc<ClusterState>, Arc<str>)>,
 }
 
 impl Nft {
@@ -319,7 +321,7 @@ impl Reconciler for Nft {
         let snat = match &self.snat {
             Some((from, script)) if from.same_services(&state) => script.clone(),
             _ => {
-                let script = snat_ruleset(&state);
+                let script: Arc<str> = snat_ruleset(&state).into();
                 if self.snat.as_ref().is_some_and(|(_, old)| *old != script) {
                     tracing::debug!(bytes = script.len(), "the SNAT script changed");
                 }

@@ -2,7 +2,7 @@
 //! installs [`Allocator`] as its global allocator): a daemon whose
 //! whole-state passes run on short-lived blocking threads leaves glibc's
 //! per-thread arenas holding freed megabytes, where jemalloc returns unused
-//! pages to the kernel after a few seconds (its background thread purges
+//! pages to the kernel after a second (its background thread purges
 //! them while the daemon is idle). [`Heap`] is what it reports, for
 //! `/metrics`.
 
@@ -47,8 +47,8 @@ pub fn arenas() -> Option<u32> {
 /// kernel, in milliseconds: one second, set at build time with the arenas
 /// (jemalloc's default is ten). At 10,000 services a resync's full read of
 /// the IPVS table allocates and frees megabytes every 30 s; kept ten
-/// seconds, they were a third of the time in the RSS. None where jemalloc
-/// is not the allocator.
+/// seconds, they would be in the RSS ten seconds of every thirty. None
+/// where jemalloc is not the allocator.
 pub fn dirty_decay_ms() -> Option<isize> {
     use tikv_jemalloc_ctl::{Access, AsName};
     heap()?;

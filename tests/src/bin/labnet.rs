@@ -107,6 +107,9 @@ enum Cmd {
         /// `{"status":200,"headers":{"X-Node":"n1",...},"body":"n1\n"}`.
         #[arg(long)]
         json: bool,
+        /// How long to wait for each read of the answer, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
     },
     /// Hold ONE TCP connection to the plain TCP responder (e.g. through a
     /// VIP) for `--for-ms`: read its first line (the node's name), send a
@@ -222,7 +225,12 @@ fn main() -> Result<()> {
             count,
             hold_ms,
         } => tcp_tally(&target, count, Duration::from_millis(hold_ms)),
-        Cmd::Fetch { target, path, json } => fetch(target, &path, json),
+        Cmd::Fetch {
+            target,
+            path,
+            json,
+            timeout_s,
+        } => fetch(target, &path, json, Duration::from_secs(timeout_s)),
         Cmd::Stream {
             target,
             interval_ms,
@@ -1216,8 +1224,8 @@ fn ipvs_ops(family_id: u16, ready_file: Option<PathBuf>) -> Result<()> {
 
 /// Prints the body of `GET path` from `addr`, or with `json` the whole
 /// answer as an [`HttpReply`]; fails unless the status is 200.
-fn fetch(addr: SocketAddr, path: &str, json: bool) -> Result<()> {
-    let reply = fetch_reply(addr, path)?;
+fn fetch(addr: SocketAddr, path: &str, json: bool, timeout: Duration) -> Result<()> {
+    let reply = fetch_reply(addr, path, timeout)?;
     if json {
         println!("{}", serde_json::to_string(&reply)?);
     } else {
@@ -1230,12 +1238,10 @@ fn fetch(addr: SocketAddr, path: &str, json: bool) -> Result<()> {
 }
 
 /// One `GET path` from `addr` on a new connection, read to its end.
-fn fetch_reply(addr: SocketAddr, path: &str) -> Result<HttpReply> {
+fn fetch_reply(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpReply> {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("connect")?;
-    // A director's /metrics at 10,000 services reads the whole IPVS table:
-    // seconds under emulation.
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(timeout))?;
     stream.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
@@ -1368,7 +1374,12 @@ mod tests {
         let port = http_responder("[::]:0", "n1")
             .or_else(|| http_responder("0.0.0.0:0", "n1"))
             .expect("a loopback listener");
-        let reply = fetch_reply(SocketAddr::from(([127, 0, 0, 1], port)), "/").expect("fetch");
+        let reply = fetch_reply(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "/",
+            Duration::from_secs(5),
+        )
+        .expect("fetch");
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body, "n1\n");
         assert_eq!(reply.header("x-node"), Some("n1"));
@@ -1380,8 +1391,11 @@ mod tests {
         assert_eq!(client.ip(), IpAddr::from([127, 0, 0, 1]), "{reply:?}");
         assert_ne!(client.port(), port);
 
-        if let Ok(reply) = fetch_reply(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), "/")
-        {
+        if let Ok(reply) = fetch_reply(
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            "/",
+            Duration::from_secs(5),
+        ) {
             let client: SocketAddr = reply
                 .header("X-Client")
                 .expect("X-Client")
