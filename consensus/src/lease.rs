@@ -320,6 +320,15 @@ impl LeaseTable {
                 .is_some_and(|(_, since)| now >= since + self.fence())
     }
 
+    /// How long until the new-leader wait (lease plus margin from taking
+    /// office) is over; `None` once it is, and when this node does not lead.
+    pub fn new_leader_wait_left(&self, now: BootInstant) -> Option<Duration> {
+        let (_, since) = self.leader_since?;
+        (since + self.fence())
+            .checked_duration_since(now)
+            .filter(|left| !left.is_zero())
+    }
+
     /// How long ago each director was last granted a lease by this leader
     /// (its last contact); empty when not the leader.
     pub fn last_grants(&self, now: BootInstant) -> BTreeMap<NodeId, Duration> {
@@ -687,6 +696,11 @@ mod tests {
         assert!(!table.may_assign(at(wait - 1), Some(at(wait - 1))));
         assert!(table.may_assign(at(wait), Some(at(wait))));
         assert!(!table.may_take_from(2, at(wait - 1), Some(at(wait - 1))));
+        assert_eq!(
+            table.new_leader_wait_left(at(wait - 1)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(table.new_leader_wait_left(at(wait)), None);
         // Without a fresh quorum round it decides nothing.
         assert!(!table.may_assign(at(wait + 200), Some(at(wait))));
         assert!(!table.may_assign(at(wait + 200), None));

@@ -442,6 +442,18 @@ impl Node {
             .unwrap_or(false)
     }
 
+    /// On the leader: how long until the new-leader wait (lease plus margin
+    /// from taking office) is over; `None` once it is, and on other nodes.
+    pub fn new_leader_wait_left(&self) -> Option<Duration> {
+        let now = self.leases.now()?;
+        self.leases.observe(now);
+        self.leases
+            .table
+            .lock()
+            .ok()
+            .and_then(|t| t.new_leader_wait_left(now))
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id

@@ -334,6 +334,83 @@ async fn an_isolated_leader_stops_granting_and_a_new_leader_waits_before_moving(
     assert!(checker.finish().await <= 1);
 }
 
+/// The owner is the leader and is cut off: the survivors elect a leader,
+/// which has no grant record for the old one and moves the VIP after the
+/// new-leader wait (docs/fencing.md, Case 2), never while the old leader
+/// still holds its own lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_owns_a_vip_and_is_cut_off_loses_it_only_after_its_lease() {
+    let c = Cluster::start().await;
+    let leader = c.leader(&[1, 2, 3]).await;
+    for id in 1..=3 {
+        c.propose(
+            leader,
+            Command::PutDirector(Director {
+                id,
+                name: format!("d{id}"),
+                address: String::new(),
+                role: Role::Data,
+            }),
+        )
+        .await;
+    }
+    c.propose(
+        leader,
+        Command::Allocate {
+            vip: vip(),
+            service: "default/web".into(),
+        },
+    )
+    .await;
+    until("the new-leader wait", || c.node(leader).may_assign()).await;
+    let r = c
+        .propose(
+            leader,
+            Command::SetOwner {
+                vip: vip(),
+                director: leader,
+                expected_epoch: 0,
+            },
+        )
+        .await;
+    assert_eq!(r, Response::Epoch(1));
+    until("the leader to hold its VIP", || {
+        c.node(leader).holds_lease()
+    })
+    .await;
+    let checker = Checker::start(c.nodes.clone(), vip());
+    c.isolate(leader);
+    let rest: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader = c.leader(&rest).await;
+    assert_ne!(new_leader, leader);
+    // The VIP may move only once the new leader's wait is over.
+    until("the new-leader wait to pass", || {
+        c.node(new_leader).may_take_from(leader)
+    })
+    .await;
+    assert!(!c.node(leader).holds_lease(), "the old leader still holds");
+    let r = c
+        .propose(
+            new_leader,
+            Command::SetOwner {
+                vip: vip(),
+                director: new_leader,
+                expected_epoch: 1,
+            },
+        )
+        .await;
+    assert_eq!(r, Response::Epoch(2));
+    c.node(new_leader).moves_done();
+    until("the new owner to hold", || {
+        c.node(new_leader).holds_lease()
+            && c.node(new_leader).state().owners[&vip()].director == new_leader
+    })
+    .await;
+    c.faults.heal();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(checker.finish().await <= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_that_hears_the_leader_but_cannot_answer_lapses() {
     let c = Cluster::start().await;

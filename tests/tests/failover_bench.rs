@@ -10,7 +10,9 @@
 //!
 //! Environment: FAILOVER_RUNS (runs per system, default 10), FAILOVER_PARTITION_S
 //! (default 5), FAILOVER_OUT (a JSON file for the results), FAILOVER_ONLY
-//! (comma-separated system names, to run a subset).
+//! (comma-separated system names, to run a subset), FAILOVER_OWNER_LEADS (1:
+//! before each director run the Raft leader is killed and restarted until the
+//! VIP's owner leads, so that the kill takes the leader with the owner).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark")]
 
 use std::net::IpAddr;
@@ -219,7 +221,50 @@ fn names(hosts: &[Host]) -> Vec<String> {
     hosts.iter().map(Host::name).collect()
 }
 
+fn leader_name(lab: &Lab, hosts: &[Host]) -> Option<String> {
+    hosts.iter().find_map(|h| {
+        director_status(lab, h).and_then(|s| s["leader_name"].as_str().map(str::to_owned))
+    })
+}
+
+/// Kills and restarts the Raft leader until the VIP's owner `owner` leads
+/// (a holder keeps its VIPs through a change of leader). Whether it does.
+fn make_owner_lead(lab: &mut LabGuard, all: &[Host], owner: &str) -> bool {
+    for _ in 0..8 {
+        let Some(leader) = leader_name(lab, all) else {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        };
+        if leader == owner {
+            return true;
+        }
+        if lab.kill_host(&leader).is_err() {
+            return false;
+        }
+        let others: Vec<Host> = all.iter().filter(|h| h.name() != leader).cloned().collect();
+        let elected = wait_until("a new leader", Duration::from_secs(30), || {
+            leader_name(lab, &others).filter(|l| *l != leader)
+        });
+        if lab.start_host(&leader).is_err() || elected.is_err() {
+            return false;
+        }
+        // The restarted director catches up and renews before the next try.
+        let _ = wait_until(
+            "the restarted director to hold a lease",
+            Duration::from_secs(60),
+            || {
+                let h = all.iter().find(|h| h.name() == leader)?;
+                director_status(lab, h)
+                    .is_some_and(|s| s["lease"]["held"] == true)
+                    .then_some(())
+            },
+        );
+    }
+    false
+}
+
 fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -> Results {
+    let owner_leads = env_u64("FAILOVER_OWNER_LEADS", 0) == 1;
     let name = match profile {
         TimingProfile::Tuned => "director tuned (lease 140 ms)",
         TimingProfile::Default => "director default (lease 300 ms)",
@@ -247,6 +292,23 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
         let Ok((owner, _)) = settle(&lab) else {
             r.failed_runs.push(format!("run {i}: no settled owner"));
             continue;
+        };
+        if owner_leads && !make_owner_lead(&mut lab, &all, &owner) {
+            r.failed_runs.push(format!(
+                "run {i}: the owner {owner} could not be made the leader"
+            ));
+            continue;
+        }
+        let owner = if owner_leads {
+            match settle(&lab) {
+                Ok((o, _)) => o,
+                Err(_) => {
+                    r.failed_runs.push(format!("run {i}: no settled owner"));
+                    continue;
+                }
+            }
+        } else {
+            owner
         };
         let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
         let led = director_status(&lab, &all[0])

@@ -144,6 +144,11 @@ enum BenchCmd {
         /// director-default, director-tuned), comma-separated.
         #[arg(long)]
         only: Option<String>,
+        /// Before each director run, make the VIP's owner the Raft leader
+        /// (the leader is killed and restarted until the owner is elected),
+        /// so that each kill takes the leader with the owner.
+        #[arg(long)]
+        owner_leads: bool,
     },
     /// Scale: three directors (release build) in the lab, all given the same
     /// generated config of N static services x 4 backends: time until every
@@ -411,8 +416,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     runs,
                     partition_s,
                     only,
+                    owner_leads,
                 },
-        } => bench_failover(&root, &vm, runs, partition_s, only),
+        } => bench_failover(&root, &vm, runs, partition_s, only, owner_leads),
         Cmd::Bench {
             bench:
                 BenchCmd::Scale {
@@ -472,6 +478,7 @@ fn bench_failover(
     runs: u32,
     partition_s: u32,
     only: Option<String>,
+    owner_leads: bool,
 ) -> Result<i32> {
     if lab::lab::which("keepalived").is_none() {
         install::apt_install(&["keepalived"])?;
@@ -493,6 +500,9 @@ fn bench_failover(
     ];
     if let Some(only) = only {
         argv.push(format!("FAILOVER_ONLY={only}"));
+    }
+    if owner_leads {
+        argv.push("FAILOVER_OWNER_LEADS=1".into());
     }
     argv.extend([
         exe,

@@ -417,10 +417,18 @@ pub async fn run(
     loop {
         let leading = node.leader() == Some(node.id());
         let silent = leading && node.last_contact().values().any(|d| suspicious.contains(d));
+        // A new leader moves the VIPs of a director it has not heard from
+        // (a dead predecessor's) the moment its new-leader wait is over.
+        let new_leader_wait = if leading {
+            node.new_leader_wait_left()
+                .map(|left| left + Duration::from_millis(1))
+        } else {
+            None
+        };
         let wait = if silent {
             tick.min(Duration::from_millis(5))
         } else if leading {
-            tick
+            new_leader_wait.map_or(tick, |left| left.min(tick))
         } else {
             // A follower has nothing to do on a bare tick: it wakes for a
             // commit, a new configuration or a change of leadership.

@@ -193,6 +193,9 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// The host written into the kubeconfig's server URL; `None`: the first listen IP.
     pub server_host: Option<String>,
+    /// Objects created at start, before the kubeconfig is written, when no
+    /// saved state is loaded.
+    pub seed: Vec<Value>,
 }
 
 impl Default for Options {
@@ -205,6 +208,7 @@ impl Default for Options {
             state_file: None,
             kubeconfig: None,
             server_host: None,
+            seed: Vec::new(),
         }
     }
 }
@@ -252,20 +256,22 @@ impl State {
     }
 
     fn save(&self, store: &Store) {
-        let Some(path) = &self.state_file else {
-            return;
-        };
+        if let Some((path, saved)) = self.snapshot(store) {
+            write_state(&path, &saved);
+        }
+    }
+
+    /// What the state file is to hold (every stored object, the token and
+    /// the CA key), and where; `None` without a state file. Taken under the
+    /// store's lock; [`write_state`] serializes and writes it after.
+    fn snapshot(&self, store: &Store) -> Option<(PathBuf, Value)> {
+        let path = self.state_file.clone()?;
         let mut saved = store.to_saved();
         if let Some(map) = saved.as_object_mut() {
             map.insert("token".into(), json!(self.token));
             map.insert("caKey".into(), json!(self.ca_key_pem));
         }
-        let tmp = path.with_extension("tmp");
-        let result =
-            std::fs::write(&tmp, saved.to_string()).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            tracing::error!(path = %path.display(), error = %e, "saving state failed");
-        }
+        Some((path, saved))
     }
 
     pub(crate) fn set_fault(&self, fault: Fault) {
@@ -287,27 +293,56 @@ impl State {
     }
 }
 
+/// Writes `saved` to `path` (through a temporary file and a rename).
+fn write_state(path: &Path, saved: &Value) {
+    let tmp = path.with_extension("tmp");
+    let result = serde_json::to_vec(saved)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::error!(path = %path.display(), error = %e, "saving state failed");
+    }
+}
+
 /// How often, at most, the state file is written while objects change.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 
-/// Writes the state file after changes, at most every [`SAVE_EVERY`], and
-/// once more at shutdown.
+/// The longest wait between two writes of the state file while objects
+/// change.
+const SAVE_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes the state file after changes, and once more at shutdown. The
+/// objects are copied under the store's lock; serializing and writing them
+/// happen outside it, on a blocking thread. The wait between two writes is
+/// [`SAVE_EVERY`], or ten times as long as the last save took (at most
+/// [`SAVE_AT_MOST_EVERY`]), so that a big store spends at most about a tenth
+/// of the time being saved.
 async fn saver(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let mut changed = state.changed.subscribe();
     let mut saved = *changed.borrow_and_update();
+    let mut wait = SAVE_EVERY;
     loop {
         tokio::select! {
             r = changed.changed() => {
                 if r.is_err() {
                     break;
                 }
-                tokio::time::sleep(SAVE_EVERY).await;
+                tokio::time::sleep(wait).await;
             }
             _ = shutdown.changed() => break,
         }
         let now = *changed.borrow_and_update();
         if now != saved {
-            state.read(|store| state.save(store));
+            let started = std::time::Instant::now();
+            if let Some((path, snapshot)) = state.read(|store| state.snapshot(store)) {
+                let written =
+                    tokio::task::spawn_blocking(move || write_state(&path, &snapshot)).await;
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "saving state failed");
+                }
+            }
+            wait = (started.elapsed() * 10).clamp(SAVE_EVERY, SAVE_AT_MOST_EVERY);
             saved = now;
         }
     }
@@ -448,6 +483,11 @@ impl Double {
                     )
                     .map_err(Error::Seed)?;
                 }
+                // The seed objects are in before the kubeconfig is written:
+                // a client that waits for the kubeconfig finds them all.
+                for object in &opts.seed {
+                    create_in(&mut store, object.clone()).map_err(Error::Seed)?;
+                }
             }
         }
         let counter = store.counter();
@@ -557,21 +597,7 @@ impl Double {
     /// `kind` pick the resource; a namespaced object without a namespace goes to
     /// `default`. Returns the stored object.
     pub fn create(&self, object: Value) -> Result<Value, ApiError> {
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let rt = resources::by_kind(api_version, kind).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "no resource for apiVersion {api_version:?} kind {kind:?}"
-            ))
-        })?;
-        self.state
-            .write(|store| ops::create(store, rt, None, object, ops::Origin::Seed))
+        self.state.write(|store| create_in(store, object))
     }
 
     /// One stored object, by its resource's `apiVersion` and `kind`.
@@ -611,4 +637,23 @@ impl Drop for Double {
             let _ = std::fs::remove_file(&self.kubeconfig_path);
         }
     }
+}
+
+/// Creates a seed object in `store`, its resource found by `apiVersion` and
+/// `kind`.
+fn create_in(store: &mut Store, object: Value) -> Result<Value, ApiError> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let rt = resources::by_kind(api_version, kind).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "no resource for apiVersion {api_version:?} kind {kind:?}"
+        ))
+    })?;
+    ops::create(store, rt, None, object, ops::Origin::Seed)
 }

@@ -89,6 +89,7 @@ async fn main() {
                 state_file: state,
                 kubeconfig: Some(kubeconfig_out),
                 server_host,
+                seed: Vec::new(),
             };
             serve(opts, &seed).await
         }
@@ -137,20 +138,19 @@ fn seed_objects(path: &Path) -> anyhow::Result<Vec<Value>> {
     Ok(objects)
 }
 
-async fn serve(opts: Options, seeds: &[PathBuf]) -> anyhow::Result<()> {
-    let fresh = opts.state_file.as_ref().is_none_or(|p| !p.exists());
-    let mut objects = Vec::new();
+async fn serve(mut opts: Options, seeds: &[PathBuf]) -> anyhow::Result<()> {
     for path in seeds {
-        objects.extend(seed_objects(path)?);
+        opts.seed.extend(seed_objects(path)?);
     }
-    let double = Double::start(opts).await?;
-    if fresh {
-        for object in objects {
-            double.create(object).map_err(|e| {
-                ConfigError(format!("seed object refused: {} {}", e.code, e.message))
-            })?;
-        }
-    }
+    // The seeds are created before the kubeconfig is written (only into a
+    // fresh store: a saved state is loaded as it is).
+    let double = Double::start(opts).await.map_err(|e| match e {
+        kube_double::Error::Seed(e) => anyhow::Error::new(ConfigError(format!(
+            "seed object refused: {} {}",
+            e.code, e.message
+        ))),
+        other => other.into(),
+    })?;
     tracing::info!(url = %double.url(), kubeconfig = %double.kubeconfig().display(), "serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -254,8 +254,10 @@ enum Job {
         want: Ingress,
         rv: Option<String>,
     },
-    /// A merge patch of a Service's metadata (the finalizer).
+    /// A merge patch of a Service's metadata (the finalizer), guarded by
+    /// the Service's resourceVersion.
     Meta {
+        uid: String,
         name: String,
         api: Api<Service>,
         patch: serde_json::Value,
@@ -277,6 +279,8 @@ enum Done {
         uid: String,
         want: Ingress,
         rv: Option<String>,
+        /// The Service's resourceVersion after the write.
+        now: Option<String>,
     },
     Meta {
         name: String,
@@ -312,9 +316,18 @@ async fn run_job(job: Job) -> (&'static str, Result<Done, kube::Error>) {
             let patch = json!({"status": {"loadBalancer": {"ingress": list}}});
             let r = timed(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)))
                 .await;
-            ("status", r.map(|_| Done::Status { uid, want, rv }))
+            (
+                "status",
+                r.map(|svc| Done::Status {
+                    uid,
+                    want,
+                    rv,
+                    now: svc.metadata.resource_version,
+                }),
+            )
         }
         Job::Meta {
+            uid: _,
             name,
             api,
             patch,
@@ -327,10 +340,12 @@ async fn run_job(job: Job) -> (&'static str, Result<Done, kube::Error>) {
     }
 }
 
-/// Runs the jobs, [`IN_FLIGHT`] at once, and notes what they came to.
-async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) {
+/// Runs the jobs, [`IN_FLIGHT`] at once, and notes what they came to. The
+/// resourceVersion each written status left its Service at, by UID.
+async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) -> BTreeMap<String, String> {
+    let mut versions = BTreeMap::new();
     if jobs.is_empty() {
-        return;
+        return versions;
     }
     let results: Vec<_> = futures_util::stream::iter(jobs)
         .map(run_job)
@@ -344,8 +359,11 @@ async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) {
                     tracing::info!(write = what, "Kubernetes writes succeed again");
                 }
                 match done {
-                    Done::Status { uid, want, rv } => {
+                    Done::Status { uid, want, rv, now } => {
                         tracing::debug!(%uid, ingress = ?want, "status updated");
+                        if let Some(now) = now {
+                            versions.insert(uid.clone(), now);
+                        }
                         memory.written.insert(uid, (want, rv));
                     }
                     Done::Meta { name, removing } => {
@@ -360,6 +378,7 @@ async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) {
             Err(e) => note_error(memory, what, e.to_string()),
         }
     }
+    versions
 }
 
 /// One pass: statuses first (what users wait for), then finalizers, then
@@ -395,6 +414,7 @@ async fn round(
             if has_finalizer(svc) && !in_state {
                 finalizers.retain(|f| f != FINALIZER);
                 metas.push(Job::Meta {
+                    uid: uid.clone(),
                     name: who,
                     api,
                     patch: json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}}),
@@ -408,6 +428,7 @@ async fn round(
             // The class goes with the finalizer: a director group removes
             // the finalizer only from Services its own class marked.
             metas.push(Job::Meta {
+                uid: uid.clone(),
                 name: who,
                 api: api.clone(),
                 patch: json!({"metadata": {
@@ -490,6 +511,7 @@ async fn round(
         let mut finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
         finalizers.retain(|f| f != FINALIZER);
         metas.push(Job::Meta {
+            uid: uid.to_string(),
             name: format!("{ns}/{name}"),
             api: Api::namespaced(client.clone(), ns),
             patch: json!({"metadata": {"finalizers": finalizers, "resourceVersion": svc.metadata.resource_version}}),
@@ -497,11 +519,21 @@ async fn round(
         });
     }
 
-    run_jobs(statuses, memory).await;
+    let versions = run_jobs(statuses, memory).await;
     // Finalizers in bounded portions: a burst of new Services gets its
     // statuses first, round after round, and its finalizers meanwhile.
     let more = metas.len() > METAS_PER_ROUND;
     metas.truncate(METAS_PER_ROUND);
+    // A status written just now changed its Service's resourceVersion: the
+    // finalizer's patch is guarded by the new one (with the view's it would
+    // fail with a conflict and wait for the next round).
+    for job in &mut metas {
+        if let Job::Meta { uid, patch, .. } = job {
+            if let Some(now) = versions.get(uid.as_str()) {
+                patch["metadata"]["resourceVersion"] = json!(now);
+            }
+        }
+    }
     run_jobs(metas, memory).await;
     events.extend(changes(state, memory));
     for job in events {
