@@ -209,23 +209,77 @@ pub struct Server {
 
 /// The last time a follower accepted an AppendEntries (entries or a
 /// heartbeat) from a leader, on tokio's clock, the clock openraft's own
-/// election timers and vote refusal count on.
+/// election timers and vote refusal count on; and the gate a prompt
+/// election closes on the silent leader's term.
 #[derive(Debug, Default)]
 pub struct LeaderContact {
-    last: std::sync::Mutex<Option<(NodeId, tokio::time::Instant)>>,
+    inner: std::sync::Mutex<Contact>,
+}
+
+#[derive(Debug, Default)]
+struct Contact {
+    last: Option<(NodeId, tokio::time::Instant)>,
+    /// AppendEntries from this leader in this term or an earlier one are
+    /// no longer acknowledged: this node has asked for votes against it
+    /// (they reach openraft again once its own term is higher).
+    closed: Option<(NodeId, u64)>,
+}
+
+impl Contact {
+    fn closed_to(&self, leader: NodeId, term: u64) -> bool {
+        self.closed.is_some_and(|(l, t)| l == leader && term <= t)
+    }
 }
 
 impl LeaderContact {
-    /// Notes that `leader`'s AppendEntries was accepted just now.
-    pub fn heard(&self, leader: NodeId) {
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some((leader, tokio::time::Instant::now()));
+    /// Notes that `leader`'s AppendEntries of `term` was accepted just now,
+    /// and says whether it may be acknowledged: false once a prompt
+    /// election closed the gate on that leader and term
+    /// ([`LeaderContact::close_unless_heard_since`]). The note and the check
+    /// are one step, so an acknowledgement either precedes the closing (and
+    /// the election sees it and is not asked for) or is never sent.
+    pub fn heard(&self, leader: NodeId, term: u64) -> bool {
+        let Ok(mut c) = self.inner.lock() else {
+            return false;
+        };
+        if c.closed_to(leader, term) {
+            return false;
         }
+        c.last = Some((leader, tokio::time::Instant::now()));
+        true
+    }
+
+    /// Whether an AppendEntries of `leader` in `term` would be refused its
+    /// acknowledgement (checked before it is handed to openraft too).
+    pub fn closed_to(&self, leader: NodeId, term: u64) -> bool {
+        self.inner
+            .lock()
+            .map_or(true, |c| c.closed_to(leader, term))
     }
 
     /// The leader last heard, and when.
     pub fn last(&self) -> Option<(NodeId, tokio::time::Instant)> {
-        self.last.lock().ok().and_then(|l| *l)
+        self.inner.lock().ok().and_then(|c| c.last)
+    }
+
+    /// Before a prompt election: closes the gate on `leader`'s AppendEntries
+    /// of `term` and earlier, unless one was accepted after `heard` (the
+    /// silence the election was decided on is over: no election). True when
+    /// the gate closed and the election may be asked for.
+    pub fn close_unless_heard_since(
+        &self,
+        leader: NodeId,
+        heard: tokio::time::Instant,
+        term: u64,
+    ) -> bool {
+        let Ok(mut c) = self.inner.lock() else {
+            return false;
+        };
+        if c.last.is_some_and(|(_, at)| at > heard) {
+            return false;
+        }
+        c.closed = Some((leader, term));
+        true
     }
 }
 
@@ -289,6 +343,17 @@ async fn connection(
         let raft = &server.raft;
         let reply = match request {
             Request::Append(rpc) => {
+                let term = rpc.vote.leader_id().term;
+                // This node asked for votes against that leader and term:
+                // until its own election has raised its term (openraft then
+                // answers that leader with its higher vote, which
+                // acknowledges nothing), the entries go unanswered, as if
+                // lost.
+                if server.contact.closed_to(from, term)
+                    && raft.metrics().borrow().vote.leader_id().term <= term
+                {
+                    continue;
+                }
                 let r = raft.append_entries(rpc).await;
                 // Anything but a refusal of the sender's vote: openraft has
                 // just renewed the leader lease this follower grants it.
@@ -298,8 +363,13 @@ async fn connection(
                 // acknowledgement, which the safety argument needs
                 // (docs/fencing.md, "Losing the leader"). Never stamp
                 // earlier, or from anywhere else.
-                if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-                    server.contact.heard(from);
+                // A prompt election that closed the gate meanwhile: the
+                // acknowledgement is not sent (docs/fencing.md, "Losing the
+                // leader").
+                if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
+                    && !server.contact.heard(from, term)
+                {
+                    continue;
                 }
                 Reply::Append(r)
             }
@@ -777,6 +847,31 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The prompt election's gate: an acknowledgement and the decision to
+    /// ask for votes never both happen for the same leader and term.
+    #[test]
+    fn an_acknowledgement_and_a_prompt_election_exclude_each_other() {
+        let c = LeaderContact::default();
+        assert!(c.heard(1, 5));
+        let (_, silence) = c.last().unwrap();
+        // An entry accepted after the silence was read: no election.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(c.heard(1, 5));
+        assert!(!c.close_unless_heard_since(1, silence, 5));
+        assert!(!c.closed_to(1, 5));
+        // The silence holds: the gate closes, and that leader's entries of
+        // that term (or older) are no longer acknowledged.
+        let (_, silence) = c.last().unwrap();
+        assert!(c.close_unless_heard_since(1, silence, 5));
+        assert!(c.closed_to(1, 5) && c.closed_to(1, 4));
+        assert!(!c.heard(1, 5));
+        assert_eq!(c.last().unwrap().1, silence);
+        // A later term of that leader, or another leader, is heard as ever.
+        assert!(!c.closed_to(1, 6));
+        assert!(c.heard(2, 6));
+        assert!(c.heard(1, 7));
+    }
 
     /// A leader stand-in on loopback: counts the connections it accepts and
     /// answers every renewal with a grant whose term is the request's number

@@ -919,6 +919,14 @@ async fn prompt_elections(
             next = due;
             continue;
         }
+        // From here on the silent leader's entries of this term go
+        // unacknowledged, unless one came in since the silence was read:
+        // then the election is not asked for, so a quorum-round
+        // acknowledgement is never followed by this node's own vote within
+        // the leader lease (docs/fencing.md, "Losing the leader").
+        if !contact.close_unless_heard_since(silent, heard, vote.leader_id().term) {
+            continue;
+        }
         asked = Some((heard, now, tries));
         tracing::info!(
             leader = silent,

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::resources::{ResourceType, ENDPOINT_SLICES, EVENTS, NAMESPACES, SERVICES};
 use crate::status::Cause;
-use crate::store::{name_of, namespace_of, Store};
+use crate::store::{holdings, name_of, namespace_of, Allocations, Store};
 
 /// The Service cluster IP range: 10.43.0.0/16 (k3s's default).
 const CLUSTER_IP_PREFIX: [u8; 2] = [10, 43];
@@ -81,43 +81,50 @@ fn str_of<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     map.get(key).and_then(Value::as_str)
 }
 
-/// Node ports and cluster IPs held by Services other than `(namespace, name)`.
-fn held_by_others(store: &Store, namespace: &str, name: &str) -> (BTreeSet<u64>, BTreeSet<String>) {
-    let mut ports = BTreeSet::new();
-    let mut ips = BTreeSet::new();
-    for svc in store.all(&SERVICES) {
-        if namespace_of(svc).as_deref() == Some(namespace) && name_of(svc) == name {
-            continue;
-        }
-        if let Some(list) = svc.pointer("/spec/ports").and_then(Value::as_array) {
-            ports.extend(
-                list.iter()
-                    .filter_map(|p| p.get("nodePort"))
-                    .filter_map(Value::as_u64),
-            );
-        }
-        if let Some(p) = svc
-            .pointer("/spec/healthCheckNodePort")
-            .and_then(Value::as_u64)
-        {
-            ports.insert(p);
-        }
-        if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str) {
-            ips.insert(ip.to_string());
-        }
-    }
-    (ports, ips)
+/// Node ports and cluster IPs held by Services other than the one being
+/// written: the store's counts less what its stored version holds.
+struct Held<'a> {
+    all: &'a Allocations,
+    /// What the stored version of the Service being written holds.
+    own_ports: Vec<u64>,
+    own_ip: Option<String>,
+    /// Ports this write has taken so far.
+    taken: BTreeSet<u64>,
 }
 
-fn allocate_port(used: &BTreeSet<u64>) -> Option<u64> {
+impl Held<'_> {
+    fn port(&self, port: u64) -> bool {
+        let own = self.own_ports.iter().filter(|p| **p == port).count();
+        self.all.port(port) > own || self.taken.contains(&port)
+    }
+
+    fn ip(&self, ip: &str) -> bool {
+        let own = usize::from(self.own_ip.as_deref() == Some(ip));
+        self.all.ip(ip) > own
+    }
+}
+
+/// Node ports and cluster IPs held by Services other than `(namespace, name)`.
+fn held_by_others<'a>(store: &'a Store, namespace: &str, name: &str) -> Held<'a> {
+    let stored = store.get(&SERVICES, Some(namespace), name);
+    let (own_ports, own_ip) = stored.map(holdings).unwrap_or_default();
+    Held {
+        all: store.allocations(),
+        own_ports,
+        own_ip: own_ip.map(str::to_string),
+        taken: BTreeSet::new(),
+    }
+}
+
+fn allocate_port(used: impl Fn(u64) -> bool) -> Option<u64> {
     let size = NODE_PORTS.end() - NODE_PORTS.start() + 1;
     let start = random_below(size);
     (0..size)
         .map(|i| NODE_PORTS.start() + (start + i) % size)
-        .find(|p| !used.contains(p))
+        .find(|p| !used(*p))
 }
 
-fn allocate_ip(used: &BTreeSet<String>) -> Option<String> {
+fn allocate_ip(used: impl Fn(&str) -> bool) -> Option<String> {
     let size: u64 = 65536;
     let start = random_below(size);
     (0..size)
@@ -132,7 +139,7 @@ fn allocate_ip(used: &BTreeSet<String>) -> Option<String> {
             )
             .to_string()
         })
-        .find(|ip| !used.contains(ip))
+        .find(|ip| !used(ip))
 }
 
 fn needs_node_ports(kind: &str) -> bool {
@@ -143,7 +150,7 @@ fn needs_node_ports(kind: &str) -> bool {
 fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mut Vec<Cause>) {
     let namespace = namespace_of(new).unwrap_or_default();
     let name = name_of(new);
-    let (mut used_ports, used_ips) = held_by_others(store, &namespace, &name);
+    let mut held = held_by_others(store, &namespace, &name);
     let old_spec = old
         .and_then(|o| o.get("spec"))
         .and_then(Value::as_object)
@@ -240,7 +247,7 @@ fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mu
         let given = str_of(spec, "clusterIP").unwrap_or_default().to_string();
         let unchanged = str_of(&old_spec, "clusterIP") == Some(given.as_str());
         let ip = if given.is_empty() {
-            match allocate_ip(&used_ips) {
+            match allocate_ip(|ip| held.ip(ip)) {
                 Some(ip) => ip,
                 None => {
                     causes.push(Cause::invalid(
@@ -256,7 +263,7 @@ fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mu
         } else {
             match given.parse::<Ipv4Addr>() {
                 Ok(addr) if addr.octets()[..2] == CLUSTER_IP_PREFIX => {
-                    if used_ips.contains(&given) {
+                    if held.ip(&given) {
                         causes.push(Cause::invalid(
                             "spec.clusterIPs",
                             &json!([given]),
@@ -367,7 +374,7 @@ fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mu
                 &json!(n),
                 "provided port is not in the valid range. The range of valid ports is 30000-32767",
             )),
-            Some(n) if used_ports.contains(&n) => causes.push(Cause::invalid(
+            Some(n) if held.port(n) => causes.push(Cause::invalid(
                 format!("spec.ports[{i}].nodePort"),
                 &json!(n),
                 "provided port is already allocated",
@@ -376,26 +383,24 @@ fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mu
                 own_ports.insert(n);
                 p.insert("nodePort".into(), json!(n));
             }
-            None if allocate => {
-                match allocate_port(&used_ports.union(&own_ports).copied().collect()) {
-                    Some(n) => {
-                        own_ports.insert(n);
-                        p.insert("nodePort".into(), json!(n));
-                    }
-                    None => causes.push(Cause::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        &json!(0),
-                        "failed to allocate a nodePort: range is full",
-                    )),
+            None if allocate => match allocate_port(|p| held.port(p) || own_ports.contains(&p)) {
+                Some(n) => {
+                    own_ports.insert(n);
+                    p.insert("nodePort".into(), json!(n));
                 }
-            }
+                None => causes.push(Cause::invalid(
+                    format!("spec.ports[{i}].nodePort"),
+                    &json!(0),
+                    "failed to allocate a nodePort: range is full",
+                )),
+            },
             None => {}
         }
     }
     if spec.contains_key("ports") || !ports.is_empty() {
         spec.insert("ports".into(), Value::Array(ports));
     }
-    used_ports.extend(own_ports);
+    held.taken.extend(own_ports);
 
     // Health check node port: LoadBalancer with externalTrafficPolicy Local.
     let local = str_of(spec, "externalTrafficPolicy") == Some("Local");
@@ -407,7 +412,7 @@ fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mu
             .or_else(|| old_spec.get("healthCheckNodePort").and_then(Value::as_u64));
         match given {
             Some(n)
-                if used_ports.contains(&n)
+                if held.port(n)
                     && Some(n) != old_spec.get("healthCheckNodePort").and_then(Value::as_u64) =>
             {
                 causes.push(Cause::invalid(
@@ -420,7 +425,7 @@ fn service_spec(store: &Store, old: Option<&Value>, new: &mut Value, causes: &mu
                 spec.insert("healthCheckNodePort".into(), json!(n));
             }
             None => {
-                if let Some(n) = allocate_port(&used_ports) {
+                if let Some(n) = allocate_port(|p| held.port(p)) {
                     spec.insert("healthCheckNodePort".into(), json!(n));
                 }
             }

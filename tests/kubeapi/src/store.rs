@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{json, Value};
 
-use crate::resources::{self, ResourceType, CORE_EVENTS, EVENTS};
+use crate::resources::{self, ResourceType, CORE_EVENTS, EVENTS, SERVICES};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +62,86 @@ pub fn object_key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Str
     }
 }
 
+/// The node ports and cluster IPs the stored Services hold, with how many
+/// Services hold each (kept with every write, so that a Service write does
+/// not read every other Service).
+#[derive(Debug, Default)]
+pub struct Allocations {
+    ports: BTreeMap<u64, usize>,
+    ips: BTreeMap<String, usize>,
+}
+
+impl Allocations {
+    /// How many stored Services hold node port `port`.
+    pub fn port(&self, port: u64) -> usize {
+        self.ports.get(&port).copied().unwrap_or(0)
+    }
+
+    /// How many stored Services hold cluster IP `ip`.
+    pub fn ip(&self, ip: &str) -> usize {
+        self.ips.get(ip).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, service: &Value) {
+        let (ports, ip) = holdings(service);
+        for p in ports {
+            *self.ports.entry(p).or_insert(0) += 1;
+        }
+        if let Some(ip) = ip {
+            *self.ips.entry(ip.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, service: &Value) {
+        let (ports, ip) = holdings(service);
+        for p in ports {
+            if let Some(n) = self.ports.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ports.remove(&p);
+                }
+            }
+        }
+        if let Some(ip) = ip {
+            if let Some(n) = self.ips.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ips.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+/// The node ports (those of `spec.ports` and `spec.healthCheckNodePort`) and
+/// the cluster IP a Service holds.
+pub fn holdings(service: &Value) -> (Vec<u64>, Option<&str>) {
+    let mut ports: Vec<u64> = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|p| p.get("nodePort"))
+                .filter_map(Value::as_u64)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(p) = service
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+    {
+        ports.push(p);
+    }
+    let ip = service.pointer("/spec/clusterIP").and_then(Value::as_str);
+    (ports, ip)
+}
+
 /// All objects, the counter and the change history.
 #[derive(Debug)]
 pub struct Store {
     counter: u64,
     objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
+    allocations: Allocations,
     history: VecDeque<Change>,
     history_cap: usize,
     floor: u64,
@@ -79,11 +154,17 @@ impl Store {
         Store {
             counter: 0,
             objects: BTreeMap::new(),
+            allocations: Allocations::default(),
             history: VecDeque::new(),
             history_cap: history_cap.max(1),
             floor: 0,
             epoch: 0,
         }
+    }
+
+    /// The node ports and cluster IPs the stored Services hold.
+    pub fn allocations(&self) -> &Allocations {
+        &self.allocations
     }
 
     /// The current resourceVersion.
@@ -181,6 +262,14 @@ impl Store {
         } else {
             map.insert(key, object.clone())
         };
+        if rt.key() == SERVICES.key() {
+            if let Some(p) = &previous {
+                self.allocations.remove(p);
+            }
+            if !deleting {
+                self.allocations.add(&object);
+            }
+        }
         let kind = match (&previous, deleting) {
             (_, true) => ChangeKind::Deleted,
             (None, false) => ChangeKind::Added,
@@ -208,10 +297,19 @@ impl Store {
     /// Insert an object as it is (loading saved state), without a change entry.
     fn load_object(&mut self, rt: &ResourceType, object: Value) {
         let key = object_key(rt, namespace_of(&object).as_deref(), &name_of(&object));
-        self.objects
+        if rt.key() == SERVICES.key() {
+            self.allocations.add(&object);
+        }
+        if let Some(replaced) = self
+            .objects
             .entry(rt.key())
             .or_default()
-            .insert(key, object);
+            .insert(key, object)
+        {
+            if rt.key() == SERVICES.key() {
+                self.allocations.remove(&replaced);
+            }
+        }
     }
 
     /// The saved form: counter and every stored object (not derived views).
@@ -365,6 +463,40 @@ mod tests {
         );
         let stored = store.get(&SERVICES, Some("default"), "a").unwrap();
         assert_eq!(stored.pointer("/metadata/resourceVersion").unwrap(), "3");
+    }
+
+    #[test]
+    fn allocations_follow_every_service_write() {
+        let with = |name: &str, port: u64, ip: &str| {
+            let mut v = svc(name);
+            v["spec"] = json!({"clusterIP": ip, "ports": [{"port": 80, "nodePort": port}]});
+            v
+        };
+        let mut store = Store::new(10);
+        store.commit(&SERVICES, Write::Put(with("a", 30001, "10.96.0.10")));
+        store.commit(&SERVICES, Write::Put(with("b", 30001, "10.96.0.11")));
+        let a = store.allocations();
+        assert_eq!(
+            (a.port(30001), a.ip("10.96.0.10"), a.ip("10.96.0.11")),
+            (2, 1, 1)
+        );
+        store.commit(&SERVICES, Write::Put(with("a", 30002, "10.96.0.10")));
+        let a = store.allocations();
+        assert_eq!(
+            (a.port(30001), a.port(30002), a.ip("10.96.0.10")),
+            (1, 1, 1)
+        );
+        store.commit(&SERVICES, Write::Delete(with("b", 30001, "10.96.0.11")));
+        let a = store.allocations();
+        assert_eq!((a.port(30001), a.ip("10.96.0.11")), (0, 0));
+        // Loaded from a saved state: the same counts.
+        let mut loaded = Store::new(10);
+        loaded.load_saved(&store.to_saved()).unwrap();
+        let a = loaded.allocations();
+        assert_eq!(
+            (a.port(30002), a.ip("10.96.0.10"), a.port(30001)),
+            (1, 1, 0)
+        );
     }
 
     #[test]
