@@ -221,33 +221,41 @@ fn names(hosts: &[Host]) -> Vec<String> {
     hosts.iter().map(Host::name).collect()
 }
 
+/// The Raft leader as the first of `hosts` that answers names it (its
+/// status document, whatever the command's exit code).
 fn leader_name(lab: &Lab, hosts: &[Host]) -> Option<String> {
+    let bin = lab.env().director.clone()?;
     hosts.iter().find_map(|h| {
-        director_status(lab, h).and_then(|s| s["leader_name"].as_str().map(str::to_owned))
+        let out = std::process::Command::new(&bin)
+            .args(["status", "-o", "json", "--socket"])
+            .arg(lab.admin_socket(h))
+            .output()
+            .ok()?;
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        s["leader_name"].as_str().map(str::to_owned)
     })
 }
 
 /// Kills and restarts the Raft leader until the VIP's owner `owner` leads
-/// (a holder keeps its VIPs through a change of leader). Whether it does.
-fn make_owner_lead(lab: &mut LabGuard, all: &[Host], owner: &str) -> bool {
+/// (a holder keeps its VIPs through a change of leader).
+fn make_owner_lead(lab: &mut LabGuard, all: &[Host], owner: &str) -> Result<(), String> {
     for _ in 0..8 {
         let Some(leader) = leader_name(lab, all) else {
             std::thread::sleep(Duration::from_millis(500));
             continue;
         };
         if leader == owner {
-            return true;
+            return Ok(());
         }
-        if lab.kill_host(&leader).is_err() {
-            return false;
-        }
+        lab.kill_host(&leader)
+            .map_err(|e| format!("killing the leader {leader}: {e}"))?;
         let others: Vec<Host> = all.iter().filter(|h| h.name() != leader).cloned().collect();
         let elected = wait_until("a new leader", Duration::from_secs(30), || {
             leader_name(lab, &others).filter(|l| *l != leader)
         });
-        if lab.start_host(&leader).is_err() || elected.is_err() {
-            return false;
-        }
+        lab.start_host(&leader)
+            .map_err(|e| format!("restarting {leader}: {e}"))?;
+        elected.map_err(|e| format!("after killing the leader {leader}: {e}"))?;
         // The restarted director catches up and renews before the next try.
         let _ = wait_until(
             "the restarted director to hold a lease",
@@ -260,7 +268,7 @@ fn make_owner_lead(lab: &mut LabGuard, all: &[Host], owner: &str) -> bool {
             },
         );
     }
-    false
+    Err(format!("{owner} was not elected in 8 tries"))
 }
 
 fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -> Results {
@@ -293,11 +301,13 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
             r.failed_runs.push(format!("run {i}: no settled owner"));
             continue;
         };
-        if owner_leads && !make_owner_lead(&mut lab, &all, &owner) {
-            r.failed_runs.push(format!(
-                "run {i}: the owner {owner} could not be made the leader"
-            ));
-            continue;
+        if owner_leads {
+            if let Err(e) = make_owner_lead(&mut lab, &all, &owner) {
+                r.failed_runs.push(format!(
+                    "run {i}: the owner {owner} could not be made the leader: {e}"
+                ));
+                continue;
+            }
         }
         let owner = if owner_leads {
             match settle(&lab) {
