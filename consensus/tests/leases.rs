@@ -183,6 +183,14 @@ async fn setup(c: &Cluster) -> (NodeId, NodeId) {
 
 /// [`setup`], with the owner the follower of this rank by id (0 or 1).
 async fn setup_owner(c: &Cluster, rank: usize) -> (NodeId, NodeId) {
+    setup_owned_by(c, |leader| {
+        (1..=3).filter(|id| *id != leader).nth(rank).unwrap()
+    })
+    .await
+}
+
+/// [`setup`], with the owner `pick` names given the leader.
+async fn setup_owned_by(c: &Cluster, pick: impl FnOnce(NodeId) -> NodeId) -> (NodeId, NodeId) {
     let leader = c.leader(&[1, 2, 3]).await;
     for id in 1..=3 {
         c.propose(
@@ -204,7 +212,7 @@ async fn setup_owner(c: &Cluster, rank: usize) -> (NodeId, NodeId) {
         },
     )
     .await;
-    let owner = (1..=3).filter(|id| *id != leader).nth(rank).unwrap();
+    let owner = pick(leader);
     until("the new-leader wait", || c.node(leader).may_assign()).await;
     let r = c
         .propose(
@@ -341,43 +349,7 @@ async fn an_isolated_leader_stops_granting_and_a_new_leader_waits_before_moving(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_owns_a_vip_and_is_cut_off_loses_it_only_after_its_lease() {
     let c = Cluster::start().await;
-    let leader = c.leader(&[1, 2, 3]).await;
-    for id in 1..=3 {
-        c.propose(
-            leader,
-            Command::PutDirector(Director {
-                id,
-                name: format!("d{id}"),
-                address: String::new(),
-                role: Role::Data,
-            }),
-        )
-        .await;
-    }
-    c.propose(
-        leader,
-        Command::Allocate {
-            vip: vip(),
-            service: "default/web".into(),
-        },
-    )
-    .await;
-    until("the new-leader wait", || c.node(leader).may_assign()).await;
-    let r = c
-        .propose(
-            leader,
-            Command::SetOwner {
-                vip: vip(),
-                director: leader,
-                expected_epoch: 0,
-            },
-        )
-        .await;
-    assert_eq!(r, Response::Epoch(1));
-    until("the leader to hold its VIP", || {
-        c.node(leader).holds_lease()
-    })
-    .await;
+    let (leader, _) = setup_owned_by(&c, |leader| leader).await;
     let checker = Checker::start(c.nodes.clone(), vip());
     c.isolate(leader);
     let rest: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();

@@ -642,14 +642,7 @@ impl Drop for Double {
 /// Creates a seed object in `store`, its resource found by `apiVersion` and
 /// `kind`.
 fn create_in(store: &mut Store, object: Value) -> Result<Value, ApiError> {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let (api_version, kind) = resources::api_version_and_kind(&object);
     let rt = resources::by_kind(api_version, kind).ok_or_else(|| {
         ApiError::bad_request(format!(
             "no resource for apiVersion {api_version:?} kind {kind:?}"

@@ -175,6 +175,12 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
         .find(|rt| rt.api_version() == api_version && rt.kind == kind && !rt.read_only)
 }
 
+/// An object's `apiVersion` and `kind` (empty when missing).
+pub fn api_version_and_kind(object: &Value) -> (&str, &str) {
+    let field = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or_default();
+    (field("apiVersion"), field("kind"))
+}
+
 /// The resource with this key (see [`ResourceType::key`]).
 pub fn by_key(key: &str) -> Option<&'static ResourceType> {
     ALL.iter().find(|rt| rt.key() == key)

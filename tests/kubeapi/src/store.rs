@@ -334,14 +334,7 @@ impl Store {
             .and_then(Value::as_array)
             .ok_or("no objects")?;
         for object in objects {
-            let api_version = object
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let kind = object
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let (api_version, kind) = resources::api_version_and_kind(object);
             let rt = resources::by_kind(api_version, kind)
                 .ok_or_else(|| format!("unknown kind {api_version}/{kind}"))?;
             if rt.key() == EVENTS.key() {
