@@ -232,7 +232,7 @@ fn leader_name(lab: &Lab, hosts: &[Host]) -> Option<String> {
             .output()
             .ok()?;
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        s["leader_name"].as_str().map(str::to_owned)
+        s["cluster"]["leader_name"].as_str().map(str::to_owned)
     })
 }
 
@@ -321,9 +321,7 @@ fn director(profile: TimingProfile, runs: u64, partition_s: u64, env: &LabEnv) -
             owner
         };
         let survivors: Vec<Host> = all.iter().filter(|h| h.name() != owner).cloned().collect();
-        let led = director_status(&lab, &all[0])
-            .and_then(|s| s["leader_name"].as_str().map(|l| l == owner))
-            .unwrap_or(false);
+        let led = leader_name(&lab, &all).is_some_and(|l| l == owner);
         let from: Vec<(Host, usize)> = survivors
             .iter()
             .map(|h| (h.clone(), log_lines(&lab, h)))
