@@ -818,8 +818,10 @@ async fn leader_changes(
 /// which would outlast the ownership leases. It asks first only while its
 /// vote is still the silent leader's, so a follower that has voted for
 /// another candidate leaves that election alone; it asks again (at most
-/// three times per silence) only while its vote is still its own. After
-/// that, and with fewer than three voters, openraft's timer alone decides.
+/// three times per silence, an election timeout minimum apart) only while
+/// its vote is still its own. After that, with fewer than three voters,
+/// and for all but the first of two voters left, openraft's timer alone
+/// decides.
 async fn prompt_elections(
     raft: Raft<TypeConfig>,
     id: NodeId,
@@ -891,6 +893,15 @@ async fn prompt_elections(
         if voters.len() < 2 {
             continue;
         }
+        // Two voters left (a group of three): only the first asks. The
+        // second could win nothing without the first's vote, and asking a
+        // step after it, before the first's election has finished, splits
+        // the vote (seen under emulation, where an election takes about
+        // 50 ms); it leaves a failed election to openraft's timer.
+        if voters.len() == 2 && rank > 0 {
+            next = woke + quiet;
+            continue;
+        }
         let first = !matches!(asked, Some((h, _, _)) if h == heard);
         let voted_for = vote.leader_id().voted_for();
         let ours = if first {
@@ -909,7 +920,14 @@ async fn prompt_elections(
                 next = woke + quiet;
                 continue;
             }
-            Some((_, last, n)) if !first => (last + step * (2 + rank as u32), n + 1),
+            // Again no sooner than the election timeout minimum after the
+            // last request: each request raises the term and would end the
+            // election the last one started.
+            Some((_, last, n)) if !first => (
+                last + (step * (2 + rank as u32))
+                    .max(Duration::from_millis(timing.election_min_ms)),
+                n + 1,
+            ),
             _ => (
                 heard + lease::prompt_election_after(&timing, &lease, rank),
                 1,
