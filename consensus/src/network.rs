@@ -210,7 +210,7 @@ pub struct Server {
 /// The last time a follower accepted an AppendEntries (entries or a
 /// heartbeat) from a leader, on tokio's clock, the clock openraft's own
 /// election timers and vote refusal count on; and the gate a prompt
-/// election closes on the silent leader's term.
+/// election closes while it asks openraft for the election.
 #[derive(Debug, Default)]
 pub struct LeaderContact {
     inner: std::sync::Mutex<Contact>,
@@ -219,42 +219,38 @@ pub struct LeaderContact {
 #[derive(Debug, Default)]
 struct Contact {
     last: Option<(NodeId, tokio::time::Instant)>,
-    /// AppendEntries from this leader in this term or an earlier one are
-    /// no longer acknowledged: this node has asked for votes against it
-    /// (they reach openraft again once its own term is higher).
-    closed: Option<(NodeId, u64)>,
-}
-
-impl Contact {
-    fn closed_to(&self, leader: NodeId, term: u64) -> bool {
-        self.closed.is_some_and(|(l, t)| l == leader && term <= t)
-    }
+    /// A prompt election is being asked for: no AppendEntries is handed to
+    /// openraft or acknowledged.
+    closed: bool,
+    /// Raised by every closing: an AppendEntries handed to openraft before
+    /// a closing is not acknowledged after it.
+    generation: u64,
 }
 
 impl LeaderContact {
-    /// Notes that `leader`'s AppendEntries of `term` was accepted just now,
-    /// and says whether it may be acknowledged: false once a prompt
-    /// election closed the gate on that leader and term
-    /// ([`LeaderContact::close_unless_heard_since`]). The note and the check
-    /// are one step, so an acknowledgement either precedes the closing (and
-    /// the election sees it and is not asked for) or is never sent.
-    pub fn heard(&self, leader: NodeId, term: u64) -> bool {
+    /// Before an AppendEntries is handed to openraft: `None` while the gate
+    /// is closed (the request is dropped), else the generation to give
+    /// [`LeaderContact::heard`] after.
+    pub fn admit(&self) -> Option<u64> {
+        let c = self.inner.lock().ok()?;
+        (!c.closed).then_some(c.generation)
+    }
+
+    /// Notes that `leader`'s AppendEntries, admitted at `generation`, was
+    /// accepted just now, and says whether it may be acknowledged: false
+    /// when a prompt election closed the gate since it was admitted. The
+    /// note and the check are one step, so an acknowledgement either came
+    /// before the closing (and the election sees it and is not asked for)
+    /// or is never sent.
+    pub fn heard(&self, leader: NodeId, generation: u64) -> bool {
         let Ok(mut c) = self.inner.lock() else {
             return false;
         };
-        if c.closed_to(leader, term) {
+        if c.closed || c.generation != generation {
             return false;
         }
         c.last = Some((leader, tokio::time::Instant::now()));
         true
-    }
-
-    /// Whether an AppendEntries of `leader` in `term` would be refused its
-    /// acknowledgement (checked before it is handed to openraft too).
-    pub fn closed_to(&self, leader: NodeId, term: u64) -> bool {
-        self.inner
-            .lock()
-            .map_or(true, |c| c.closed_to(leader, term))
     }
 
     /// The leader last heard, and when.
@@ -262,24 +258,28 @@ impl LeaderContact {
         self.inner.lock().ok().and_then(|c| c.last)
     }
 
-    /// Before a prompt election: closes the gate on `leader`'s AppendEntries
-    /// of `term` and earlier, unless one was accepted after `heard` (the
-    /// silence the election was decided on is over: no election). True when
-    /// the gate closed and the election may be asked for.
-    pub fn close_unless_heard_since(
-        &self,
-        leader: NodeId,
-        heard: tokio::time::Instant,
-        term: u64,
-    ) -> bool {
+    /// Before a prompt election: closes the gate unless an AppendEntries
+    /// was accepted after `heard` (the silence the election was decided on
+    /// is over: no election). True when the gate closed; the caller asks
+    /// openraft for the election and then [`LeaderContact::reopen`]s it.
+    pub fn close_unless_heard_since(&self, heard: tokio::time::Instant) -> bool {
         let Ok(mut c) = self.inner.lock() else {
             return false;
         };
         if c.last.is_some_and(|(_, at)| at > heard) {
             return false;
         }
-        c.closed = Some((leader, term));
+        c.closed = true;
+        c.generation += 1;
         true
+    }
+
+    /// The election is in openraft's queue: AppendEntries handed to it from
+    /// now on are handled after this node's vote for itself.
+    pub fn reopen(&self) {
+        if let Ok(mut c) = self.inner.lock() {
+            c.closed = false;
+        }
     }
 }
 
@@ -343,17 +343,11 @@ async fn connection(
         let raft = &server.raft;
         let reply = match request {
             Request::Append(rpc) => {
-                let term = rpc.vote.leader_id().term;
-                // This node asked for votes against that leader and term:
-                // until its own election has raised its term (openraft then
-                // answers that leader with its higher vote, which
-                // acknowledges nothing), the entries go unanswered, as if
-                // lost.
-                if server.contact.closed_to(from, term)
-                    && raft.metrics().borrow().vote.leader_id().term <= term
-                {
-                    continue;
-                }
+                // A prompt election is being asked for: the connection is
+                // closed (the leader's next request reconnects).
+                let Some(generation) = server.contact.admit() else {
+                    return;
+                };
                 let r = raft.append_entries(rpc).await;
                 // Anything but a refusal of the sender's vote: openraft has
                 // just renewed the leader lease this follower grants it.
@@ -362,14 +356,12 @@ async fn connection(
                 // (node.rs) counts its wait from no earlier than the last
                 // acknowledgement, which the safety argument needs
                 // (docs/fencing.md, "Losing the leader"). Never stamp
-                // earlier, or from anywhere else.
-                // A prompt election that closed the gate meanwhile: the
-                // acknowledgement is not sent (docs/fencing.md, "Losing the
-                // leader").
+                // earlier, or from anywhere else. A prompt election asked
+                // for since this request was admitted: no acknowledgement.
                 if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_)))
-                    && !server.contact.heard(from, term)
+                    && !server.contact.heard(from, generation)
                 {
-                    continue;
+                    return;
                 }
                 Reply::Append(r)
             }
@@ -849,28 +841,34 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The prompt election's gate: an acknowledgement and the decision to
-    /// ask for votes never both happen for the same leader and term.
+    /// ask for votes never both happen.
     #[test]
     fn an_acknowledgement_and_a_prompt_election_exclude_each_other() {
         let c = LeaderContact::default();
-        assert!(c.heard(1, 5));
+        let g = c.admit().unwrap();
+        assert!(c.heard(1, g));
         let (_, silence) = c.last().unwrap();
         // An entry accepted after the silence was read: no election.
         std::thread::sleep(Duration::from_millis(2));
-        assert!(c.heard(1, 5));
-        assert!(!c.close_unless_heard_since(1, silence, 5));
-        assert!(!c.closed_to(1, 5));
-        // The silence holds: the gate closes, and that leader's entries of
-        // that term (or older) are no longer acknowledged.
+        assert!(c.heard(1, c.admit().unwrap()));
+        assert!(!c.close_unless_heard_since(silence));
+        assert!(c.admit().is_some());
+        // The silence holds. An entry admitted before the gate closes is
+        // not acknowledged after it, and none is admitted while it is
+        // closed, from any leader.
         let (_, silence) = c.last().unwrap();
-        assert!(c.close_unless_heard_since(1, silence, 5));
-        assert!(c.closed_to(1, 5) && c.closed_to(1, 4));
-        assert!(!c.heard(1, 5));
+        let before = c.admit().unwrap();
+        assert!(c.close_unless_heard_since(silence));
+        assert!(c.admit().is_none());
+        assert!(!c.heard(1, before));
+        assert!(!c.heard(2, before));
         assert_eq!(c.last().unwrap().1, silence);
-        // A later term of that leader, or another leader, is heard as ever.
-        assert!(!c.closed_to(1, 6));
-        assert!(c.heard(2, 6));
-        assert!(c.heard(1, 7));
+        // The election is in openraft's queue: entries admitted from now
+        // on are handled after the vote, and acknowledged as ever.
+        c.reopen();
+        assert!(!c.heard(1, before));
+        let after = c.admit().unwrap();
+        assert!(c.heard(2, after));
     }
 
     /// A leader stand-in on loopback: counts the connections it accepts and

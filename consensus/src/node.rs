@@ -819,9 +819,9 @@ async fn leader_changes(
 /// vote is still the silent leader's, so a follower that has voted for
 /// another candidate leaves that election alone; it asks again (at most
 /// three times per silence, an election timeout minimum apart) only while
-/// its vote is still its own. After that, with fewer than three voters,
-/// and for all but the first of two voters left, openraft's timer alone
-/// decides.
+/// its vote is still its own. Of two voters left, the second asks an
+/// election timeout minimum after the first would have. After that, and
+/// with fewer than three voters, openraft's timer alone decides.
 async fn prompt_elections(
     raft: Raft<TypeConfig>,
     id: NodeId,
@@ -893,15 +893,18 @@ async fn prompt_elections(
         if voters.len() < 2 {
             continue;
         }
-        // Two voters left (a group of three): only the first asks. The
-        // second could win nothing without the first's vote, and asking a
-        // step after it, before the first's election has finished, splits
-        // the vote (seen under emulation, where an election takes about
-        // 50 ms); it leaves a failed election to openraft's timer.
-        if voters.len() == 2 && rank > 0 {
-            next = woke + quiet;
-            continue;
-        }
+        // Two voters left (a group of three): the second asks only an
+        // election timeout minimum after the first. Asking a step after it,
+        // before the first's election has finished, splits the vote (seen
+        // under emulation, where an election takes about 50 ms); it still
+        // asks when the first's election got nowhere (the second refused it
+        // for a shorter log: its vote is still the silent leader's).
+        let rank_wait = if voters.len() == 2 && rank > 0 {
+            lease::prompt_election_after(&timing, &lease, 0)
+                + Duration::from_millis(timing.election_min_ms)
+        } else {
+            lease::prompt_election_after(&timing, &lease, rank)
+        };
         let first = !matches!(asked, Some((h, _, _)) if h == heard);
         let voted_for = vote.leader_id().voted_for();
         let ours = if first {
@@ -928,21 +931,19 @@ async fn prompt_elections(
                     .max(Duration::from_millis(timing.election_min_ms)),
                 n + 1,
             ),
-            _ => (
-                heard + lease::prompt_election_after(&timing, &lease, rank),
-                1,
-            ),
+            _ => (heard + rank_wait, 1),
         };
         if now < due {
             next = due;
             continue;
         }
-        // From here on the silent leader's entries of this term go
-        // unacknowledged, unless one came in since the silence was read:
-        // then the election is not asked for, so a quorum-round
-        // acknowledgement is never followed by this node's own vote within
-        // the leader lease (docs/fencing.md, "Losing the leader").
-        if !contact.close_unless_heard_since(silent, heard, vote.leader_id().term) {
+        // Until the election is in openraft's queue no AppendEntries is
+        // handed to openraft or acknowledged, unless one came in since the
+        // silence was read: then the election is not asked for. So a
+        // quorum-round acknowledgement is never followed by this node's own
+        // vote within the leader lease (docs/fencing.md, "Losing the
+        // leader").
+        if !contact.close_unless_heard_since(heard) {
             continue;
         }
         asked = Some((heard, now, tries));
@@ -952,7 +953,9 @@ async fn prompt_elections(
             attempt = tries,
             "the Raft leader is silent; asking for votes"
         );
-        if raft.trigger().elect().await.is_err() {
+        let asked_for = raft.trigger().elect().await;
+        contact.reopen();
+        if asked_for.is_err() {
             return;
         }
     }

@@ -328,7 +328,11 @@ async fn saver(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
                 if r.is_err() {
                     break;
                 }
-                tokio::time::sleep(wait).await;
+                // A shutdown does not wait for the pause between saves.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
             }
             _ = shutdown.changed() => break,
         }

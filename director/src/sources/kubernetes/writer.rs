@@ -279,8 +279,8 @@ enum Done {
         uid: String,
         want: Ingress,
         rv: Option<String>,
-        /// The Service's resourceVersion after the write.
-        now: Option<String>,
+        /// The Service as the write left it.
+        now: Box<Service>,
     },
     Meta {
         name: String,
@@ -322,7 +322,7 @@ async fn run_job(job: Job) -> (&'static str, Result<Done, kube::Error>) {
                     uid,
                     want,
                     rv,
-                    now: svc.metadata.resource_version,
+                    now: Box::new(svc),
                 }),
             )
         }
@@ -340,9 +340,9 @@ async fn run_job(job: Job) -> (&'static str, Result<Done, kube::Error>) {
     }
 }
 
-/// Runs the jobs, [`IN_FLIGHT`] at once, and notes what they came to. The
-/// resourceVersion each written status left its Service at, by UID.
-async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) -> BTreeMap<String, String> {
+/// Runs the jobs, [`IN_FLIGHT`] at once, and notes what they came to. Each
+/// Service a status write returned, by the UID it was written for.
+async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) -> BTreeMap<String, Box<Service>> {
     let mut versions = BTreeMap::new();
     if jobs.is_empty() {
         return versions;
@@ -361,9 +361,7 @@ async fn run_jobs(jobs: Vec<Job>, memory: &mut Memory) -> BTreeMap<String, Strin
                 match done {
                     Done::Status { uid, want, rv, now } => {
                         tracing::debug!(%uid, ingress = ?want, "status updated");
-                        if let Some(now) = now {
-                            versions.insert(uid.clone(), now);
-                        }
+                        versions.insert(uid.clone(), now);
                         memory.written.insert(uid, (want, rv));
                     }
                     Done::Meta { name, removing } => {
@@ -524,16 +522,21 @@ async fn round(
     // statuses first, round after round, and its finalizers meanwhile.
     let more = metas.len() > METAS_PER_ROUND;
     metas.truncate(METAS_PER_ROUND);
-    // A status written just now changed its Service's resourceVersion: the
-    // finalizer's patch is guarded by the new one (with the view's it would
-    // fail with a conflict and wait for the next round).
-    for job in &mut metas {
-        if let Job::Meta { uid, patch, .. } = job {
-            if let Some(now) = versions.get(uid.as_str()) {
-                patch["metadata"]["resourceVersion"] = json!(now);
-            }
-        }
-    }
+    // A status written just now changed its Service's resourceVersion: with
+    // the view's, adding the finalizer would fail with a conflict and wait
+    // for the next round. It is made again from the Service the write
+    // returned (its finalizers, its version).
+    metas.retain_mut(|job| match job {
+        Job::Meta {
+            uid,
+            patch,
+            removing: false,
+            ..
+        } => versions
+            .get(uid.as_str())
+            .is_none_or(|now| add_finalizer_to(now, uid, patch)),
+        Job::Meta { .. } | Job::Status { .. } => true,
+    });
     run_jobs(metas, memory).await;
     events.extend(changes(state, memory));
     for job in events {
@@ -544,6 +547,24 @@ async fn round(
         .retain(|uid, _| d.translation.ours.contains_key(uid));
     locked(&memory.published).retain(|(uid, _, _)| d.translation.ours.contains_key(uid));
     more
+}
+
+/// Makes `patch` (adding the finalizer) from `now`, the Service a status
+/// write returned. False when no patch is needed any more (it has the
+/// finalizer, or is being deleted); a Service of another UID (replaced
+/// under the same name) leaves the patch as it was, for the API to refuse.
+fn add_finalizer_to(now: &Service, uid: &str, patch: &mut serde_json::Value) -> bool {
+    if now.metadata.uid.as_deref() != Some(uid) {
+        return true;
+    }
+    if now.metadata.deletion_timestamp.is_some() || has_finalizer(now) {
+        return false;
+    }
+    let mut finalizers = now.metadata.finalizers.clone().unwrap_or_default();
+    finalizers.push(FINALIZER.to_string());
+    patch["metadata"]["finalizers"] = json!(finalizers);
+    patch["metadata"]["resourceVersion"] = json!(now.metadata.resource_version);
+    true
 }
 
 /// Normal Events for what changed in the state since the last round:
@@ -615,5 +636,58 @@ fn note_error(memory: &mut Memory, what: &'static str, e: String) {
     if memory.errors.get(what) != Some(&e) {
         tracing::warn!(write = what, error = %e, "Kubernetes write failed; tried again on the next round");
         memory.errors.insert(what, e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::*;
+
+    fn service(uid: &str, rv: &str, finalizers: &[&str]) -> Service {
+        let mut s = Service::default();
+        s.metadata.uid = Some(uid.into());
+        s.metadata.resource_version = Some(rv.into());
+        s.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+        s
+    }
+
+    #[test]
+    fn the_finalizer_patch_is_made_again_from_what_the_status_write_returned() {
+        let view = json!({"metadata": {
+            "finalizers": [FINALIZER],
+            "annotations": {CLASS_ANNOTATION: "director.io/ipvs"},
+            "resourceVersion": "7",
+        }});
+        // Another controller added its finalizer after the view: it is kept,
+        // and the patch is guarded by the version the write left.
+        let mut patch = view.clone();
+        let now = service("u1", "9", &["example.com/other"]);
+        assert!(add_finalizer_to(&now, "u1", &mut patch));
+        assert_eq!(
+            patch["metadata"]["finalizers"],
+            json!(["example.com/other", FINALIZER])
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "9");
+        assert_eq!(
+            patch["metadata"]["annotations"],
+            view["metadata"]["annotations"]
+        );
+        // Already there, or the Service is going: no patch.
+        assert!(!add_finalizer_to(
+            &service("u1", "9", &[FINALIZER]),
+            "u1",
+            &mut view.clone()
+        ));
+        let mut going = service("u1", "9", &[]);
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert!(!add_finalizer_to(&going, "u1", &mut view.clone()));
+        // Replaced under the same name: the patch stays as the view made it.
+        let mut patch = view.clone();
+        assert!(add_finalizer_to(&service("u2", "9", &[]), "u1", &mut patch));
+        assert_eq!(patch, view);
     }
 }
