@@ -181,7 +181,55 @@ impl ClusterState {
                 .zip(&other.services)
                 .all(|((a, x), (b, y))| Arc::ptr_eq(x, y) && a == b)
     }
+
+    /// The services that differ from `self` in `after`, by name: the value
+    /// here and there (`None`: absent). Pointer comparisons, in one walk of
+    /// both maps: a consumer that derives something per service can tell
+    /// whether a commit touched its part without looking at the rest. A
+    /// service put again is listed even when its value is equal.
+    pub fn changed_services<'a>(&'a self, after: &'a ClusterState) -> Vec<ServiceChange<'a>> {
+        use std::cmp::Ordering;
+        let mut out = Vec::new();
+        let mut before = self.services.iter().peekable();
+        let mut now = after.services.iter().peekable();
+        loop {
+            let order = match (before.peek(), now.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+            };
+            match order {
+                Ordering::Less => {
+                    if let Some((name, vs)) = before.next() {
+                        out.push((name.as_str(), Some(&**vs), None));
+                    }
+                }
+                Ordering::Greater => {
+                    if let Some((name, vs)) = now.next() {
+                        out.push((name.as_str(), None, Some(&**vs)));
+                    }
+                }
+                Ordering::Equal => {
+                    if let (Some((name, x)), Some((_, y))) = (before.next(), now.next()) {
+                        if !Arc::ptr_eq(x, y) {
+                            out.push((name.as_str(), Some(&**x), Some(&**y)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }
+
+/// One service changed between two states: its name, its value before
+/// and after (`None`: absent there).
+pub type ServiceChange<'a> = (
+    &'a str,
+    Option<&'a VirtualService>,
+    Option<&'a VirtualService>,
+);
 
 /// A change to the cluster state, as committed to the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -619,6 +667,27 @@ mod tests {
         assert!(s.owners.contains_key(&vip));
         apply(&mut s, Command::RemoveService { name: "b".into() });
         assert!(s.allocations.is_empty() && s.owners.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn changed_services_lists_what_was_added_removed_or_put_again() {
+        let a = cluster();
+        let mut b = a.clone();
+        assert!(a.changed_services(&b).is_empty());
+        let web = a.services.values().next().unwrap().clone();
+        let name = a.services.keys().next().unwrap().clone();
+        // Put again (equal value, new pointer), one added, one removed.
+        b.services.insert(name.clone(), Arc::new((*web).clone()));
+        b.services.insert("zz/new".into(), web.clone());
+        b.services.insert("00/first".into(), web.clone());
+        let changes = a.changed_services(&b);
+        let names: Vec<&str> = changes.iter().map(|c| c.0).collect();
+        assert_eq!(names, ["00/first", name.as_str(), "zz/new"]);
+        assert!(changes[0].1.is_none() && changes[0].2.is_some());
+        assert!(changes[1].1.is_some() && changes[1].2.is_some());
+        let back = b.changed_services(&a);
+        assert_eq!(back.len(), 3);
+        assert!(back[0].1.is_some() && back[0].2.is_none());
     }
 
     #[test]

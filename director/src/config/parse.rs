@@ -183,11 +183,39 @@ struct PortIn {
 
 /// A backend: `"ADDRESS:PORT"` (weight 1), or `{address: "ADDRESS:PORT",
 /// weight: N}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum BackendIn {
     Address(String),
     Weighted(WeightedIn),
+}
+
+/// Either form, told apart by what the reader finds: a string or a map.
+/// (serde's `untagged` would copy every backend into a buffer first and
+/// try each form in turn: 40,000 backends in a large file.)
+impl<'de> Deserialize<'de> for BackendIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = BackendIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"ADDRESS:PORT\" or {address: \"ADDRESS:PORT\", weight: N}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BackendIn, E> {
+                Ok(BackendIn::Address(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<BackendIn, E> {
+                Ok(BackendIn::Address(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BackendIn, A::Error> {
+                WeightedIn::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(BackendIn::Weighted)
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +228,45 @@ struct WeightedIn {
 }
 
 type Errors = crate::problems::Problems;
+
+/// A field's path in the file (`services[3].ports[0].port`), written out
+/// only when a problem is reported there: a file of 10,000 services has
+/// tens of thousands of fields that are read and found right.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    /// `NAME[I]` at the top of the file.
+    Item(&'static str, usize),
+    /// `PARENT.NAME`.
+    Key(&'a Field<'a>, &'static str),
+    /// `PARENT.NAME[I]`.
+    Index(&'a Field<'a>, &'static str, usize),
+}
+
+impl<'a> Field<'a> {
+    fn key(&'a self, name: &'static str) -> Field<'a> {
+        Field::Key(self, name)
+    }
+
+    fn index(&'a self, name: &'static str, i: usize) -> Field<'a> {
+        Field::Index(self, name, i)
+    }
+}
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Field::Item(name, i) => write!(f, "{name}[{i}]"),
+            Field::Key(parent, name) => write!(f, "{parent}.{name}"),
+            Field::Index(parent, name, i) => write!(f, "{parent}.{name}[{i}]"),
+        }
+    }
+}
+
+impl From<Field<'_>> for String {
+    fn from(f: Field<'_>) -> String {
+        f.to_string()
+    }
+}
 use crate::problems::int_in as int;
 
 /// Parses one address range: `A`, `A-B` or `A/LEN`.
@@ -769,7 +836,7 @@ fn services(
     let mut names = BTreeSet::new();
     let mut fixed_vips: BTreeMap<(IpAddr, Protocol, u16), String> = BTreeMap::new();
     for (i, s) in doc.services.iter().enumerate() {
-        let path = format!("services[{i}]");
+        let path = Field::Item("services", i);
         let before = errs.list.len();
         let name = match &s.value.name {
             Some(n) if !n.value.is_empty() => n.value.clone(),
@@ -892,14 +959,14 @@ fn services(
             .backends
             .iter()
             .enumerate()
-            .filter_map(|(j, b)| backend(b, &format!("{path}.backends[{j}]"), errs))
+            .filter_map(|(j, b)| backend(b, path.index("backends", j), errs))
             .collect();
         let mut ports = Vec::new();
         let mut seen_ports = BTreeSet::new();
         for (j, p) in s.value.ports.iter().enumerate() {
-            let pp = format!("{path}.ports[{j}]");
+            let pp = path.index("ports", j);
             let port = match &p.value.port {
-                Some(v) => int::<u16>(v, format!("{pp}.port"), "1..=65535", errs).filter(|n| {
+                Some(v) => int::<u16>(v, pp.key("port"), "1..=65535", errs).filter(|n| {
                     if *n == 0 {
                         errs.at(v, format!("{pp}.port"), "0 is out of range 1..=65535");
                     }
@@ -912,7 +979,11 @@ fn services(
             };
             let protocol = match &p.value.protocol {
                 None => Some(Protocol::Tcp),
-                Some(sp) => match sp.value.to_lowercase().parse::<Protocol>() {
+                Some(sp) => match sp
+                    .value
+                    .parse::<Protocol>()
+                    .or_else(|_| sp.value.to_lowercase().parse::<Protocol>())
+                {
                     Ok(x) => Some(x),
                     Err(_) => {
                         errs.at(
@@ -929,21 +1000,21 @@ fn services(
                 .backends
                 .iter()
                 .enumerate()
-                .filter_map(|(k, b)| backend(b, &format!("{pp}.backends[{k}]"), errs))
+                .filter_map(|(k, b)| backend(b, pp.index("backends", k), errs))
                 .collect();
             if p.value.backends.is_empty() {
                 backends = shared.clone();
             }
             if let (Some(port), Some(protocol)) = (port, protocol) {
                 if !seen_ports.insert((protocol, port)) {
-                    errs.at(p, pp.clone(), format!("duplicate port {port}/{protocol}"));
+                    errs.at(p, pp, format!("duplicate port {port}/{protocol}"));
                 }
                 if let Some(VipSource::Address(ip)) = &vip {
                     if let Some(other) = fixed_vips.insert((*ip, protocol, port), name.clone()) {
                         if other != name {
                             errs.at(
                                 p,
-                                pp.clone(),
+                                pp,
                                 format!("{ip}:{port}/{protocol} is also service {other:?}"),
                             );
                         }
@@ -1242,7 +1313,7 @@ fn netmask(m: &Spanned<i64>, field: &str, errs: &mut Errors) -> Option<u8> {
     })
 }
 
-fn backend(b: &Spanned<BackendIn>, field: &str, errs: &mut Errors) -> Option<Backend> {
+fn backend(b: &Spanned<BackendIn>, field: Field<'_>, errs: &mut Errors) -> Option<Backend> {
     let (text, weight) = match &b.value {
         BackendIn::Address(text) => (text, 1),
         BackendIn::Weighted(w) => {

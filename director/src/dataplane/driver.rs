@@ -98,6 +98,18 @@ pub trait Reconciler: Send + 'static {
         false
     }
 
+    /// A pass over what changed only. `known` is what the kernel holds,
+    /// which is what the last pass wanted (its inputs are the
+    /// reconciler's to remember). Returns the operations for what the
+    /// inputs changed since, with `known` brought to the new wanted state
+    /// as if they were applied; None to plan the whole state instead (the
+    /// default). Called only between resyncs, after a successful pass
+    /// whose wanted state did not change by itself.
+    fn plan_changes(&mut self, known: &mut Self::State) -> Option<Vec<Self::Op>> {
+        let _ = known;
+        None
+    }
+
     /// Reads the managed objects from the kernel.
     fn observe(&mut self) -> impl Future<Output = Result<Self::State, OpError>> + Send;
 
@@ -296,12 +308,21 @@ async fn drive<R: Reconciler>(
             }
             continue;
         }
-        let desired = r.desired();
-        steady = desired.changes_in.is_none();
-        let changes_in = desired.changes_in;
-        // The desired state moves into `known` once applied: at rest the
-        // driver keeps one table, not two.
-        let outcome = pass(&mut r, desired.state, &mut known, due, &stats).await;
+        let changes = match known.as_mut() {
+            Some(k) if !due && !failing && steady => r.plan_changes(k),
+            _ => None,
+        };
+        let (outcome, changes_in) = match changes {
+            Some(ops) => (apply(&mut r, ops, &mut known, false, &stats).await, None),
+            None => {
+                let desired = r.desired();
+                steady = desired.changes_in.is_none();
+                // The desired state moves into `known` once applied: at
+                // rest the driver keeps one table, not two.
+                let outcome = pass(&mut r, desired.state, &mut known, due, &stats).await;
+                (outcome, desired.changes_in)
+            }
+        };
         if due && outcome.is_ok() {
             last_observed = tokio::time::Instant::now();
         }
@@ -375,6 +396,42 @@ async fn drive<R: Reconciler>(
     r.stop().await;
 }
 
+/// Applies `ops`; `known` is already what they make the kernel hold, and
+/// is forgotten if they fail (part of them may have been applied: the next
+/// pass looks again).
+async fn apply<R: Reconciler>(
+    r: &mut R,
+    ops: Vec<R::Op>,
+    known: &mut Option<R::State>,
+    observed: bool,
+    stats: &Stats,
+) -> Result<(), OpError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let n = ops.len() as u64;
+    let first = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| format!("{:?}", ops.first()))
+        .unwrap_or_default();
+    match r.apply(ops).await {
+        Ok(()) => {
+            stats.operations.fetch_add(n, Ordering::Relaxed);
+            tracing::debug!(
+                reconciler = r.name(),
+                operations = n,
+                observed,
+                first = %first,
+                "plan applied"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            *known = None;
+            Err(e)
+        }
+    }
+}
+
 /// One pass: plan against what is known (or observed when `observe`),
 /// apply, and remember what the kernel now holds.
 async fn pass<R: Reconciler>(
@@ -407,33 +464,12 @@ async fn pass<R: Reconciler>(
         }
     };
     let ops = r.plan(&desired, &base);
-    let n = ops.len() as u64;
     if ops.is_empty() {
         *known = Some(base);
         return Ok(());
     }
-    let first = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| format!("{:?}", ops.first()))
-        .unwrap_or_default();
-    match r.apply(ops).await {
-        Ok(()) => {
-            stats.operations.fetch_add(n, Ordering::Relaxed);
-            tracing::debug!(
-                reconciler = r.name(),
-                operations = n,
-                observed = observe,
-                first = %first,
-                "plan applied"
-            );
-            *known = Some(desired);
-            Ok(())
-        }
-        Err(e) => {
-            // Part of the plan may have been applied: look again next time.
-            *known = None;
-            Err(e)
-        }
-    }
+    *known = Some(desired);
+    apply(r, ops, known, observe, stats).await
 }
 
 #[cfg(test)]
@@ -451,6 +487,9 @@ mod tests {
         /// What `unchanged` answers, and how often `desired` ran.
         same: Arc<std::sync::atomic::AtomicBool>,
         computed: Arc<AtomicU64>,
+        /// Whether `plan_changes` answers, and how often it did.
+        partial: Arc<std::sync::atomic::AtomicBool>,
+        partials: Arc<AtomicU64>,
     }
 
     #[derive(Debug, PartialEq)]
@@ -471,6 +510,16 @@ mod tests {
         }
         fn unchanged(&mut self) -> bool {
             self.same.load(Ordering::SeqCst)
+        }
+        fn plan_changes(&mut self, known: &mut BTreeSet<u32>) -> Option<Vec<Op>> {
+            if !self.partial.load(Ordering::SeqCst) {
+                return None;
+            }
+            self.partials.fetch_add(1, Ordering::SeqCst);
+            let want = self.want.lock().unwrap().clone();
+            let ops = self.plan(&want, known);
+            *known = want;
+            Some(ops)
         }
         fn plan(&self, d: &BTreeSet<u32>, o: &BTreeSet<u32>) -> Vec<Op> {
             let mut ops: Vec<Op> = o.difference(d).map(|n| Op::Del(*n)).collect();
@@ -517,6 +566,8 @@ mod tests {
                 fail_once: fail_once.clone(),
                 same: Default::default(),
                 computed: Default::default(),
+                partial: Default::default(),
+                partials: Default::default(),
             },
             Wakeups {
                 state: state_rx,
@@ -575,6 +626,8 @@ mod tests {
                 fail_once: Default::default(),
                 same: same.clone(),
                 computed: computed.clone(),
+                partial: Default::default(),
+                partials: Default::default(),
             },
             Wakeups {
                 state: state_rx,
@@ -601,6 +654,66 @@ mod tests {
         want.lock().unwrap().insert(2);
         assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2]));
+        stop_tx.send_replace(true);
+        task.await.unwrap();
+    }
+
+    /// A reconciler that plans the changes only: used between resyncs,
+    /// not at a resync nor after a failure (those observe and plan the
+    /// whole state).
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_planned_alone_between_resyncs() {
+        let want = Arc::new(Mutex::new(BTreeSet::from([1])));
+        let kernel = Arc::new(Mutex::new(BTreeSet::new()));
+        let observed = Arc::new(AtomicU64::new(0));
+        let fail_once = Arc::new(Mutex::new(false));
+        let computed = Arc::new(AtomicU64::new(0));
+        let partial = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let partials = Arc::new(AtomicU64::new(0));
+        let (_state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
+        let (_config_tx, config_rx) = watch::channel(0);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (handle, task) = spawn(
+            Numbers {
+                want: want.clone(),
+                kernel: kernel.clone(),
+                observed: observed.clone(),
+                fail_once: fail_once.clone(),
+                same: Default::default(),
+                computed: computed.clone(),
+                partial,
+                partials: partials.clone(),
+            },
+            Wakeups {
+                state: state_rx,
+                config: config_rx,
+                stop: stop_rx,
+            },
+            Duration::from_secs(30),
+        );
+        // The first pass observes and plans the whole state.
+        assert!(handle.applied(Duration::from_secs(1)).await);
+        assert_eq!(computed.load(Ordering::SeqCst), 1);
+        // A change: the changes alone.
+        want.lock().unwrap().insert(2);
+        assert!(handle.applied(Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2]));
+        assert_eq!(computed.load(Ordering::SeqCst), 1);
+        assert!(partials.load(Ordering::SeqCst) >= 1);
+        // A failure: forgotten, then observed and planned whole.
+        *fail_once.lock().unwrap() = true;
+        want.lock().unwrap().insert(3);
+        let seen = observed.load(Ordering::SeqCst);
+        assert!(handle.applied(Duration::from_secs(10)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3]));
+        assert!(observed.load(Ordering::SeqCst) > seen);
+        assert_eq!(computed.load(Ordering::SeqCst), 2);
+        // A resync observes and plans whole; behind its back is repaired.
+        kernel.lock().unwrap().remove(&1);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(handle.applied(Duration::from_secs(1)).await);
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3]));
+        assert_eq!(computed.load(Ordering::SeqCst), 3);
         stop_tx.send_replace(true);
         task.await.unwrap();
     }

@@ -25,17 +25,7 @@ use crate::ipvs::plan::{self, Entry};
 /// The kernel's view of one virtual service port: the IPVS service with its
 /// scheduler, flags and persistence.
 pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
-    let protocol = match protocol {
-        Protocol::Tcp => ipvs_sys::Protocol::Tcp,
-        Protocol::Udp => ipvs_sys::Protocol::Udp,
-        Protocol::Sctp => ipvs_sys::Protocol::Sctp,
-    };
-    let key = ServiceKey::Addr {
-        protocol,
-        addr: vs.vip,
-        port,
-    };
-    let mut s = Service::new(key, vs.scheduler.as_str());
+    let mut s = Service::new(key(vs, protocol, port), vs.scheduler.as_str());
     for flag in &vs.scheduler_flags {
         s.flags = s.flags.with(match flag {
             SchedulerFlag::ShFallback | SchedulerFlag::MhFallback => ServiceFlags::SCHED1,
@@ -63,6 +53,20 @@ pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
     s
 }
 
+/// The kernel's key of one virtual service port.
+fn key(vs: &VirtualService, protocol: Protocol, port: u16) -> ServiceKey {
+    let protocol = match protocol {
+        Protocol::Tcp => ipvs_sys::Protocol::Tcp,
+        Protocol::Udp => ipvs_sys::Protocol::Udp,
+        Protocol::Sctp => ipvs_sys::Protocol::Sctp,
+    };
+    ServiceKey::Addr {
+        protocol,
+        addr: vs.vip,
+        port,
+    }
+}
+
 /// The IPVS table every data director programs: one IPVS service per port
 /// of every virtual service, masquerade for `nat`, direct routing for `dr`,
 /// each backend as this director's health checks see it
@@ -71,25 +75,70 @@ pub fn service(vs: &VirtualService, protocol: Protocol, port: u16) -> Service {
 pub fn desired(state: &ClusterState, down: &Down, refused: &Refused) -> Vec<Entry> {
     let mut out = Vec::with_capacity(state.services.values().map(|vs| vs.ports.len()).sum());
     for vs in state.services.values() {
-        let forward = match vs.forwarding {
-            Forwarding::Nat => Forward::Masquerade,
-            Forwarding::Dr => Forward::DirectRoute,
-        };
-        let direct = vs.forwarding == Forwarding::Dr;
-        for p in &vs.ports {
-            let dests = backends(vs.health.as_deref(), p.protocol, &p.backends, down)
-                .into_iter()
-                .filter(|(address, _, _)| !(direct && refused.contains_key(address)))
-                .map(|(address, port, weight)| Destination {
-                    weight: i32::try_from(weight).unwrap_or(i32::MAX),
-                    ..Destination::new(address, port, forward)
-                })
-                .collect();
-            out.push((service(vs, p.protocol, p.port), dests));
-        }
+        entries(vs, down, refused, &mut out);
     }
     out.sort_by_key(|(s, _)| s.key);
     out
+}
+
+/// The entries of one virtual service ([`desired`]), pushed onto `out`.
+fn entries(vs: &VirtualService, down: &Down, refused: &Refused, out: &mut Vec<Entry>) {
+    let forward = match vs.forwarding {
+        Forwarding::Nat => Forward::Masquerade,
+        Forwarding::Dr => Forward::DirectRoute,
+    };
+    let direct = vs.forwarding == Forwarding::Dr;
+    for p in &vs.ports {
+        let dests = backends(vs.health.as_deref(), p.protocol, &p.backends, down)
+            .into_iter()
+            .filter(|(address, _, _)| !(direct && refused.contains_key(address)))
+            .map(|(address, port, weight)| Destination {
+                weight: i32::try_from(weight).unwrap_or(i32::MAX),
+                ..Destination::new(address, port, forward)
+            })
+            .collect();
+        out.push((service(vs, p.protocol, p.port), dests));
+    }
+}
+
+/// The changes from `before` to `after` in a table `known` that holds
+/// `before`'s [`desired`] table: the operations, with `known` made
+/// `after`'s table. Only the services that changed between the two states
+/// are looked at; None when so many did that the whole table is as quick.
+pub fn changes(
+    before: &ClusterState,
+    after: &ClusterState,
+    down: &Down,
+    refused: &Refused,
+    known: &mut Vec<Entry>,
+) -> Option<Vec<Change>> {
+    let changed = before.changed_services(after);
+    if changed.len() > known.len() / 8 + 16 {
+        return None;
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    let mut want = Vec::new();
+    for (_, old, new) in &changed {
+        for vs in old.iter().chain(new) {
+            keys.extend(vs.ports.iter().map(|p| key(vs, p.protocol, p.port)));
+        }
+        if let Some(vs) = new {
+            entries(vs, down, refused, &mut want);
+        }
+    }
+    want.sort_by_key(|(s, _)| s.key);
+    let have: Vec<Entry> = known
+        .iter()
+        .filter(|(s, _)| keys.contains(&s.key))
+        .cloned()
+        .collect();
+    let ops = plan(&want, &have);
+    known.retain(|(s, _)| !keys.contains(&s.key));
+    for entry in want {
+        let at = known.partition_point(|(s, _)| s.key < entry.0.key);
+        known.insert(at, entry);
+    }
+    Some(ops)
 }
 
 /// The destinations of one port (address, port, weight) with health
@@ -236,6 +285,22 @@ impl Reconciler for Ipvs {
         plan(desired, observed)
     }
 
+    /// With the same health verdicts and refused backends, only the
+    /// services of the commit: a weight changed in a table of 10,000 is
+    /// one service's work.
+    fn plan_changes(&mut self, known: &mut Vec<Entry>) -> Option<Vec<Change>> {
+        let (before, down, refused) = self.inputs.clone()?;
+        if !Arc::ptr_eq(&down, &self.down.borrow())
+            || !Arc::ptr_eq(&refused, &self.refused.borrow())
+        {
+            return None;
+        }
+        let state = self.node.state();
+        let ops = changes(&before, &state, &down, &refused, known)?;
+        self.inputs = Some((state, down, refused));
+        Some(ops)
+    }
+
     async fn observe(&mut self) -> Result<Vec<Entry>, OpError> {
         let state = self.node.state();
         let config = self.config.get();
@@ -313,6 +378,60 @@ mod tests {
                 other => panic!("not planned here: {other:?}"),
             }
         }
+    }
+
+    /// The changes of a few services: `known` becomes the whole desired
+    /// table of the new state, and the operations take a kernel holding
+    /// the old one there; a weight is one operation.
+    #[test]
+    fn changes_of_a_few_services_match_the_whole_table() {
+        let before = state();
+        let none = (Down::default(), Refused::new());
+        let edit = |f: &dyn Fn(&mut ClusterState)| {
+            let mut s = before.clone();
+            f(&mut s);
+            s
+        };
+        fn web(s: &mut ClusterState) -> &mut VirtualService {
+            std::sync::Arc::make_mut(s.services.get_mut("static/web").unwrap())
+        }
+        let cases = [
+            edit(&|s| web(s).ports[0].backends[0].weight = 9),
+            edit(&|s| web(s).scheduler = consensus::state::Scheduler::Lc),
+            edit(&|s| {
+                let mut p = web(s).ports[0].clone();
+                p.port = 8080;
+                web(s).ports.push(p);
+            }),
+            edit(&|s| web(s).vip = "10.10.0.250".parse().unwrap()),
+            edit(&|s| {
+                s.services.remove("static/web");
+            }),
+            edit(&|s| {
+                let mut copy = (*s.services["static/web"]).clone();
+                copy.vip = "10.10.0.251".parse().unwrap();
+                s.services
+                    .insert("static/copy".into(), std::sync::Arc::new(copy));
+            }),
+        ];
+        for after in &cases {
+            let old = desired(&before, &none.0, &none.1);
+            let new = desired(after, &none.0, &none.1);
+            let mut known = old.clone();
+            let ops = changes(&before, after, &none.0, &none.1, &mut known).unwrap();
+            assert_eq!(known, new);
+            let mut kernel = old;
+            apply_to(&mut kernel, &ops);
+            kernel.sort_by_key(|(s, _)| s.key);
+            assert_eq!(plan(&new, &kernel), Vec::new(), "{ops:?}");
+        }
+        let mut known = desired(&before, &none.0, &none.1);
+        let ops = changes(&before, &cases[0], &none.0, &none.1, &mut known).unwrap();
+        assert!(matches!(ops[..], [Change::EditDest(..)]), "{ops:?}");
+        // Nothing changed: nothing to do.
+        let mut same = desired(&before, &none.0, &none.1);
+        let ops = changes(&before, &before.clone(), &none.0, &none.1, &mut same).unwrap();
+        assert!(ops.is_empty());
     }
 
     #[test]

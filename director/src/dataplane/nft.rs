@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use consensus::state::{ClusterState, Forwarding, Protocol};
+use consensus::state::{ClusterState, Forwarding, Protocol, VirtualService};
 use consensus::Node;
 
 use super::driver::{Desired, OpError, Reconciler};
@@ -65,6 +65,46 @@ impl std::fmt::Debug for NftOp {
     }
 }
 
+/// One element of the SNAT map: backend, protocol, backend port, VIP.
+type SnatElement = (IpAddr, Protocol, u16, IpAddr);
+
+/// The SNAT map's elements for one service, pushed onto `out`: none unless
+/// it forwards by nat with `snat` on; each backend (and the health check's
+/// fallback) of the VIP's family.
+fn snat_elements(vs: &VirtualService, out: &mut Vec<SnatElement>) {
+    if vs.forwarding != Forwarding::Nat || !vs.snat {
+        return;
+    }
+    let fallback = vs.health.as_ref().and_then(|h| h.fallback);
+    for p in &vs.ports {
+        let fallback = fallback.map(|f| (f.ip(), f.port()));
+        let backends = p.backends.iter().map(|b| (b.address, b.port));
+        for (address, port) in backends.chain(fallback) {
+            if address.is_ipv4() == vs.vip.is_ipv4() {
+                out.push((address, p.protocol, port, vs.vip));
+            }
+        }
+    }
+}
+
+/// Whether the SNAT script of `after` is the one of `before`: every
+/// service that changed between them has the same map elements (a weight,
+/// a scheduler or an owner changed, not a backend). Only the changed
+/// services are looked at.
+pub fn same_snat(before: &ClusterState, after: &ClusterState) -> bool {
+    let elements = |vs: Option<&VirtualService>| {
+        let mut out = Vec::new();
+        if let Some(vs) = vs {
+            snat_elements(vs, &mut out);
+        }
+        out
+    };
+    before
+        .changed_services(after)
+        .into_iter()
+        .all(|(_, old, new)| elements(old) == elements(new))
+}
+
 /// The SNAT script for `state`: traffic IPVS forwards to a backend of a
 /// `nat` service (with `snat`) leaves with the VIP as its source, so that
 /// the nodes' replies go to whoever holds the VIP, now or after a failover
@@ -82,28 +122,11 @@ pub fn snat_ruleset(state: &ClusterState) -> String {
     // Map elements per family: backend, protocol, backend port, VIP. Kept
     // as values, sorted and written once: at 10,000 services that is 40,000
     // elements, and a string for each cost a reload seconds under emulation.
-    let mut v4: Vec<(IpAddr, Protocol, u16, IpAddr)> = Vec::new();
-    let mut v6: Vec<(IpAddr, Protocol, u16, IpAddr)> = Vec::new();
+    let mut v4: Vec<SnatElement> = Vec::new();
+    let mut v6: Vec<SnatElement> = Vec::new();
     for vs in state.services.values() {
-        if vs.forwarding != Forwarding::Nat || !vs.snat {
-            continue;
-        }
-        let fallback = vs.health.as_ref().and_then(|h| h.fallback);
-        for p in &vs.ports {
-            let fallback = fallback.map(|f| (f.ip(), f.port()));
-            let backends = p.backends.iter().map(|b| (b.address, b.port));
-            for (address, port) in backends.chain(fallback) {
-                if address.is_ipv4() != vs.vip.is_ipv4() {
-                    continue;
-                }
-                let element = (address, p.protocol, port, vs.vip);
-                if vs.vip.is_ipv4() {
-                    v4.push(element);
-                } else {
-                    v6.push(element);
-                }
-            }
-        }
+        let family = if vs.vip.is_ipv4() { &mut v4 } else { &mut v6 };
+        snat_elements(vs, family);
     }
     for elements in [&mut v4, &mut v6] {
         elements.sort_unstable();
@@ -320,6 +343,11 @@ impl Reconciler for Nft {
         // only when they change.
         let snat = match &self.snat {
             Some((from, script)) if from.same_services(&state) => script.clone(),
+            Some((from, script)) if same_snat(from, &state) => {
+                let script = script.clone();
+                self.snat = Some((state, script.clone()));
+                script
+            }
             _ => {
                 let script: Arc<str> = snat_ruleset(&state).into();
                 if self.snat.as_ref().is_some_and(|(_, old)| *old != script) {
@@ -665,6 +693,45 @@ mod tests {
         let none = snat_ruleset(&st);
         assert!(!none.contains("snat ip to"), "{none}");
         assert!(!none.contains("elements"), "{none}");
+    }
+
+    /// A weight or an owner leaves the script as it is; a backend, the
+    /// forwarding mode or a new service changes it, and `same_snat` says
+    /// so exactly when the script differs.
+    #[test]
+    fn the_script_is_kept_exactly_when_no_snat_element_changed() {
+        let before = state();
+        fn web(s: &mut ClusterState) -> &mut VirtualService {
+            std::sync::Arc::make_mut(s.services.get_mut("static/web").unwrap())
+        }
+        let mut weight = before.clone();
+        web(&mut weight).ports[0].backends[0].weight = 5;
+        let mut scheduler = before.clone();
+        web(&mut scheduler).scheduler = Scheduler::Lc;
+        let mut backend = before.clone();
+        web(&mut backend).ports[0].backends[0].port = 30081;
+        let mut dr = before.clone();
+        web(&mut dr).forwarding = Forwarding::Dr;
+        let mut added = before.clone();
+        let copy = (*before.services["static/web"]).clone();
+        added.services.insert(
+            "static/other".into(),
+            std::sync::Arc::new(VirtualService {
+                vip: "10.10.0.201".parse().unwrap(),
+                ..copy
+            }),
+        );
+        for (after, same) in [
+            (&weight, true),
+            (&scheduler, true),
+            (&backend, false),
+            (&dr, false),
+            (&added, false),
+        ] {
+            assert_eq!(same_snat(&before, after), same);
+            assert_eq!(snat_ruleset(&before) == snat_ruleset(after), same);
+            assert_eq!(same_snat(after, &before), same);
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use consensus::state::{Backend, ClusterState, HealthCheck, Protocol};
+use consensus::state::{Backend, ClusterState, HealthCheck, Protocol, VirtualService};
 use tokio::sync::{watch, Semaphore};
 
 /// The most probes in flight at once, over every target.
@@ -45,18 +45,43 @@ pub fn target(check: &HealthCheck, protocol: Protocol, b: &Backend) -> Option<So
 pub fn targets(state: &ClusterState) -> HashSet<(HealthCheck, SocketAddr)> {
     let mut out = HashSet::new();
     for vs in state.services.values() {
-        let Some(check) = vs.health.as_deref() else {
-            continue;
-        };
-        for p in &vs.ports {
-            for b in &p.backends {
-                if let Some(t) = target(check, p.protocol, b) {
-                    out.insert((check.clone(), t));
-                }
+        service_targets(vs, |check, t| {
+            out.insert((check.clone(), t));
+        });
+    }
+    out
+}
+
+/// The targets one service asks for, each given to `each` with its check.
+fn service_targets(vs: &VirtualService, mut each: impl FnMut(&HealthCheck, SocketAddr)) {
+    let Some(check) = vs.health.as_deref() else {
+        return;
+    };
+    for p in &vs.ports {
+        for b in &p.backends {
+            if let Some(t) = target(check, p.protocol, b) {
+                each(check, t);
             }
         }
     }
-    out
+}
+
+/// Whether `after` asks for the targets of `before`: every service that
+/// changed between them asks for the same ones (a weight, a scheduler or
+/// an owner changed, not a backend or a check). Only the changed services
+/// are looked at.
+pub fn same_targets(before: &ClusterState, after: &ClusterState) -> bool {
+    let list = |vs: Option<&VirtualService>| {
+        let mut out = Vec::new();
+        if let Some(vs) = vs {
+            service_targets(vs, |c, t| out.push((c.clone(), t)));
+        }
+        out
+    };
+    before
+        .changed_services(after)
+        .into_iter()
+        .all(|(_, old, new)| list(old) == list(new))
 }
 
 /// The targets that are down, by check.
@@ -323,9 +348,14 @@ pub async fn run(
     let mut from: Option<Arc<ClusterState>> = None;
     loop {
         let now = state.borrow_and_update().clone();
-        // An owner move or a lease leaves the services, and so the
-        // targets, as they are.
-        if !from.as_ref().is_some_and(|f| f.same_services(&now)) {
+        // An owner move, a lease or a weight leaves the targets as they
+        // are; the next change is compared with this state.
+        if from
+            .as_ref()
+            .is_some_and(|f| f.same_services(&now) || same_targets(f, &now))
+        {
+            from = Some(now);
+        } else {
             let want = targets(&now);
             from = Some(now);
             running.retain(|k, task| {
@@ -459,6 +489,63 @@ mod tests {
             target(&kube, Protocol::Udp, &b),
             Some("10.0.0.1:10256".parse().unwrap())
         );
+    }
+
+    /// A weight leaves the targets as they are; a backend, a check or a
+    /// service removed changes them; `same_targets` never says "the same"
+    /// when `targets` differ.
+    #[test]
+    fn same_targets_agrees_with_the_whole_list() {
+        use consensus::state::{Forwarding, Scheduler, ServicePort};
+        let service = |port: u16, weight: u32| {
+            Arc::new(VirtualService {
+                vip: "10.10.0.200".parse().unwrap(),
+                scheduler: Scheduler::Rr,
+                scheduler_flags: Default::default(),
+                forwarding: Forwarding::Nat,
+                persistence: None,
+                snat: true,
+                health: Some(Box::new(check())),
+                origin: None,
+                share: None,
+                ports: vec![ServicePort {
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    backends: vec![Backend {
+                        address: "10.0.0.1".parse().unwrap(),
+                        port,
+                        weight,
+                    }],
+                }],
+            })
+        };
+        let mut before = ClusterState::default();
+        before.services.insert("a".into(), service(30080, 1));
+        before.services.insert("b".into(), service(30081, 1));
+        let with = |name: &str, vs: Option<Arc<VirtualService>>| {
+            let mut s = before.clone();
+            match vs {
+                Some(vs) => s.services.insert(name.into(), vs),
+                None => s.services.remove(name),
+            };
+            s
+        };
+        let mut unchecked = (*service(30080, 1)).clone();
+        unchecked.health = None;
+        for (after, same) in [
+            (with("a", Some(service(30080, 7))), true),
+            (with("a", Some(service(30082, 1))), false),
+            (with("a", Some(Arc::new(unchecked))), false),
+            (with("b", None), false),
+        ] {
+            assert_eq!(same_targets(&before, &after), same);
+            assert_eq!(targets(&before) == targets(&after), same);
+        }
+        // A new service whose target is already probed for "a": the list
+        // is computed again (and comes out the same).
+        let c = with("c", Some(service(30080, 1)));
+        assert!(!same_targets(&before, &c));
+        assert_eq!(targets(&before), targets(&c));
     }
 
     #[tokio::test]
