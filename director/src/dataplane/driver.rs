@@ -104,10 +104,21 @@ pub trait Reconciler: Send + 'static {
     /// inputs changed since, with `known` brought to the new wanted state
     /// as if they were applied; None to plan the whole state instead (the
     /// default). Called only between resyncs, after a successful pass
-    /// whose wanted state did not change by itself.
+    /// whose wanted state did not change by itself; only a reconciler
+    /// whose wanted state never changes by itself (no `changes_in`) may
+    /// answer, since the pass it stands for has no deadline.
     fn plan_changes(&mut self, known: &mut Self::State) -> Option<Vec<Self::Op>> {
         let _ = known;
         None
+    }
+
+    /// Whether a resync may be abandoned while it reads the kernel when a
+    /// newly committed state arrives, so that the change goes first (the
+    /// resync follows at once). For a reconciler whose read is long (the
+    /// IPVS table of 10,000 services) and may be dropped at any point
+    /// (default: no).
+    fn resync_gives_way(&self) -> bool {
+        false
     }
 
     /// Reads the managed objects from the kernel.
@@ -287,10 +298,14 @@ async fn drive<R: Reconciler>(
     // Whether the last desired state depends on nothing but its inputs
     // (no time at which it changes by itself).
     let mut steady = false;
+    // A resync gave way to a commit: the next pass applies the change,
+    // and the resync comes after it.
+    let mut deferred = false;
     loop {
         let started = Instant::now();
         passes.send_modify(|p| p.started += 1);
-        let due = known.is_none() || last_observed.elapsed() >= resync;
+        let overdue = last_observed.elapsed() >= resync;
+        let due = known.is_none() || (overdue && !std::mem::take(&mut deferred));
         if !due && !failing && steady && r.unchanged() {
             // Nothing to do: a pass that finds the kernel as wanted.
             stats.passes.fetch_add(1, Ordering::Relaxed);
@@ -315,12 +330,32 @@ async fn drive<R: Reconciler>(
         let (outcome, changes_in) = match changes {
             Some(ops) => (apply(&mut r, ops, &mut known, false, &stats).await, None),
             None => {
-                let desired = r.desired();
-                steady = desired.changes_in.is_none();
-                // The desired state moves into `known` once applied: at
-                // rest the driver keeps one table, not two.
-                let outcome = pass(&mut r, desired.state, &mut known, due, &stats).await;
-                (outcome, desired.changes_in)
+                // A resync gives way to a commit, unless it is a whole
+                // interval late already (changes that never stop must not
+                // keep the kernel from being read).
+                let give_way = (due
+                    && known.is_some()
+                    && !failing
+                    && r.resync_gives_way()
+                    && last_observed.elapsed() < resync * 2)
+                    .then_some(&mut wake.state);
+                match pass(&mut r, &mut known, due, give_way, &stats).await {
+                    Passed::Ran(outcome, changes_in) => {
+                        if let Some(c) = changes_in {
+                            steady = c.is_none();
+                        }
+                        (outcome, changes_in.flatten())
+                    }
+                    Passed::GaveWay => {
+                        tracing::debug!(
+                            reconciler = name,
+                            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                            "a resync gave way to a commit"
+                        );
+                        deferred = true;
+                        continue;
+                    }
+                }
             }
         };
         if due && outcome.is_ok() {
@@ -432,17 +467,74 @@ async fn apply<R: Reconciler>(
     }
 }
 
-/// One pass: plan against what is known (or observed when `observe`),
-/// apply, and remember what the kernel now holds.
+/// What a pass of the whole state came to.
+enum Passed {
+    /// It ran: its outcome, and, when it got as far as the wanted state,
+    /// when that changes by itself.
+    Ran(Result<(), OpError>, Option<Option<Duration>>),
+    /// It was a resync, and a committed state arrived while it read the
+    /// kernel: nothing was computed or applied.
+    GaveWay,
+}
+
+/// One pass: observe when `observe` (giving way to a commit on
+/// `give_way`), compute the wanted state, plan against what is observed or
+/// known, apply, and remember what the kernel now holds. The wanted state
+/// is computed after the read: it is the newest, and a resync that gives
+/// way has not touched the reconciler's record of its inputs.
 async fn pass<R: Reconciler>(
     r: &mut R,
-    desired: R::State,
     known: &mut Option<R::State>,
     observe: bool,
+    give_way: Option<&mut watch::Receiver<Arc<ClusterState>>>,
     stats: &Stats,
-) -> Result<(), OpError> {
+) -> Passed {
+    match base(r, known, observe, give_way, stats).await {
+        Some(Ok(base)) => {
+            let desired = r.desired();
+            let changes_in = desired.changes_in;
+            let ops = r.plan(&desired.state, &base);
+            let outcome = if ops.is_empty() {
+                *known = Some(base);
+                Ok(())
+            } else {
+                // The desired state moves into `known` once applied: at
+                // rest the driver keeps one table, not two.
+                *known = Some(desired.state);
+                apply(r, ops, known, observe, stats).await
+            };
+            Passed::Ran(outcome, Some(changes_in))
+        }
+        Some(Err(e)) => Passed::Ran(Err(e), None),
+        None => Passed::GaveWay,
+    }
+}
+
+/// What a pass plans from: the kernel observed (a resync, repairing and
+/// reporting what changed behind the driver's back) or what it is known
+/// to hold; None if the resync gave way to a commit.
+async fn base<R: Reconciler>(
+    r: &mut R,
+    known: &mut Option<R::State>,
+    observe: bool,
+    give_way: Option<&mut watch::Receiver<Arc<ClusterState>>>,
+    stats: &Stats,
+) -> Option<Result<R::State, OpError>> {
     let base = if observe {
-        let observed = r.observe().await.inspect_err(|_| *known = None)?;
+        let read = match give_way {
+            Some(commits) => tokio::select! {
+                read = r.observe() => read,
+                _ = commits.changed() => return None,
+            },
+            None => r.observe().await,
+        };
+        let observed = match read {
+            Ok(o) => o,
+            Err(e) => {
+                *known = None;
+                return Some(Err(e));
+            }
+        };
         stats.resyncs.fetch_add(1, Ordering::Relaxed);
         if let Some(believed) = known.as_ref() {
             let drift = r.plan(believed, &observed);
@@ -460,16 +552,13 @@ async fn pass<R: Reconciler>(
     } else {
         match known.take() {
             Some(k) => k,
-            None => r.observe().await?,
+            None => match r.observe().await {
+                Ok(o) => o,
+                Err(e) => return Some(Err(e)),
+            },
         }
     };
-    let ops = r.plan(&desired, &base);
-    if ops.is_empty() {
-        *known = Some(base);
-        return Ok(());
-    }
-    *known = Some(desired);
-    apply(r, ops, known, observe, stats).await
+    Some(Ok(base))
 }
 
 #[cfg(test)]
@@ -490,6 +579,8 @@ mod tests {
         /// Whether `plan_changes` answers, and how often it did.
         partial: Arc<std::sync::atomic::AtomicBool>,
         partials: Arc<AtomicU64>,
+        /// Whether a read takes ten seconds, and gives way to a commit.
+        slow: Arc<std::sync::atomic::AtomicBool>,
     }
 
     #[derive(Debug, PartialEq)]
@@ -526,7 +617,13 @@ mod tests {
             ops.extend(d.difference(o).map(|n| Op::Add(*n)));
             ops
         }
+        fn resync_gives_way(&self) -> bool {
+            self.slow.load(Ordering::SeqCst)
+        }
         async fn observe(&mut self) -> Result<BTreeSet<u32>, OpError> {
+            if self.slow.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
             self.observed.fetch_add(1, Ordering::SeqCst);
             Ok(self.kernel.lock().unwrap().clone())
         }
@@ -568,6 +665,7 @@ mod tests {
                 computed: Default::default(),
                 partial: Default::default(),
                 partials: Default::default(),
+                slow: Default::default(),
             },
             Wakeups {
                 state: state_rx,
@@ -628,6 +726,7 @@ mod tests {
                 computed: computed.clone(),
                 partial: Default::default(),
                 partials: Default::default(),
+                slow: Default::default(),
             },
             Wakeups {
                 state: state_rx,
@@ -670,7 +769,8 @@ mod tests {
         let computed = Arc::new(AtomicU64::new(0));
         let partial = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let partials = Arc::new(AtomicU64::new(0));
-        let (_state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
         let (_config_tx, config_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (handle, task) = spawn(
@@ -683,6 +783,7 @@ mod tests {
                 computed: computed.clone(),
                 partial,
                 partials: partials.clone(),
+                slow: slow.clone(),
             },
             Wakeups {
                 state: state_rx,
@@ -714,6 +815,19 @@ mod tests {
         assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3]));
         assert_eq!(computed.load(Ordering::SeqCst), 3);
+        // A slow resync gives way to a commit that arrives while it
+        // reads: the change is applied at once, the resync right after.
+        slow.store(true, Ordering::SeqCst);
+        let reads = observed.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        want.lock().unwrap().insert(4);
+        state_tx.send_replace(Arc::new(ClusterState::default()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(observed.load(Ordering::SeqCst), reads);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(observed.load(Ordering::SeqCst), reads + 1);
+        assert_eq!(handle.stats.error(), None);
         stop_tx.send_replace(true);
         task.await.unwrap();
     }

@@ -133,11 +133,19 @@ pub fn changes(
         .cloned()
         .collect();
     let ops = plan(&want, &have);
-    known.retain(|(s, _)| !keys.contains(&s.key));
-    for entry in want {
-        let at = known.partition_point(|(s, _)| s.key < entry.0.key);
-        known.insert(at, entry);
+    // One merge of the two sorted lists (inserting one by one would move
+    // the rest of the table for each).
+    let kept = std::mem::take(known);
+    let mut merged = Vec::with_capacity(kept.len() + want.len());
+    let mut want = want.into_iter().peekable();
+    for entry in kept.into_iter().filter(|(s, _)| !keys.contains(&s.key)) {
+        while let Some(new) = want.next_if(|(s, _)| s.key < entry.0.key) {
+            merged.push(new);
+        }
+        merged.push(entry);
     }
+    merged.extend(want);
+    *known = merged;
     Some(ops)
 }
 
@@ -299,6 +307,12 @@ impl Reconciler for Ipvs {
         let ops = changes(&before, &state, &down, &refused, known)?;
         self.inputs = Some((state, down, refused));
         Some(ops)
+    }
+
+    /// Reading 10,000 services takes seconds under emulation; a dropped
+    /// read leaves its socket to be replaced before the next (`ipvs-sys`).
+    fn resync_gives_way(&self) -> bool {
+        true
     }
 
     async fn observe(&mut self) -> Result<Vec<Entry>, OpError> {
