@@ -113,10 +113,11 @@ pub trait Reconciler: Send + 'static {
     }
 
     /// Whether a resync may be abandoned while it reads the kernel when a
-    /// newly committed state arrives, so that the change goes first (the
-    /// resync follows at once). For a reconciler whose read is long (the
-    /// IPVS table of 10,000 services) and may be dropped at any point
-    /// (default: no).
+    /// newly committed state with other services arrives, so that the
+    /// change goes first (the resync follows at once; it gives way once).
+    /// For a reconciler whose read is long (the IPVS table of 10,000
+    /// services), whose wanted state follows the services, and whose read
+    /// may be dropped at any point (default: no).
     fn resync_gives_way(&self) -> bool {
         false
     }
@@ -298,14 +299,21 @@ async fn drive<R: Reconciler>(
     // Whether the last desired state depends on nothing but its inputs
     // (no time at which it changes by itself).
     let mut steady = false;
+    // When the last wanted state changes by itself (kept across a pass
+    // that failed before computing one).
+    let mut deadline: Option<tokio::time::Instant> = None;
     // A resync gave way to a commit: the next pass applies the change,
     // and the resync comes after it.
     let mut deferred = false;
+    // Whether the resync now due has given way once already (it does not
+    // again: commits that never stop must not keep the kernel unread).
+    let mut gave_way = false;
     loop {
         let started = Instant::now();
         passes.send_modify(|p| p.started += 1);
         let overdue = last_observed.elapsed() >= resync;
-        let due = known.is_none() || (overdue && !std::mem::take(&mut deferred));
+        let deferred_now = std::mem::take(&mut deferred);
+        let due = known.is_none() || (overdue && !deferred_now);
         if !due && !failing && steady && r.unchanged() {
             // Nothing to do: a pass that finds the kernel as wanted.
             stats.passes.fetch_add(1, Ordering::Relaxed);
@@ -327,24 +335,24 @@ async fn drive<R: Reconciler>(
             Some(k) if !due && !failing && steady => r.plan_changes(k),
             _ => None,
         };
-        let (outcome, changes_in) = match changes {
-            Some(ops) => (apply(&mut r, ops, &mut known, false, &stats).await, None),
+        let outcome = match changes {
+            Some(ops) => {
+                deadline = None;
+                apply(&mut r, ops, &mut known, false, &stats).await
+            }
             None => {
-                // A resync gives way to a commit, unless it is a whole
-                // interval late already (changes that never stop must not
-                // keep the kernel from being read).
-                let give_way = (due
-                    && known.is_some()
-                    && !failing
-                    && r.resync_gives_way()
-                    && last_observed.elapsed() < resync * 2)
-                    .then_some(&mut wake.state);
+                // A resync gives way, once, to a commit that changes the
+                // services.
+                let give_way =
+                    (due && known.is_some() && !failing && !gave_way && r.resync_gives_way())
+                        .then_some(&mut wake.state);
                 match pass(&mut r, &mut known, due, give_way, &stats).await {
                     Passed::Ran(outcome, changes_in) => {
                         if let Some(c) = changes_in {
                             steady = c.is_none();
+                            deadline = c.map(|d| tokio::time::Instant::now() + d);
                         }
-                        (outcome, changes_in.flatten())
+                        outcome
                     }
                     Passed::GaveWay => {
                         tracing::debug!(
@@ -352,6 +360,9 @@ async fn drive<R: Reconciler>(
                             ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                             "a resync gave way to a commit"
                         );
+                        // Not a pass: nothing was computed or applied.
+                        passes.send_modify(|p| p.started -= 1);
+                        gave_way = true;
                         deferred = true;
                         continue;
                     }
@@ -360,6 +371,7 @@ async fn drive<R: Reconciler>(
         };
         if due && outcome.is_ok() {
             last_observed = tokio::time::Instant::now();
+            gave_way = false;
         }
         stats.passes.fetch_add(1, Ordering::Relaxed);
         let took = started.elapsed();
@@ -414,8 +426,8 @@ async fn drive<R: Reconciler>(
             p.ok = outcome.is_ok();
         });
         let mut wait = resync.saturating_sub(last_observed.elapsed());
-        if let Some(d) = changes_in {
-            wait = wait.min(d);
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(tokio::time::Instant::now()));
         }
         if failing {
             wait = wait.min(backoff);
@@ -522,10 +534,25 @@ async fn base<R: Reconciler>(
 ) -> Option<Result<R::State, OpError>> {
     let base = if observe {
         let read = match give_way {
-            Some(commits) => tokio::select! {
-                read = r.observe() => read,
-                _ = commits.changed() => return None,
-            },
+            Some(commits) => {
+                let before = commits.borrow_and_update().clone();
+                let read = r.observe();
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        read = &mut read => break read,
+                        // A closed channel (shutdown) is no commit to give
+                        // way to.
+                        Ok(()) = commits.changed() => {
+                            // An owner move, a lease: the services are the
+                            // same, and the read goes on.
+                            if !before.same_services(&commits.borrow_and_update()) {
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
             None => r.observe().await,
         };
         let observed = match read {
@@ -757,6 +784,28 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A state with one service named `name`.
+    fn with_service(name: &str) -> ClusterState {
+        use consensus::state::{Forwarding, Scheduler, VirtualService};
+        let mut s = ClusterState::default();
+        s.services.insert(
+            name.into(),
+            Arc::new(VirtualService {
+                vip: "10.10.0.200".parse().unwrap(),
+                scheduler: Scheduler::Rr,
+                scheduler_flags: Default::default(),
+                forwarding: Forwarding::Nat,
+                persistence: None,
+                snat: true,
+                health: None,
+                origin: None,
+                share: None,
+                ports: Vec::new(),
+            }),
+        );
+        s
+    }
+
     /// A reconciler that plans the changes only: used between resyncs,
     /// not at a resync nor after a failure (those observe and plan the
     /// whole state).
@@ -815,19 +864,38 @@ mod tests {
         assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3]));
         assert_eq!(computed.load(Ordering::SeqCst), 3);
-        // A slow resync gives way to a commit that arrives while it
-        // reads: the change is applied at once, the resync right after.
+        // A slow resync: a commit of the same services does not stop it
+        // (the change waits for it) ...
         slow.store(true, Ordering::SeqCst);
         let reads = observed.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(31)).await;
         want.lock().unwrap().insert(4);
         state_tx.send_replace(Arc::new(ClusterState::default()));
         tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3]));
+        tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(observed.load(Ordering::SeqCst), reads + 1);
+        // ... one with other services does, once: that change is applied
+        // at once, the resync right after; a second one waits for it.
+        let reads = observed.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        want.lock().unwrap().insert(5);
+        state_tx.send_replace(Arc::new(with_service("a")));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2, 3, 4, 5]));
         assert_eq!(observed.load(Ordering::SeqCst), reads);
+        want.lock().unwrap().insert(6);
+        state_tx.send_replace(Arc::new(with_service("b")));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!kernel.lock().unwrap().contains(&6));
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert_eq!(observed.load(Ordering::SeqCst), reads + 1);
+        assert!(kernel.lock().unwrap().contains(&6));
         assert_eq!(handle.stats.error(), None);
+        // Every pass that started was done: none is left counted.
+        let p = *handle.passes.borrow();
+        assert_eq!(p.started, p.count);
         stop_tx.send_replace(true);
         task.await.unwrap();
     }
