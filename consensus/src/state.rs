@@ -97,6 +97,25 @@ pub struct VirtualService {
     pub share: Option<String>,
 }
 
+impl VirtualService {
+    /// A static service on `vip` with `ports`: round robin, nat with SNAT,
+    /// no persistence and no health check.
+    pub fn new(vip: IpAddr, ports: Vec<ServicePort>) -> VirtualService {
+        VirtualService {
+            vip,
+            scheduler: Scheduler::Rr,
+            scheduler_flags: BTreeSet::new(),
+            forwarding: Forwarding::Nat,
+            snat: true,
+            persistence: None,
+            ports,
+            health: None,
+            origin: None,
+            share: None,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -421,17 +440,9 @@ mod tests {
     }
 
     fn web(vip: &str) -> VirtualService {
-        VirtualService {
-            vip: ip(vip),
-            scheduler: Scheduler::Rr,
-            scheduler_flags: BTreeSet::new(),
-            forwarding: Forwarding::Nat,
-            persistence: None,
-            snat: true,
-            health: None,
-            origin: None,
-            share: None,
-            ports: vec![ServicePort {
+        VirtualService::new(
+            ip(vip),
+            vec![ServicePort {
                 protocol: Protocol::Tcp,
                 port: 80,
                 backends: vec![Backend {
@@ -440,7 +451,7 @@ mod tests {
                     weight: 1,
                 }],
             }],
-        }
+        )
     }
 
     fn cluster() -> ClusterState {

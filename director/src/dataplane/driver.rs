@@ -594,7 +594,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// A kernel table of numbers, for exercising the driver.
-    #[derive(Debug)]
+    #[derive(Debug, Default)]
     struct Numbers {
         want: Arc<Mutex<BTreeSet<u32>>>,
         kernel: Arc<Mutex<BTreeSet<u32>>>,
@@ -679,28 +679,13 @@ mod tests {
         let kernel = Arc::new(Mutex::new(BTreeSet::from([2, 3])));
         let observed = Arc::new(AtomicU64::new(0));
         let fail_once = Arc::new(Mutex::new(false));
-        let (state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
-        let (_config_tx, config_rx) = watch::channel(0);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (handle, task) = spawn(
-            Numbers {
-                want: want.clone(),
-                kernel: kernel.clone(),
-                observed: observed.clone(),
-                fail_once: fail_once.clone(),
-                same: Default::default(),
-                computed: Default::default(),
-                partial: Default::default(),
-                partials: Default::default(),
-                slow: Default::default(),
-            },
-            Wakeups {
-                state: state_rx,
-                config: config_rx,
-                stop: stop_rx,
-            },
-            Duration::from_secs(30),
-        );
+        let (handle, task, state_tx, stop_tx, _config) = start(Numbers {
+            want: want.clone(),
+            kernel: kernel.clone(),
+            observed: observed.clone(),
+            fail_once: fail_once.clone(),
+            ..Default::default()
+        });
         assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1, 2]));
         assert_eq!(observed.load(Ordering::SeqCst), 1);
@@ -740,28 +725,13 @@ mod tests {
         let kernel = Arc::new(Mutex::new(BTreeSet::new()));
         let same = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let computed = Arc::new(AtomicU64::new(0));
-        let (_state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
-        let (_config_tx, config_rx) = watch::channel(0);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (handle, task) = spawn(
-            Numbers {
-                want: want.clone(),
-                kernel: kernel.clone(),
-                observed: Default::default(),
-                fail_once: Default::default(),
-                same: same.clone(),
-                computed: computed.clone(),
-                partial: Default::default(),
-                partials: Default::default(),
-                slow: Default::default(),
-            },
-            Wakeups {
-                state: state_rx,
-                config: config_rx,
-                stop: stop_rx,
-            },
-            Duration::from_secs(30),
-        );
+        let (handle, task, _state_tx, stop_tx, _config) = start(Numbers {
+            want: want.clone(),
+            kernel: kernel.clone(),
+            same: same.clone(),
+            computed: computed.clone(),
+            ..Default::default()
+        });
         assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(*kernel.lock().unwrap(), BTreeSet::from([1]));
         same.store(true, Ordering::SeqCst);
@@ -784,25 +754,40 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A running test reconciler: its handle and task, and the senders
+    /// that drive it.
+    type Started = (
+        Handle,
+        tokio::task::JoinHandle<()>,
+        watch::Sender<Arc<ClusterState>>,
+        watch::Sender<bool>,
+        watch::Sender<u64>,
+    );
+
+    /// Runs `n` with a resync every 30 s; its handle and task, and the
+    /// senders of committed states, of the stop and of reloads (kept, or
+    /// the driver would see the reloads' channel closed).
+    fn start(n: Numbers) -> Started {
+        let (state_tx, state) = watch::channel(Arc::new(ClusterState::default()));
+        let (config_tx, config) = watch::channel(0);
+        let (stop_tx, stop) = watch::channel(false);
+        let (handle, task) = spawn(
+            n,
+            Wakeups {
+                state,
+                config,
+                stop,
+            },
+            Duration::from_secs(30),
+        );
+        (handle, task, state_tx, stop_tx, config_tx)
+    }
+
     /// A state with one service named `name`.
     fn with_service(name: &str) -> ClusterState {
-        use consensus::state::{Forwarding, Scheduler, VirtualService};
         let mut s = ClusterState::default();
-        s.services.insert(
-            name.into(),
-            Arc::new(VirtualService {
-                vip: "10.10.0.200".parse().unwrap(),
-                scheduler: Scheduler::Rr,
-                scheduler_flags: Default::default(),
-                forwarding: Forwarding::Nat,
-                persistence: None,
-                snat: true,
-                health: None,
-                origin: None,
-                share: None,
-                ports: Vec::new(),
-            }),
-        );
+        let vs = consensus::state::VirtualService::new("10.10.0.200".parse().unwrap(), Vec::new());
+        s.services.insert(name.into(), Arc::new(vs));
         s
     }
 
@@ -819,28 +804,17 @@ mod tests {
         let partial = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let partials = Arc::new(AtomicU64::new(0));
         let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (state_tx, state_rx) = watch::channel(Arc::new(ClusterState::default()));
-        let (_config_tx, config_rx) = watch::channel(0);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (handle, task) = spawn(
-            Numbers {
-                want: want.clone(),
-                kernel: kernel.clone(),
-                observed: observed.clone(),
-                fail_once: fail_once.clone(),
-                same: Default::default(),
-                computed: computed.clone(),
-                partial,
-                partials: partials.clone(),
-                slow: slow.clone(),
-            },
-            Wakeups {
-                state: state_rx,
-                config: config_rx,
-                stop: stop_rx,
-            },
-            Duration::from_secs(30),
-        );
+        let (handle, task, state_tx, stop_tx, _config) = start(Numbers {
+            want: want.clone(),
+            kernel: kernel.clone(),
+            observed: observed.clone(),
+            fail_once: fail_once.clone(),
+            computed: computed.clone(),
+            partial,
+            partials: partials.clone(),
+            slow: slow.clone(),
+            ..Default::default()
+        });
         // The first pass observes and plans the whole state.
         assert!(handle.applied(Duration::from_secs(1)).await);
         assert_eq!(computed.load(Ordering::SeqCst), 1);

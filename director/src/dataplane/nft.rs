@@ -641,17 +641,9 @@ mod tests {
         );
         s.services.insert(
             "static/web".into(),
-            std::sync::Arc::new(VirtualService {
+            std::sync::Arc::new(VirtualService::new(
                 vip,
-                scheduler: Scheduler::Rr,
-                scheduler_flags: BTreeSet::new(),
-                forwarding: Forwarding::Nat,
-                persistence: None,
-                snat: true,
-                health: None,
-                origin: None,
-                share: None,
-                ports: vec![ServicePort {
+                vec![ServicePort {
                     protocol: Protocol::Tcp,
                     port: 80,
                     backends: vec![Backend {
@@ -660,7 +652,7 @@ mod tests {
                         weight: 1,
                     }],
                 }],
-            }),
+            )),
         );
         s
     }

@@ -496,27 +496,21 @@ mod tests {
     /// when `targets` differ.
     #[test]
     fn same_targets_agrees_with_the_whole_list() {
-        use consensus::state::{Forwarding, Scheduler, ServicePort};
+        use consensus::state::ServicePort;
         let service = |port: u16, weight: u32| {
+            let backend = Backend {
+                address: "10.0.0.1".parse().unwrap(),
+                port,
+                weight,
+            };
+            let ports = vec![ServicePort {
+                protocol: Protocol::Tcp,
+                port: 80,
+                backends: vec![backend],
+            }];
             Arc::new(VirtualService {
-                vip: "10.10.0.200".parse().unwrap(),
-                scheduler: Scheduler::Rr,
-                scheduler_flags: Default::default(),
-                forwarding: Forwarding::Nat,
-                persistence: None,
-                snat: true,
                 health: Some(Box::new(check())),
-                origin: None,
-                share: None,
-                ports: vec![ServicePort {
-                    protocol: Protocol::Tcp,
-                    port: 80,
-                    backends: vec![Backend {
-                        address: "10.0.0.1".parse().unwrap(),
-                        port,
-                        weight,
-                    }],
-                }],
+                ..VirtualService::new("10.10.0.200".parse().unwrap(), ports)
             })
         };
         let mut before = ClusterState::default();
